@@ -1,0 +1,235 @@
+"""The invalidation bus: Redis pub/sub messages and the supervised listener thread.
+
+Every write, delete, namespace bump and clear is published on one channel per prefix
+and schema version. Each process (each :class:`~tiered_cache.Cache`) listens on its own
+connection, ignores its own messages and drops the local copies the others changed.
+
+Liveness. The listener pings the server through its subscription every
+``disconnected_ttl / 4`` seconds. A PONG proves that every message published before the
+PING was sent has been delivered (one connection delivers in order), so
+:attr:`Bus.fresh_until` = ping sent + ``disconnected_ttl`` bounds how old an L1 entry may
+be when the bus cannot vouch for it. A missing PONG, a socket error, or any exception
+ends the session; the listener reconnects with capped, jittered backoff, and after every
+(re)subscription it flushes the process's L1 and namespace versions, because messages
+may have been missed in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
+
+from ._log import RateLimitedLog
+from .redis_tier import Client
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """One bus message; a single call's changes travel together in one message."""
+
+    sender: str
+    keys: tuple[str, ...] = ()
+    """Data keys written or deleted: drop local copies, wake single-flight waiters."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces bumped: forget their cached versions."""
+    flush: bool = False
+    """Everything under the prefix was cleared."""
+    aborted: tuple[str, ...] = ()
+    """Data keys whose loader failed: wake waiters so one of them takes over."""
+
+    def encode(self) -> bytes:
+        """Return the wire form (compact JSON)."""
+        body: dict[str, Any] = {"s": self.sender}
+        if self.keys:
+            body["k"] = self.keys
+        if self.namespaces:
+            body["n"] = self.namespaces
+        if self.flush:
+            body["f"] = 1
+        if self.aborted:
+            body["a"] = self.aborted
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Message:
+        """Parse the wire form.
+
+        :raises ValueError: when ``data`` is not a message of ours.
+        """
+        body = json.loads(data)
+        if not isinstance(body, dict) or not isinstance(body.get("s"), str):
+            raise ValueError("not a tiered_cache bus message")
+        return cls(
+            sender=body["s"],
+            keys=tuple(str(k) for k in body.get("k", ())),
+            namespaces=tuple(str(n) for n in body.get("n", ())),
+            flush=bool(body.get("f")),
+            aborted=tuple(str(k) for k in body.get("a", ())),
+        )
+
+
+class BusDown(Exception):
+    """The subscription stopped answering."""
+
+
+class Bus:
+    """The listener of one cache in one process.
+
+    :param client: the Redis client to subscribe with (a connection of its own is used).
+    :param channel: the channel name.
+    :param sender: this process's id; messages from it are ignored.
+    :param on_message: called in the listener thread for every foreign message.
+    :param on_subscribed: called after every successful (re)subscription, before the bus
+        vouches for anything: the cache flushes its local state there.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        channel: str,
+        *,
+        sender: str,
+        on_message: Callable[[Message], None],
+        on_subscribed: Callable[[], None],
+        disconnected_ttl: float,
+        socket_timeout: float,
+        log: RateLimitedLog,
+        timer: Callable[[], float] = time.monotonic,
+        backoff: AbstractBackoff | None = None,
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self.sender = sender
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._ttl = disconnected_ttl
+        self._ping_every = min(max(disconnected_ttl / 4, 0.02), 1.0)
+        self._pong_timeout = max(4 * socket_timeout, disconnected_ttl, 0.5)
+        self._socket_timeout = socket_timeout
+        self._log = log
+        self._timer = timer
+        self._backoff = backoff or ExponentialWithJitterBackoff(base=0.05, cap=2.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reconnected_underneath = False
+        self.fresh_until = 0.0
+        self.connected = False
+        self.sessions = 0
+        self.received = 0
+        self.errors = 0
+
+    @property
+    def reconnects(self) -> int:
+        """Subscriptions made after the first one."""
+        return max(self.sessions - 1, 0)
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` ran in this process."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the listener thread (daemon; stopped by :meth:`stop`)."""
+        self._thread = threading.Thread(
+            target=self._supervise, name="tiered_cache-bus", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the listener and wait for it (at most ``timeout`` seconds)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.connected = False
+        self.fresh_until = 0.0
+
+    def _supervise(self) -> None:
+        """Run sessions until stopped; any exception is logged and followed by a reconnect."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._session()
+                failures = 0
+            except Exception as exc:  # supervised thread: log, count, reconnect
+                self.errors += 1
+                self._log.warning("bus", "invalidation bus lost (%s); reconnecting", exc)
+            self.connected = False
+            failures += 1
+            self._stop.wait(self._backoff.compute(failures))
+
+    def _session(self) -> None:
+        """One subscription, from connect to failure."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        try:
+            subscribed_at = self._subscribe(pubsub)
+            self._on_subscribed()
+            self.sessions += 1
+            self.connected = True
+            self.fresh_until = subscribed_at + self._ttl
+            self._listen(pubsub)
+        finally:
+            self.fresh_until = 0.0
+            self.connected = False
+            pubsub.close()
+
+    def _subscribe(self, pubsub: Any) -> float:
+        """Subscribe and wait for the confirmation; return when the request was sent."""
+        self._reconnected_underneath = False
+        sent = self._timer()
+        pubsub.subscribe(self._channel)
+        connection = getattr(pubsub, "connection", None)
+        if connection is not None:
+            # A client whose own retry policy reconnects inside redis-py would resubscribe
+            # silently and hide lost messages; hear about every connect.
+            connection.register_connect_callback(self._on_connect)
+        deadline = sent + max(self._pong_timeout, self._socket_timeout)
+        while self._timer() < deadline:
+            message = pubsub.get_message(timeout=self._socket_timeout)
+            if message is not None and message["type"] == "subscribe":
+                return sent
+        raise BusDown("no subscription confirmation")
+
+    def _on_connect(self, _connection: Any) -> None:
+        self._reconnected_underneath = True
+
+    def _listen(self, pubsub: Any) -> None:
+        """Deliver messages and keep the liveness proof current until something fails."""
+        ping_sent: float | None = None
+        next_ping = self._timer() + self._ping_every
+        while not self._stop.is_set():
+            now = self._timer()
+            if ping_sent is None and now >= next_ping:
+                ping_sent = now
+                pubsub.ping()
+            elif ping_sent is not None and now - ping_sent > self._pong_timeout:
+                raise BusDown(f"no PONG within {self._pong_timeout:.2f}s")
+            wait = self._ping_every if ping_sent is not None else max(next_ping - now, 0.0)
+            message = pubsub.get_message(timeout=wait)
+            if self._reconnected_underneath:
+                raise BusDown("the connection was re-established underneath")
+            if message is None:
+                continue
+            if message["type"] == "pong" and ping_sent is not None:
+                self.fresh_until = ping_sent + self._ttl
+                next_ping = ping_sent + self._ping_every
+                ping_sent = None
+            elif message["type"] == "message":
+                self._deliver(message["data"])
+
+    def _deliver(self, data: bytes) -> None:
+        """Decode one message and hand it over unless it is our own."""
+        try:
+            message = Message.decode(data)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            self._log.warning("bus-message", "ignoring a foreign bus message: %s", exc)
+            return
+        if message.sender != self.sender:
+            self.received += 1
+            self._on_message(message)

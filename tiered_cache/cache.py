@@ -1,0 +1,613 @@
+"""``Cache`` and ``Namespace``: the two tiers composed, with no Flask anywhere.
+
+Reads go L1 -> L2 -> loader; writes go to L2 and the bus in one pipelined round trip and
+then to this process's L1. The rules that make this correct under concurrency:
+
+- *Lock-free L1 hits.* A hit is an ``OrderedDict`` lookup, one clock read and a
+  ``move_to_end``; no lock, no key formatting (local keys are the user's key, or a tuple
+  for namespaced and memoized entries; the Redis key is only built on a miss).
+- *No stale refill.* A reader takes the L1 invalidation sequence before its Redis read
+  and fills L1 only if nothing invalidated that key in between (:mod:`tiered_cache.l1`).
+  A writer fills L1 the same way, and its fill counts as an invalidation, so a slower
+  reader holding the older value cannot overwrite it.
+- *Bounded staleness.* An L1 entry lives at most ``l1_ttl``; while the bus cannot vouch
+  for this process (:attr:`Bus.fresh_until`), only entries younger than
+  ``l1_disconnected_ttl`` are served.
+- *Fail-open.* Every Redis call goes through :class:`~tiered_cache.redis_tier.RedisTier`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, Unpack
+
+from ._log import RateLimitedLog
+from .bus import Bus, Message
+from .config import CacheConfig
+from .copying import copier_for
+from .errors import SerializationError, TieredCacheError
+from .flight import release_script
+from .framing import Frame, counter_value, pack, unpack
+from .keys import KeyLayout, encode_name
+from .keyspace import Keyspace, Namespace
+from .l1 import Entry, make_l1
+from .loading import Load, Loading, private
+from .locks import DistributedLock
+from .redis_tier import UNAVAILABLE, Breaker, Client, RedisTier, client_from_url
+from .sentinels import MISS, Miss
+from .serializers import make_serializer
+from .versions import NamespaceVersions
+
+if TYPE_CHECKING:
+    from .memoize import Memoized, P
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Bytes charged per L1 entry on top of the serialized size: the Entry, the OrderedDict
+# node, the reverse-index slot and the local key, measured with tracemalloc (bench/).
+ENTRY_OVERHEAD: Final = 200
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+class CacheSettings(TypedDict, total=False):
+    """The keyword arguments of :class:`Cache`; see :class:`~tiered_cache.config.CacheConfig`."""
+
+    redis_url: str
+    prefix: str
+    version: int
+    default_timeout: float
+    ttl_jitter: float
+    l1_backend: str
+    l1_max_items: int
+    l1_max_bytes: int
+    l1_ttl: float
+    l1_disconnected_ttl: float
+    serializer: str
+    secret_key: str | bytes | None
+    invalidation: bool
+    fail_open: bool
+    socket_timeout: float
+    breaker_failures: int
+    breaker_reset: float
+
+
+class _NoBus:
+    """Stands in for the bus when invalidation is off: L1 lives by ``l1_ttl`` alone."""
+
+    fresh_until = math.inf
+    started = True
+    connected = False
+    reconnects = 0
+    received = 0
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Nothing to stop."""
+
+
+class Cache(Keyspace):
+    """A two-tier cache: an L1 in this process over a Redis L2 shared by every worker.
+
+    :param redis: a redis-py client to use instead of one made from ``redis_url`` (its
+        timeouts and retries are then the caller's choice).
+    :param timer: the monotonic clock (injectable for tests).
+    :param settings: the settings of :class:`~tiered_cache.config.CacheConfig`,
+        lower-case (``l1_max_items=...``).
+    :raises ConfigurationError: naming the first bad setting.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: Client | None = None,
+        timer: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        **settings: Unpack[CacheSettings],
+    ) -> None:
+        self.config = config = CacheConfig.resolve(settings)
+        self._cache = self
+        self._ns = None
+        self._timer = timer
+        self._clock = clock
+        self._dttl = config.l1_disconnected_ttl
+        self._log = RateLimitedLog()
+        self._layout = KeyLayout(config.prefix, config.version)
+        self._serializer = make_serializer(config.serializer, secret_key=config.secret_key)
+        self._owns_client = redis is None
+        client = redis or client_from_url(config.redis_url, socket_timeout=config.socket_timeout)
+        breaker = Breaker(config.breaker_failures, config.breaker_reset, timer)
+        self._tier = RedisTier(client, breaker=breaker, fail_open=config.fail_open, log=self._log)
+        self._release = release_script(client)
+        self._cluster = hasattr(client, "mget_nonatomic")
+        self._namespaces: dict[str, Namespace] = {}
+        self._reset_process_state()
+        _live_caches.add(self)
+
+    def _reset_process_state(self) -> None:
+        """Create everything that belongs to one process (again, after a fork)."""
+        config = self.config
+        self._sender = uuid.uuid4().hex
+        self._l1 = make_l1(
+            config.l1_backend,
+            max_items=config.l1_max_items,
+            max_bytes=config.l1_max_bytes,
+            timer=self._timer,
+        )
+        self._l1_peek = self._l1.peek
+        self._l1_touch = self._l1.touch
+        self._bus: Bus | _NoBus = self._make_bus() if config.invalidation else _NoBus()
+        self._versions = NamespaceVersions(
+            self._tier,
+            self._layout,
+            disconnected_ttl=self._dttl,
+            bus_fresh_until=lambda: self._bus.fresh_until,
+            timer=self._timer,
+        )
+        self._loading = Loading(self)
+        self._start_lock = threading.Lock()
+        self._tier.breaker.reset()
+        self._log.after_fork()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.l1_hits = self.l2_hits = self.misses = 0
+        self.loader_calls = self.stampede_waits = self.stale_served = 0
+        self.early_refreshes = self.decode_errors = self.ratelimit_refusals = 0
+
+    def _make_bus(self) -> Bus:
+        return Bus(
+            self._tier.client,
+            self._layout.channel,
+            sender=self._sender,
+            on_message=self._on_message,
+            on_subscribed=self._on_subscribed,
+            disconnected_ttl=self._dttl,
+            socket_timeout=self.config.socket_timeout,
+            log=self._log,
+            timer=self._timer,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Cache prefix={self.config.prefix!r} version={self.config.version}>"
+
+    # -- the bus ---------------------------------------------------------------------
+
+    def _ensure_bus(self) -> None:
+        """Start the listener in this process on first use of Redis (fork-friendly)."""
+        if not self._bus.started:
+            with self._start_lock:
+                if not self._bus.started:
+                    self._bus.start()
+
+    def _on_message(self, message: Message) -> None:
+        """Apply another process's changes to this one (listener thread)."""
+        if message.flush:
+            self._l1.clear()
+            self._loading.waiters.wake_all()
+        for gkey in message.keys:
+            self._l1.invalidate(gkey)
+        for name in message.namespaces:
+            self._versions.forget(name)
+        self._loading.waiters.wake(message.keys + message.aborted)
+
+    def _on_subscribed(self) -> None:
+        """After a (re)subscription messages may have been missed: forget local state."""
+        self._l1.clear()
+        self._versions.clear()
+        self._loading.waiters.wake_all()
+
+    def _announce(self, *, keys: Iterable[str] = (), **fields: Any) -> bytes:
+        return Message(self._sender, keys=tuple(keys), **fields).encode()
+
+    # -- L1 -------------------------------------------------------------------------
+
+    def _l1_value(self, local: Hashable) -> Any:
+        """The L1 value of ``local`` if it may be served now, else MISS."""
+        entry = self._l1_peek(local)
+        if entry is None:
+            return MISS
+        now = self._timer()
+        if entry.expires > now and (now < self._bus.fresh_until or entry.stored > now - self._dttl):
+            try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
+                self._l1_touch(local)
+            except KeyError:
+                pass
+            self.l1_hits += 1
+            copy = entry.copy
+            return entry.value if copy is None else copy(entry.value)
+        return MISS
+
+    def _entry(
+        self, value: Any, gkey: str, size: int, fresh_until: float, early: float
+    ) -> Entry | None:
+        """An L1 entry for ``value``, living until L1 or logical expiry, or None if expired."""
+        now = self._timer()
+        life = self.config.l1_ttl
+        if fresh_until:
+            life = min(life, fresh_until - self._clock() - early)
+        if life <= 0:
+            return None
+        return Entry(value, copier_for(value), now + life, now, size + ENTRY_OVERHEAD, gkey)
+
+    def _fill(
+        self,
+        local: Hashable,
+        gkey: str,
+        frame: Frame,
+        value: Any,
+        since: int,
+        *,
+        early: float = 0.0,
+    ) -> None:
+        entry = self._entry(value, gkey, len(frame.payload), frame.fresh_until, early)
+        if entry is not None:
+            self._l1.fill(local, entry, since)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _decode(self, gkey: str, raw: bytes) -> tuple[Frame, Any] | Miss:
+        """Decode stored bytes; anything that does not decode is a miss and a warning."""
+        try:
+            frame = unpack(raw)
+            if frame.tag != self._serializer.tag:
+                raise SerializationError(f"written with serializer tag {frame.tag}")
+            return frame, self._serializer.loads(frame.payload)
+        except SerializationError as exc:
+            number = counter_value(raw)
+            if number is not None:
+                return Frame(0, 0.0, 0.0, raw), number
+            self.decode_errors += 1
+            self._log.warning(
+                "decode", "undecodable value at %s (%s); treated as a miss", gkey, exc
+            )
+            return MISS
+
+    def _read(self, local: Hashable, gkey: str, *, decode: bool = True) -> Any:
+        """Read ``gkey`` from Redis and fill L1; MISS when absent, expired or unreadable."""
+        self._ensure_bus()
+        since = self._l1.seq
+        raw = self._tier.run("get", lambda c: c.get(gkey))
+        if raw is UNAVAILABLE or raw is None:
+            self.misses += 1
+            return MISS
+        decoded = self._decode(gkey, raw)
+        if decoded is MISS or _expired(decoded[0], self._clock()):
+            self.misses += 1
+            return MISS
+        frame, value = decoded
+        self.l2_hits += 1
+        if decode:
+            self._fill(local, gkey, frame, value, since)
+        return private(value)
+
+    def _read_many(self, where: list[tuple[Hashable, str]], default: Any) -> list[Any]:
+        results = [self._l1_value(local) for local, _ in where]
+        missing = [i for i, value in enumerate(results) if value is MISS]
+        if missing:
+            self._ensure_bus()
+            since = self._l1.seq
+            gkeys = [where[i][1] for i in missing]
+            mget = "mget_nonatomic" if self._cluster else "mget"
+            raws = self._tier.run("get_many", lambda c: getattr(c, mget)(gkeys))
+            now = self._clock()
+            for n, i in enumerate(missing):
+                raw = None if raws is UNAVAILABLE else raws[n]
+                decoded = MISS if raw is None else self._decode(where[i][1], raw)
+                if decoded is MISS or _expired(decoded[0], now):
+                    self.misses += 1
+                    results[i] = default
+                    continue
+                self.l2_hits += 1
+                self._fill(*where[i], decoded[0], decoded[1], since)
+                results[i] = private(decoded[1])
+        return results
+
+    # -- writes ---------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float:
+        """The L2 lifetime for a write: the default, validated, then jittered downwards."""
+        seconds = self.config.default_timeout if timeout is None else timeout
+        if seconds < 0 or not math.isfinite(seconds):
+            raise ValueError(f"timeout must be >= 0 seconds (0 = no expiry), not {timeout!r}")
+        return seconds * (1 - self.config.ttl_jitter * random.random())
+
+    def _frame(self, value: Any, ttl: float, delta: float) -> tuple[bytes, Any, float]:
+        """Encode ``value``; return the stored bytes, the L1 copy and ``fresh_until``."""
+        payload = self._serializer.dumps(value)
+        fresh_until = self._clock() + ttl if ttl else 0.0
+        # L1 holds what every other worker decodes from Redis, never the caller's object.
+        held = value if type(value) in _SCALARS else self._serializer.loads(payload)
+        return pack(self._serializer.tag, fresh_until, delta, payload), held, fresh_until
+
+    def _store(
+        self,
+        local: Hashable,
+        gkey: str,
+        value: Any,
+        timeout: float | None,
+        *,
+        only_new: bool = False,
+        delta: float = 0.0,
+        stale_ttl: float = 0.0,
+        unlock: tuple[str, bytes] | None = None,
+    ) -> bool:
+        """Write one value and its announcement (and release a flight lock) in one trip."""
+        ttl = self._timeout(timeout)
+        data, held, fresh_until = self._frame(value, ttl, delta)
+        px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
+        message = self._announce(keys=(gkey,))
+        self._ensure_bus()
+        since = self._l1.seq
+
+        def write(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(gkey, data, px=px, nx=only_new)
+            pipe.publish(self._layout.channel, message)
+            if unlock is not None:
+                self._release(keys=[unlock[0]], args=[unlock[1]], client=pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        result = self._tier.run("set", write)
+        if result is UNAVAILABLE or not result[0]:
+            self._l1.invalidate(gkey)
+            return False
+        self._keep(local, gkey, self._entry(held, gkey, len(data), fresh_until, 0.0), since)
+        return True
+
+    def _keep(self, local: Hashable, gkey: str, entry: Entry | None, since: int) -> None:
+        """Hold a value this process wrote (read-your-writes) unless another write raced it."""
+        if entry is None:
+            self._l1.invalidate(gkey)
+        else:
+            self._l1.put(local, entry, since=since)
+
+    def _store_many(self, items: list[tuple[Hashable, str, Any]], timeout: float | None) -> bool:
+        writes = []  # (local, gkey, stored bytes, L1 copy, fresh_until, ttl)
+        for local, gkey, value in items:
+            ttl = self._timeout(timeout)
+            writes.append((local, gkey, *self._frame(value, ttl, 0.0), ttl))
+        message = self._announce(keys=[write[1] for write in writes])
+        self._ensure_bus()
+        since = self._l1.seq
+
+        def write_all(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for _, gkey, data, _, _, ttl in writes:
+                pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
+            pipe.publish(self._layout.channel, message)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        result = self._tier.run("set_many", write_all)
+        for local, gkey, data, held, fresh_until, _ in writes:
+            entry = None
+            if result is not UNAVAILABLE:
+                entry = self._entry(held, gkey, len(data), fresh_until, 0.0)
+            self._keep(local, gkey, entry, since)
+        return result is not UNAVAILABLE
+
+    def _delete(self, gkeys: list[str]) -> int:
+        if not gkeys:
+            return 0
+        message = self._announce(keys=gkeys)
+        self._ensure_bus()
+
+        def unlink(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
+                pipe.unlink(gkey)
+            pipe.publish(self._layout.channel, message)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        result = self._tier.run("delete", unlink)
+        for gkey in gkeys:  # after the write, so a read that began before it cannot refill
+            self._l1.invalidate(gkey)
+        return 0 if result is UNAVAILABLE else sum(result[:-1])
+
+    def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
+        timeout = self.config.default_timeout
+        message = self._announce(keys=(gkey,))
+        self._ensure_bus()
+
+        def incr(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            # SET NX first so a new counter gets a TTL (Redis 6.2 has no EXPIRE NX).
+            pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
+            pipe.incrby(gkey, delta)
+            pipe.publish(self._layout.channel, message)
+            return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+        result = self._tier.run("incr", incr)
+        self._l1.invalidate(gkey)
+        if result is UNAVAILABLE:
+            return None
+        if isinstance(result[1], Exception):
+            raise TieredCacheError(f"cannot increment {gkey!r}: {result[1]}") from result[1]
+        return int(result[1])
+
+    # -- get_or_set -----------------------------------------------------------------
+
+    def _get_or_set(self, load: Load) -> Any:
+        value = self._l1_value(load.local)
+        return self._loading.get_or_set(load) if value is MISS else value
+
+    # -- the rest of the public API ---------------------------------------------------
+
+    def namespace(self, name: str) -> Namespace:
+        """Return the namespace ``name``: the same methods, keys versioned together.
+
+        :raises ValueError: when ``name`` is empty.
+        """
+        found = self._namespaces.get(name)
+        if found is None:
+            found = self._namespaces.setdefault(name, Namespace(self, name))
+        return found
+
+    def invalidate_namespace(self, name: str) -> int:
+        """Give namespace ``name`` a new version: every key in it is gone, in every worker.
+
+        One ``INCR`` and one announcement, in one round trip; old keys die by their TTLs.
+
+        :returns: the new version, or 0 when Redis is unavailable and failing open.
+        """
+        return self._bump(encode_name(name))
+
+    def _bump(self, encoded: str) -> int:
+        message = self._announce(namespaces=(encoded,))
+        self._ensure_bus()
+
+        def bump(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(self._layout.counter(encoded))
+            pipe.publish(self._layout.channel, message)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        result = self._tier.run("invalidate_namespace", bump)
+        if result is UNAVAILABLE:
+            self._versions.forget(encoded)
+            return 0
+        self._versions.heard(encoded, int(result[0]))
+        return int(result[0])
+
+    def clear(self) -> int:
+        """Delete every key under this prefix and schema version (SCAN + UNLINK, never KEYS).
+
+        Namespace version counters are kept, so a version number is never reused.
+
+        :returns: how many keys were deleted (0 when Redis is unavailable).
+        """
+        self._ensure_bus()
+        deleted = self._tier.run("clear", self._unlink_all)
+        message = self._announce(flush=True)
+        self._tier.run("clear", lambda c: c.publish(self._layout.channel, message))
+        self._l1.clear()
+        return 0 if deleted is UNAVAILABLE else deleted
+
+    def _unlink_all(self, client: Client) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=self._layout.scan_pattern, count=1000):
+            if not self._layout.is_counter(key):
+                batch.append(key)
+            if len(batch) >= 500:
+                deleted += _unlink(client, batch)
+                batch = []
+        return deleted + _unlink(client, batch)
+
+    def lock(
+        self, name: str, timeout: float = 10.0, blocking_timeout: float | None = None
+    ) -> DistributedLock:
+        """Return a distributed lock (redis-py's ``Lock``), usable as a context manager.
+
+        Locks never fail open: with Redis unavailable, acquiring raises
+        :class:`~tiered_cache.CacheUnavailable`.
+        """
+        return DistributedLock(
+            self._tier.client, self._layout.named_lock(name), timeout, blocking_timeout
+        )
+
+    def memoize(
+        self,
+        timeout: float | None = None,
+        *,
+        namespace: str | None = None,
+        unless: Callable[[], bool] | None = None,
+    ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+        """Decorate a function so its results are cached per arguments.
+
+        See :class:`~tiered_cache.memoize.Memoized` for how arguments become keys.
+        """
+        from .memoize import Memoized
+
+        def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
+            return Memoized(self, fn, timeout=timeout, namespace=namespace, unless=unless)
+
+        return decorate
+
+    def delete_memoized(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+        """Forget one call's cached result, or every result of ``fn`` when no args are given.
+
+        :returns: keys deleted, or the function's new version when all were dropped.
+        :raises TypeError: when ``fn`` is not memoized by this cache.
+        """
+        from .memoize import Memoized
+
+        if not isinstance(fn, Memoized) or fn.cache is not self:
+            raise TypeError(f"{fn!r} is not memoized by {self!r}")
+        if not args and not kwargs:
+            return self._bump(fn.counter)
+        return self._delete([fn.redis_key(args, kwargs)])
+
+    def stats(self) -> dict[str, Any]:
+        """This process's figures (SPEC section 8), as a flat dict."""
+        lookups = self.l1_hits + self.l2_hits + self.misses
+        return {
+            "l1_hits": self.l1_hits,
+            "l2_hits": self.l2_hits,
+            "misses": self.misses,
+            "hit_ratio": (self.l1_hits + self.l2_hits) / lookups if lookups else 0.0,
+            "l1_items": len(self._l1),
+            "l1_bytes": self._l1.nbytes,
+            "l1_evictions": self._l1.evictions,
+            "invalidations_received": self._bus.received,
+            "bus_connected": self._bus.connected,
+            "bus_reconnects": self._bus.reconnects,
+            "breaker_open": self._tier.breaker.is_open,
+            "breaker_opened": self._tier.breaker.opened,
+            "redis_errors": self._tier.errors,
+            "decode_errors": self.decode_errors,
+            "loader_calls": self.loader_calls,
+            "stampede_waits": self.stampede_waits,
+            "stale_served": self.stale_served,
+            "early_refreshes": self.early_refreshes,
+            "ratelimit_refusals": self.ratelimit_refusals,
+        }
+
+    def close(self) -> None:
+        """Stop the bus listener and background refreshes; close our Redis connections."""
+        self._bus.stop()
+        self._loading.close()
+        if self._owns_client:
+            self._tier.client.close()
+        _live_caches.discard(self)
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _expired(frame: Frame, now: float) -> bool:
+    return bool(frame.fresh_until) and now >= frame.fresh_until
+
+
+def _unlink(client: Client, keys: list[bytes]) -> int:
+    if not keys:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(pipe.execute())
+
+
+# Caches alive in this process, reset in a forked child: it must not use its parent's
+# sockets, listener thread, locks or L1.
+_live_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_live_caches):
+        cache._reset_process_state()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,182 @@
+"""Every setting of the core engine, declared once: name, default, parser.
+
+A setting is known by its keyword (``l1_max_items``) in :class:`~tiered_cache.Cache`
+and by its configuration key (``TIERED_CACHE_L1_MAX_ITEMS``) in ``app.config`` and in
+the environment. Values may be given as strings (environment variables), and a bad
+value raises :class:`~tiered_cache.ConfigurationError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+KEY_PREFIX = "TIERED_CACHE_"
+URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+L1_BACKENDS = ("lru", "cachetools")
+SERIALIZERS = ("json", "msgpack", "pickle")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _bool(value: Any) -> bool:
+    """Parse a boolean, accepting the usual environment spellings."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("expected a boolean")
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> float:
+    """Parse a finite number of ``kind`` (bools are refused, they are a typo here)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {kind.__name__}, got a boolean")
+    try:
+        number = kind(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {kind.__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    return number
+
+
+def _non_negative_int(value: Any) -> int:
+    number = int(_number(value, int))
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = int(_number(value, int))
+    if number < 1:
+        raise ValueError("must be >= 1")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(_number(value, float))
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    number = float(_number(value, float))
+    if number <= 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def _fraction(value: Any) -> float:
+    number = float(_number(value, float))
+    if not 0 <= number < 1:
+        raise ValueError("must be in [0, 1)")
+    return number
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in ":{}# \t\r\n"):
+        raise ValueError("expected a non-empty string without ':', '{', '}', '#' or spaces")
+    return value
+
+
+def _redis_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a URL string")
+    parts = urlsplit(value)
+    if parts.scheme not in URL_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(URL_SCHEMES)}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("no host in the URL")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("bad port in the URL") from None
+    return value
+
+
+def _secret(value: Any) -> str | bytes | None:
+    if value is None or (isinstance(value, str | bytes) and value):
+        return value
+    raise ValueError("expected a non-empty string or bytes")
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The validated settings of one :class:`~tiered_cache.Cache`."""
+
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0",
+        _redis_url,
+        "redis://, rediss://, unix://, redis+sentinel://host:port/service, "
+        "redis+cluster://host:port",
+    )
+    prefix: str = _setting("tc", _prefix, "first part of every Redis key and the bus channel")
+    version: int = _setting(1, _non_negative_int, "schema version in every key")
+    default_timeout: float = _setting(300, _non_negative_float, "seconds; 0 = no expiry")
+    ttl_jitter: float = _setting(0.1, _fraction, "fraction of the TTL taken off at random")
+    l1_backend: str = _setting("lru", _one_of(L1_BACKENDS), "hand-written LRU or cachetools")
+    l1_max_items: int = _setting(10_000, _non_negative_int, "0 disables L1")
+    l1_max_bytes: int = _setting(64 * 1024 * 1024, _non_negative_int, "from serialized sizes")
+    l1_ttl: float = _setting(60.0, _positive_float, "no L1 entry is older than this")
+    l1_disconnected_ttl: float = _setting(
+        1.0, _positive_float, "cap on L1 age while the bus is down"
+    )
+    serializer: str = _setting("json", _one_of(SERIALIZERS), "json, msgpack or signed pickle")
+    secret_key: str | bytes | None = _setting(None, _secret, "HMAC key for pickle")
+    invalidation: bool = _setting(True, _bool, "the pub/sub invalidation bus")
+    fail_open: bool = _setting(True, _bool, "Redis errors are misses, not exceptions")
+    socket_timeout: float = _setting(0.25, _positive_float, "seconds, for cache traffic")
+    breaker_failures: int = _setting(5, _positive_int, "consecutive failures that open it")
+    breaker_reset: float = _setting(2.0, _positive_float, "seconds the breaker stays open")
+
+    @classmethod
+    def resolve(
+        cls, overrides: Mapping[str, Any], config: Mapping[str, Any] | None = None
+    ) -> CacheConfig:
+        """Build from keyword overrides, then ``TIERED_CACHE_*`` keys, then defaults.
+
+        :param overrides: lower-case keywords (``l1_max_items=...``); they win.
+        :param config: a mapping of ``TIERED_CACHE_*`` keys (``app.config``, ``os.environ``).
+        :returns: the validated configuration.
+        :raises ConfigurationError: naming the first bad key and its value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigurationError(unknown[0], overrides[unknown[0]], "unknown setting")
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            key = KEY_PREFIX + field.name.upper()
+            if field.name in overrides:
+                raw = overrides[field.name]
+            elif config is not None and key in config:
+                raw = config[key]
+            else:
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigurationError(key, raw, str(exc)) from None
+        return cls(**values)

@@ -1,0 +1,108 @@
+"""Single-flight: one loader per key, in this process and across processes.
+
+In a process, the first caller of a missing key becomes the leader of a :class:`Flight`;
+later callers wait on it and share its outcome, value or exception (the pattern of
+cachetools' ``cached`` with a per-key condition).
+
+Across processes, the leader takes a Redis token lock (``SET NX PX`` with a random
+token, released by redis-py's own compare-and-delete Lua script, pipelined with the
+write that publishes the value). Leaders of other processes that fail to take it
+register a :class:`Waiters` event for the data key and sleep until the invalidation bus
+announces the key (the value landed, or its loader failed), not in a polling loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+from redis.lock import Lock
+
+from .redis_tier import Client
+
+RELEASE_SCRIPT = Lock.LUA_RELEASE_SCRIPT
+
+
+class Flight:
+    """One in-process computation that several threads wait for."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class Flights:
+    """The computations in progress in this process, one per key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[Hashable, Flight] = {}
+
+    def join(self, key: Hashable) -> tuple[Flight, bool]:
+        """Return the flight of ``key`` and whether the caller leads it."""
+        with self._lock:
+            flight = self._pending.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._pending[key] = Flight()
+            return flight, True
+
+    def land(
+        self, key: Hashable, flight: Flight, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        """Publish the leader's outcome to its followers and retire the flight."""
+        flight.value = value
+        flight.error = error
+        with self._lock:
+            if self._pending.get(key) is flight:
+                del self._pending[key]
+        flight.done.set()
+
+
+class Waiters:
+    """Threads of this process waiting for another process to store a key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, list[threading.Event]] = {}
+
+    def register(self, gkey: str) -> threading.Event:
+        """Return an event that :meth:`wake` sets when ``gkey`` is announced."""
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(gkey, []).append(event)
+        return event
+
+    def unregister(self, gkey: str, event: threading.Event) -> None:
+        """Forget an event registered for ``gkey``."""
+        with self._lock:
+            events = self._events.get(gkey)
+            if events is not None:
+                events.remove(event)
+                if not events:
+                    del self._events[gkey]
+
+    def wake(self, gkeys: tuple[str, ...]) -> None:
+        """Set every event registered for any of ``gkeys``."""
+        if not self._events:
+            return
+        with self._lock:
+            events = [e for k in gkeys for e in self._events.get(k, ())]
+        for event in events:
+            event.set()
+
+    def wake_all(self) -> None:
+        """Set every event (after a bus reconnect messages may have been lost)."""
+        with self._lock:
+            events = [e for group in self._events.values() for e in group]
+        for event in events:
+            event.set()
+
+
+def release_script(client: Client) -> Any:
+    """Register redis-py's lock release script on ``client`` (once per client)."""
+    return client.register_script(RELEASE_SCRIPT)

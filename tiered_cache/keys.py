@@ -1,0 +1,99 @@
+"""The Redis key layout: ``{prefix}:{version}:{namespace}:{namespace_version}:{key}``.
+
+User keys are any string. A key made only of safe characters and at most
+:data:`MAX_PLAIN_KEY` long is used as it is; any other key is replaced by ``#`` and a
+BLAKE2b digest of it. ``#`` is not a safe character, so a hashed key can never equal a
+plain one, and a user-controlled key can neither break the layout nor pick a Redis
+Cluster slot with ``{...}``.
+
+Besides data keys the layout has, under the same prefix and schema version:
+
+- ``#ns:{name}``: the version counter of a namespace (never removed by ``clear``, so a
+  version number is never reused while Redis keeps its data);
+- ``{data key}#lock``: the single-flight / refresh lock of a data key;
+- ``#lock:{name}``: named locks from :meth:`Cache.lock`;
+- the bus channel ``{prefix}:{version}:#bus``.
+
+The core engine needs no Redis Cluster hash tags: every multi-key call it makes (MGET,
+pipelines) is split by redis-py's cluster client per slot, and no Lua script of the core
+touches two keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_PLAIN_KEY = 200
+DEFAULT_NAMESPACE = ""  # an empty name, which no user namespace can have
+
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_.:/=+,@!$%&*;~^|-]+")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.=+,@!$%&*;~^|-]+")
+
+
+def _digest(text: str) -> str:
+    return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+
+
+def encode_key(key: str) -> str:
+    """Return the Redis form of a user key: itself when safe and short, else its digest.
+
+    :param key: any string.
+    :returns: a string of safe characters, at most :data:`MAX_PLAIN_KEY` + 1 long.
+    :raises TypeError: when ``key`` is not a string.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys are strings, not {type(key).__name__}: {key!r}")
+    if len(key) <= MAX_PLAIN_KEY and _SAFE_KEY.fullmatch(key):
+        return key
+    return _digest(key)
+
+
+def encode_name(name: str) -> str:
+    """Return the Redis form of a namespace name (no ``:`` allowed, unlike keys).
+
+    :raises ValueError: when ``name`` is empty.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a namespace name is a non-empty string, not {name!r}")
+    if len(name) <= MAX_PLAIN_KEY and _SAFE_NAME.fullmatch(name):
+        return name
+    return _digest(name)
+
+
+class KeyLayout:
+    """Builds every Redis key and channel name of one prefix and schema version."""
+
+    __slots__ = ("base", "channel", "counter_prefix")
+
+    def __init__(self, prefix: str, version: int) -> None:
+        self.base = f"{prefix}:{version}:"
+        self.channel = f"{self.base}#bus"
+        self.counter_prefix = f"{self.base}#ns:"
+
+    def data(self, namespace: str, namespace_version: int, key: str) -> str:
+        """Return the data key of ``key`` (already encoded names are not re-encoded)."""
+        return f"{self.base}{namespace}:{namespace_version}:{encode_key(key)}"
+
+    def counter(self, namespace: str) -> str:
+        """Return the version counter key of an encoded namespace name."""
+        return self.counter_prefix + namespace
+
+    @staticmethod
+    def flight_lock(data_key: str) -> str:
+        """Return the single-flight lock key of a data key."""
+        return data_key + "#lock"
+
+    def named_lock(self, name: str) -> str:
+        """Return the key of a named lock."""
+        return f"{self.base}#lock:{encode_key(name)}"
+
+    @property
+    def scan_pattern(self) -> str:
+        """A SCAN MATCH pattern for every key under this prefix and version."""
+        return self.base.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
+
+    def is_counter(self, redis_key: bytes | str) -> bool:
+        """Tell whether a key found by SCAN is a namespace counter (kept by ``clear``)."""
+        text = redis_key.decode() if isinstance(redis_key, bytes) else redis_key
+        return text.startswith(self.counter_prefix)

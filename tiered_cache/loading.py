@@ -1,0 +1,280 @@
+"""``get_or_set``: read through both tiers, else load once for the whole cluster.
+
+The path of one call, after an L1 miss:
+
+1. In-process single-flight (:class:`~tiered_cache.flight.Flights`): one leader thread
+   per key; followers wait for its outcome, value or exception.
+2. The leader reads Redis. A fresh value is filled into L1 (its L1 life shortened by an
+   XFetch draw when ``early_refresh``; a draw that falls due refreshes in the background
+   now). A value past ``timeout`` but within ``stale_ttl`` is served while one background
+   refresh runs cluster-wide.
+3. On a miss: ``SET lock NX PX`` pipelined with a second ``GET`` (the value may have
+   landed since step 2). The lock holder loads, then writes, announces and releases in
+   one pipeline; on a loader error it releases and announces the abort. The others sleep
+   until the bus announces the key, read it, and take over if the loader failed. After
+   ``lock_timeout`` a waiter loads by itself.
+
+An uncontended miss is three round trips: read, lock+read, write+publish+release.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import random
+import threading
+import uuid
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Final
+
+from .copying import copier_for
+from .flight import Flights, Waiters
+from .framing import Frame
+from .keys import KeyLayout
+from .redis_tier import UNAVAILABLE, Client
+from .sentinels import MISS, Miss
+
+if TYPE_CHECKING:
+    from .cache import Cache
+
+XFETCH_BETA: Final = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Load:
+    """One ``get_or_set`` request: where the value lives and how to make it."""
+
+    local: Hashable
+    gkey: str
+    loader: Callable[[], Any]
+    timeout: float | None
+    stale_ttl: float = 0.0
+    lock_timeout: float = 10.0
+    early_refresh: bool = True
+
+    @property
+    def lock_key(self) -> str:
+        """The Redis key of this value's single-flight lock."""
+        return KeyLayout.flight_lock(self.gkey)
+
+    @property
+    def lock_ms(self) -> int:
+        """The lock's lifetime in milliseconds."""
+        return max(math.ceil(self.lock_timeout * 1000), 1)
+
+
+class Loading:
+    """The single-flight machinery of one cache in one process (made anew after a fork)."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self.flights = Flights()
+        self.waiters = Waiters()
+        self._refresh_lock = threading.Lock()
+        self._refreshing: set[str] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def get_or_set(self, load: Load) -> Any:
+        """Return the value of ``load.gkey``; L1 was already missed."""
+        flight, leader = self.flights.join(load.gkey)
+        if not leader:
+            self._cache.stampede_waits += 1
+            # The leader may wait lock_timeout for another process, then load itself.
+            if flight.done.wait(2 * load.lock_timeout):
+                if flight.error is not None:
+                    raise flight.error
+                return private(flight.value)
+            return self._run(load.loader)[0]
+        try:
+            value = self._lead(load)
+        except BaseException as exc:
+            self.flights.land(load.gkey, flight, error=exc)
+            raise
+        self.flights.land(load.gkey, flight, value=value)
+        return value
+
+    def _lead(self, load: Load) -> Any:
+        """This process's one caller for the key: Redis, then the cross-process flight."""
+        cache = self._cache
+        cache._ensure_bus()
+        since = cache._l1.seq
+        raw = cache._tier.run("get", lambda c: c.get(load.gkey))
+        if raw is UNAVAILABLE:
+            cache.misses += 1
+            return self._run(load.loader)[0]
+        decoded = MISS if raw is None else cache._decode(load.gkey, raw)
+        if decoded is not MISS:
+            frame, value = decoded
+            now = cache._clock()
+            if not frame.fresh_until or now < frame.fresh_until:
+                cache.l2_hits += 1
+                early = xfetch_gap(frame.delta) if load.early_refresh and frame.delta else 0.0
+                if early and now + early >= frame.fresh_until:
+                    cache.early_refreshes += 1
+                    self.refresh_later(load)
+                cache._fill(load.local, load.gkey, frame, value, since, early=early)
+                return private(value)
+            if load.stale_ttl and now < frame.fresh_until + load.stale_ttl:
+                cache.stale_served += 1
+                self.refresh_later(load)
+                return value
+        cache.misses += 1
+        return self._load_once(load)
+
+    def _load_once(self, load: Load) -> Any:
+        """Take the cluster-wide lock and load, or wait for the process that holds it."""
+        cache = self._cache
+        deadline = cache._timer() + load.lock_timeout
+        woken = self.waiters.register(load.gkey)
+        try:
+            while True:
+                token = uuid.uuid4().hex.encode()
+                since = cache._l1.seq
+                result = cache._tier.run("lock", _lock_and_read(load, token))
+                if result is UNAVAILABLE:
+                    return self._run(load.loader)[0]
+                locked, raw = result
+                found = self._fresh(load.gkey, raw)
+                if found is not MISS:
+                    if locked:
+                        cache._tier.run("unlock", _release(cache, load, token))
+                    return self._found(load, found, since)
+                if locked:
+                    return self._load_and_store(load, token)
+                if not self._wait(woken, deadline):
+                    break
+                since = cache._l1.seq
+                found = self._fresh(load.gkey, cache._tier.run("get", lambda c: c.get(load.gkey)))
+                if found is not MISS:
+                    return self._found(load, found, since)
+        finally:
+            self.waiters.unregister(load.gkey, woken)
+        # The holder did not finish within lock_timeout: load and store without the lock.
+        return self._load_and_store(load, None)
+
+    def _found(self, load: Load, found: tuple[Frame, Any], since: int) -> Any:
+        """Another process's value: fill L1 and hand out a private copy."""
+        self._cache._fill(load.local, load.gkey, found[0], found[1], since)
+        return private(found[1])
+
+    def _wait(self, woken: threading.Event, deadline: float) -> bool:
+        """Sleep until the bus announces the key; False when the deadline has passed."""
+        remaining = deadline - self._cache._timer()
+        if remaining <= 0:
+            return False
+        self._cache.stampede_waits += 1
+        woken.wait(remaining)
+        woken.clear()
+        return True
+
+    def _fresh(self, gkey: str, raw: Any) -> tuple[Frame, Any] | Miss:
+        """Decode ``raw`` when it is a fresh value, else MISS."""
+        if raw is None or raw is UNAVAILABLE:
+            return MISS
+        decoded = self._cache._decode(gkey, raw)
+        if decoded is MISS:
+            return MISS
+        fresh_until = decoded[0].fresh_until
+        return MISS if fresh_until and self._cache._clock() >= fresh_until else decoded
+
+    def _run(self, loader: Callable[[], Any]) -> tuple[Any, float]:
+        """Run the loader; return its value and how long it took."""
+        self._cache.loader_calls += 1
+        started = self._cache._timer()
+        value = loader()
+        return value, self._cache._timer() - started
+
+    def _load_and_store(self, load: Load, token: bytes | None) -> Any:
+        """Load, then store, announce and release in one trip; on error release and tell."""
+        try:
+            value, delta = self._run(load.loader)
+        except BaseException:
+            if token is not None:
+                self._abort(load, token)
+            raise
+        self._cache._store(
+            load.local,
+            load.gkey,
+            value,
+            load.timeout,
+            delta=delta,
+            stale_ttl=load.stale_ttl,
+            unlock=(load.lock_key, token) if token is not None else None,
+        )
+        return value
+
+    def _abort(self, load: Load, token: bytes) -> None:
+        """Release the lock after a failed load and wake the waiting processes."""
+        cache = self._cache
+        message = cache._announce(aborted=(load.gkey,))
+
+        def release(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            cache._release(keys=[load.lock_key], args=[token], client=pipe)
+            pipe.publish(cache._layout.channel, message)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        cache._tier.run("unlock", release)
+
+    def refresh_later(self, load: Load) -> None:
+        """Refresh in a background thread unless this process is already refreshing it."""
+        with self._refresh_lock:
+            if load.gkey in self._refreshing:
+                return
+            self._refreshing.add(load.gkey)
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix="tiered_cache-refresh"
+                )
+            executor = self._executor
+        executor.submit(self._refresh, load)
+
+    def _refresh(self, load: Load) -> None:
+        """One background refresh, if this process wins the cluster-wide lock."""
+        cache = self._cache
+        try:
+            token = uuid.uuid4().hex.encode()
+            taken = cache._tier.run(
+                "lock", lambda c: c.set(load.lock_key, token, nx=True, px=load.lock_ms)
+            )
+            if taken is True:
+                self._load_and_store(load, token)
+        except Exception as exc:  # a background thread: log, count, carry on
+            cache._log.warning("refresh", "background refresh of %s failed: %r", load.gkey, exc)
+        finally:
+            with self._refresh_lock:
+                self._refreshing.discard(load.gkey)
+
+    def close(self) -> None:
+        """Stop background refreshes that have not started."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lock_and_read(load: Load, token: bytes) -> Callable[[Client], list[Any]]:
+    """``SET lock NX PX`` and ``GET`` in one pipeline."""
+
+    def call(client: Client) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(load.lock_key, token, nx=True, px=load.lock_ms)
+        pipe.get(load.gkey)
+        return pipe.execute()  # type: ignore[no-any-return]
+
+    return call
+
+
+def _release(cache: Cache, load: Load, token: bytes) -> Callable[[Client], Any]:
+    """Release a lock we took but did not need."""
+    return lambda client: cache._release(keys=[load.lock_key], args=[token], client=client)
+
+
+def private(value: Any) -> Any:
+    """A copy of a freshly decoded value that L1 may also hold."""
+    copy = copier_for(value)
+    return value if copy is None else copy(value)
+
+
+def xfetch_gap(delta: float) -> float:
+    """How long before expiry to recompute: XFetch's ``-delta * beta * ln(U)``, U in (0, 1]."""
+    return -delta * XFETCH_BETA * math.log(1.0 - random.random())

@@ -1,0 +1,187 @@
+"""L2: the Redis client, its short timeouts, the circuit breaker and the error boundary.
+
+Every Redis call of the engine goes through :meth:`RedisTier.run`, the one place where
+Redis errors are caught, counted, logged (rate-limited) and either turned into
+:data:`UNAVAILABLE` (fail-open) or raised as :class:`CacheUnavailable` with the Redis
+error as ``__cause__``.
+
+redis-py's defaults (a 5 s socket timeout, three retries with backoff) would make every
+request wait out a hung Redis; cache traffic uses one short timeout for connecting and
+for each reply, and no retries: the breaker, not a retry loop, handles an outage.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._log import RateLimitedLog
+from .errors import CacheUnavailable, ConfigurationError
+
+T = TypeVar("T")
+# A Redis, RedisCluster or Sentinel-managed client: the engine uses their common commands.
+Client = Any
+
+
+class Unavailable(enum.Enum):
+    """The type of :data:`UNAVAILABLE`."""
+
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+UNAVAILABLE = Unavailable.UNAVAILABLE
+REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def client_from_url(url: str, *, socket_timeout: float) -> Client:
+    """Make a redis-py client for ``url`` with short timeouts and no retries.
+
+    :param url: ``redis://``, ``rediss://``, ``unix://``,
+        ``redis+sentinel://host:port[,host:port]/service[/db]`` or
+        ``redis+cluster://host:port``.
+    :param socket_timeout: seconds to connect and to wait for each reply.
+    :raises ConfigurationError: naming ``TIERED_CACHE_REDIS_URL`` when the URL is unusable.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "redis+sentinel":
+            return _sentinel_client(parts, options)
+        if parts.scheme == "redis+cluster":
+            from redis.cluster import RedisCluster
+
+            return RedisCluster(host=parts.hostname, port=parts.port or 6379, **options)
+        return redis.Redis.from_url(url, **options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError("TIERED_CACHE_REDIS_URL", url, str(exc)) from exc
+
+
+def _sentinel_client(parts: Any, options: dict[str, Any]) -> Client:
+    """A master client found through the Sentinels named in a ``redis+sentinel`` URL."""
+    from redis.sentinel import Sentinel
+
+    hosts = []
+    for hostport in unquote(parts.netloc.rpartition("@")[2]).split(","):
+        host, _, port = hostport.partition(":")
+        hosts.append((host, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a redis+sentinel URL names the service: redis+sentinel://h:p/service")
+    db = int(path[1]) if len(path) > 1 else int(parse_qs(parts.query).get("db", ["0"])[0])
+    sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(  # type: ignore[no-untyped-call]
+        path[0], db=db, password=parts.password, **options
+    )
+
+
+class Breaker:
+    """A circuit breaker: open after ``failures`` consecutive errors, for ``reset`` seconds.
+
+    Then half-open: one caller probes Redis; success closes the breaker, failure opens
+    it for another ``reset`` seconds. While open, callers are refused in microseconds.
+    """
+
+    def __init__(
+        self, failures: int, reset: float, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit = failures
+        self._reset = reset
+        self._timer = timer
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._open_until = 0.0
+        self._probing = False
+        self.opened = 0
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are being refused."""
+        return self._failures >= self._limit
+
+    def allow(self) -> bool:
+        """Tell whether a call may go to Redis now (claims the probe when half-open)."""
+        if self._failures < self._limit:
+            return True
+        with self._lock:
+            if self._probing or self._timer() < self._open_until:
+                return False
+            self._probing = True
+            return True
+
+    def success(self) -> None:
+        """Record a call that worked."""
+        if self._failures or self._probing:
+            with self._lock:
+                self._failures = 0
+                self._probing = False
+
+    def failure(self) -> None:
+        """Record a call that failed."""
+        with self._lock:
+            self._probing = False
+            self._failures += 1
+            if self._failures >= self._limit:
+                if self._timer() >= self._open_until:
+                    self.opened += 1
+                self._open_until = self._timer() + self._reset
+
+    def reset(self) -> None:
+        """Close the breaker; after a fork the child starts with a clean slate.
+
+        The lock is replaced, not taken: another thread may have held it at the fork.
+        """
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._probing = False
+        self._open_until = 0.0
+
+
+class RedisTier:
+    """The error boundary around one Redis client."""
+
+    def __init__(
+        self, client: Client, *, breaker: Breaker, fail_open: bool, log: RateLimitedLog
+    ) -> None:
+        self.client = client
+        self.breaker = breaker
+        self.fail_open = fail_open
+        self._log = log
+        self.errors = 0
+
+    def run(self, what: str, call: Callable[[Client], T]) -> T | Unavailable:
+        """Call ``call(client)`` unless the breaker is open.
+
+        :param what: names the operation in logs and errors.
+        :returns: its result, or :data:`UNAVAILABLE` when Redis failed and we fail open.
+        :raises CacheUnavailable: when Redis failed and ``fail_open`` is off.
+        """
+        if not self.breaker.allow():
+            return self._unavailable(what, None)
+        try:
+            result = call(self.client)
+        except REDIS_ERRORS as exc:
+            self.breaker.failure()
+            self.errors += 1
+            return self._unavailable(what, exc)
+        self.breaker.success()
+        return result
+
+    def _unavailable(self, what: str, exc: BaseException | None) -> Unavailable:
+        """Fail open (log, count, return the sentinel) or raise CacheUnavailable."""
+        reason = "circuit breaker open" if exc is None else f"{type(exc).__name__}: {exc}"
+        if not self.fail_open:
+            raise CacheUnavailable(f"Redis unavailable during {what}: {reason}") from exc
+        self._log.warning("redis", "Redis unavailable during %s (%s); failing open", what, reason)
+        return UNAVAILABLE

@@ -1,0 +1,98 @@
+"""Namespace versions: the counter in every namespaced key, cached in this process.
+
+A namespace's version lives in Redis (``INCR`` on invalidation). This process keeps the
+versions it has used, kept current by the bus; a version fetched while the bus cannot
+vouch for it is trusted for ``disconnected_ttl`` seconds only, like an L1 entry. A
+version never goes backwards here: a bump heard on the bus wins over a fetch that was
+already on its way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from .keys import KeyLayout
+from .redis_tier import UNAVAILABLE, RedisTier
+
+
+class NamespaceVersions:
+    """The versions of the namespaces this process uses."""
+
+    def __init__(
+        self,
+        tier: RedisTier,
+        layout: KeyLayout,
+        *,
+        disconnected_ttl: float,
+        bus_fresh_until: Callable[[], float],
+        timer: Callable[[], float],
+    ) -> None:
+        self._tier = tier
+        self._layout = layout
+        self._ttl = disconnected_ttl
+        self._bus_fresh_until = bus_fresh_until
+        self._timer = timer
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[int, float]] = {}
+        self._epoch = 0
+
+    def cached(self, name: str) -> int | None:
+        """Return the version of ``name`` if the process may trust its copy now."""
+        known = self._known.get(name)
+        if known is None:
+            return None
+        now = self._timer()
+        if now < self._bus_fresh_until() or known[1] > now - self._ttl:
+            return known[0]
+        return None
+
+    def get(self, name: str) -> int:
+        """Return the current version of ``name``, fetching it when not trusted.
+
+        With Redis unavailable the last known version (or 0) is used and not recorded.
+        """
+        version = self.cached(name)
+        if version is not None:
+            return version
+        epoch = self._epoch
+        fetched_at = self._timer()
+        raw = self._tier.run("namespace version", lambda c: c.get(self._layout.counter(name)))
+        if raw is UNAVAILABLE:
+            known = self._known.get(name)
+            return known[0] if known else 0
+        try:
+            version = int(raw) if raw is not None else 0
+        except ValueError:
+            version = 0
+        return self._record(name, version, fetched_at, epoch)
+
+    def forget(self, name: str) -> None:
+        """Drop the version of ``name`` (another process bumped it); fetches in flight lose."""
+        with self._lock:
+            self._known.pop(name, None)
+            self._epoch += 1
+
+    def heard(self, name: str, version: int) -> None:
+        """Record a version this process set itself."""
+        with self._lock:
+            known = self._known.get(name)
+            if known is None or known[0] <= version:
+                self._known[name] = (version, self._timer())
+
+    def _record(self, name: str, version: int, fetched_at: float, epoch: int) -> int:
+        """Keep a fetched version unless a flush or a newer version got there first."""
+        with self._lock:
+            known = self._known.get(name)
+            if self._epoch != epoch:
+                return version
+            if known is not None and known[0] > version:
+                return known[0]
+            self._known[name] = (version, fetched_at)
+            return version
+
+    def clear(self) -> None:
+        """Forget every version (bus reconnect, clear, fork)."""
+        with self._lock:
+            self._known.clear()
+            self._epoch += 1
