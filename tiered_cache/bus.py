@@ -118,6 +118,7 @@ class Bus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reconnected_underneath = False
+        self._first_subscription = threading.Event()
         self.fresh_until = 0.0
         self.connected = False
         self.sessions = 0
@@ -134,12 +135,17 @@ class Bus:
         """True once :meth:`start` ran in this process."""
         return self._thread is not None
 
-    def start(self) -> None:
-        """Start the listener thread (daemon; stopped by :meth:`stop`)."""
+    def start(self, wait: float = 0.0) -> None:
+        """Start the listener thread (daemon; stopped by :meth:`stop`).
+
+        :param wait: seconds to wait for the first subscription, so that its flush of
+            local state happens before the caller fills L1, not after.
+        """
         self._thread = threading.Thread(
             target=self._supervise, name="tiered_cache-bus", daemon=True
         )
         self._thread.start()
+        self._first_subscription.wait(wait)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the listener and wait for it (at most ``timeout`` seconds)."""
@@ -170,6 +176,7 @@ class Bus:
         try:
             subscribed_at = self._subscribe(pubsub)
             self._on_subscribed()
+            self._first_subscription.set()
             self.sessions += 1
             self.connected = True
             self.fresh_until = subscribed_at + self._ttl

@@ -33,7 +33,7 @@ from .bus import Bus, Message
 from .config import CacheConfig
 from .copying import copier_for
 from .errors import SerializationError, TieredCacheError
-from .flight import release_script
+from .flight import release
 from .framing import Frame, counter_value, pack, unpack
 from .keys import KeyLayout, encode_name
 from .keyspace import Keyspace, Namespace
@@ -88,7 +88,7 @@ class _NoBus:
     reconnects = 0
     received = 0
 
-    def start(self) -> None:
+    def start(self, wait: float = 0.0) -> None:
         """Nothing to start."""
 
     def stop(self, timeout: float = 0.0) -> None:
@@ -127,7 +127,6 @@ class Cache(Keyspace):
         client = redis or client_from_url(config.redis_url, socket_timeout=config.socket_timeout)
         breaker = Breaker(config.breaker_failures, config.breaker_reset, timer)
         self._tier = RedisTier(client, breaker=breaker, fail_open=config.fail_open, log=self._log)
-        self._release = release_script(client)
         self._cluster = hasattr(client, "mget_nonatomic")
         self._namespaces: dict[str, Namespace] = {}
         self._reset_process_state()
@@ -187,7 +186,7 @@ class Cache(Keyspace):
         if not self._bus.started:
             with self._start_lock:
                 if not self._bus.started:
-                    self._bus.start()
+                    self._bus.start(wait=2 * self.config.socket_timeout)
 
     def _on_message(self, message: Message) -> None:
         """Apply another process's changes to this one (listener thread)."""
@@ -206,8 +205,11 @@ class Cache(Keyspace):
         self._versions.clear()
         self._loading.waiters.wake_all()
 
-    def _announce(self, *, keys: Iterable[str] = (), **fields: Any) -> bytes:
-        return Message(self._sender, keys=tuple(keys), **fields).encode()
+    def _announce(self, pipe: Any, *, keys: Iterable[str] = (), **fields: Any) -> None:
+        """Queue the bus message of a change on the pipeline that makes it (if the bus is on)."""
+        if self.config.invalidation:
+            message = Message(self._sender, keys=tuple(keys), **fields)
+            pipe.publish(self._layout.channel, message.encode())
 
     # -- L1 -------------------------------------------------------------------------
 
@@ -345,16 +347,15 @@ class Cache(Keyspace):
         ttl = self._timeout(timeout)
         data, held, fresh_until = self._frame(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
-        message = self._announce(keys=(gkey,))
         self._ensure_bus()
         since = self._l1.seq
 
         def write(client: Client) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             pipe.set(gkey, data, px=px, nx=only_new)
-            pipe.publish(self._layout.channel, message)
+            self._announce(pipe, keys=(gkey,))
             if unlock is not None:
-                self._release(keys=[unlock[0]], args=[unlock[1]], client=pipe)
+                release(pipe, *unlock)
             return pipe.execute()  # type: ignore[no-any-return]
 
         result = self._tier.run("set", write)
@@ -376,7 +377,6 @@ class Cache(Keyspace):
         for local, gkey, value in items:
             ttl = self._timeout(timeout)
             writes.append((local, gkey, *self._frame(value, ttl, 0.0), ttl))
-        message = self._announce(keys=[write[1] for write in writes])
         self._ensure_bus()
         since = self._l1.seq
 
@@ -384,7 +384,7 @@ class Cache(Keyspace):
             pipe = client.pipeline(transaction=False)
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
-            pipe.publish(self._layout.channel, message)
+            self._announce(pipe, keys=[write[1] for write in writes])
             return pipe.execute()  # type: ignore[no-any-return]
 
         result = self._tier.run("set_many", write_all)
@@ -398,24 +398,22 @@ class Cache(Keyspace):
     def _delete(self, gkeys: list[str]) -> int:
         if not gkeys:
             return 0
-        message = self._announce(keys=gkeys)
         self._ensure_bus()
 
         def unlink(client: Client) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
                 pipe.unlink(gkey)
-            pipe.publish(self._layout.channel, message)
+            self._announce(pipe, keys=gkeys)
             return pipe.execute()  # type: ignore[no-any-return]
 
         result = self._tier.run("delete", unlink)
         for gkey in gkeys:  # after the write, so a read that began before it cannot refill
             self._l1.invalidate(gkey)
-        return 0 if result is UNAVAILABLE else sum(result[:-1])
+        return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
         timeout = self.config.default_timeout
-        message = self._announce(keys=(gkey,))
         self._ensure_bus()
 
         def incr(client: Client) -> list[Any]:
@@ -423,7 +421,7 @@ class Cache(Keyspace):
             # SET NX first so a new counter gets a TTL (Redis 6.2 has no EXPIRE NX).
             pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
             pipe.incrby(gkey, delta)
-            pipe.publish(self._layout.channel, message)
+            self._announce(pipe, keys=(gkey,))
             return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
         result = self._tier.run("incr", incr)
@@ -462,13 +460,12 @@ class Cache(Keyspace):
         return self._bump(encode_name(name))
 
     def _bump(self, encoded: str) -> int:
-        message = self._announce(namespaces=(encoded,))
         self._ensure_bus()
 
         def bump(client: Client) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             pipe.incr(self._layout.counter(encoded))
-            pipe.publish(self._layout.channel, message)
+            self._announce(pipe, namespaces=(encoded,))
             return pipe.execute()  # type: ignore[no-any-return]
 
         result = self._tier.run("invalidate_namespace", bump)
@@ -487,8 +484,7 @@ class Cache(Keyspace):
         """
         self._ensure_bus()
         deleted = self._tier.run("clear", self._unlink_all)
-        message = self._announce(flush=True)
-        self._tier.run("clear", lambda c: c.publish(self._layout.channel, message))
+        self._tier.run("clear", lambda c: self._announce(c, flush=True))
         self._l1.clear()
         return 0 if deleted is UNAVAILABLE else deleted
 

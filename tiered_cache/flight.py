@@ -103,6 +103,11 @@ class Waiters:
             event.set()
 
 
-def release_script(client: Client) -> Any:
-    """Register redis-py's lock release script on ``client`` (once per client)."""
-    return client.register_script(RELEASE_SCRIPT)
+def release(client_or_pipe: Client, lock_key: str, token: bytes) -> Any:
+    """Queue (on a pipeline) or run redis-py's compare-and-delete release of a lock.
+
+    ``EVAL``, not a registered script: redis-py checks ``SCRIPT EXISTS`` before every
+    pipeline that holds a registered script, an extra round trip each time; Redis caches
+    the compiled script by its digest, so EVAL costs only the few bytes of its text.
+    """
+    return client_or_pipe.eval(RELEASE_SCRIPT, 1, lock_key, token)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final
 
 from .copying import copier_for
-from .flight import Flights, Waiters
+from .flight import Flights, Waiters, release
 from .framing import Frame
 from .keys import KeyLayout
 from .redis_tier import UNAVAILABLE, Client
@@ -138,7 +138,7 @@ class Loading:
                 found = self._fresh(load.gkey, raw)
                 if found is not MISS:
                     if locked:
-                        cache._tier.run("unlock", _release(cache, load, token))
+                        cache._tier.run("unlock", _release(load, token))
                     return self._found(load, found, since)
                 if locked:
                     return self._load_and_store(load, token)
@@ -207,15 +207,14 @@ class Loading:
     def _abort(self, load: Load, token: bytes) -> None:
         """Release the lock after a failed load and wake the waiting processes."""
         cache = self._cache
-        message = cache._announce(aborted=(load.gkey,))
 
-        def release(client: Client) -> list[Any]:
+        def unlock_and_tell(client: Client) -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            cache._release(keys=[load.lock_key], args=[token], client=pipe)
-            pipe.publish(cache._layout.channel, message)
+            release(pipe, load.lock_key, token)
+            cache._announce(pipe, aborted=(load.gkey,))
             return pipe.execute()  # type: ignore[no-any-return]
 
-        cache._tier.run("unlock", release)
+        cache._tier.run("unlock", unlock_and_tell)
 
     def refresh_later(self, load: Load) -> None:
         """Refresh in a background thread unless this process is already refreshing it."""
@@ -264,9 +263,9 @@ def _lock_and_read(load: Load, token: bytes) -> Callable[[Client], list[Any]]:
     return call
 
 
-def _release(cache: Cache, load: Load, token: bytes) -> Callable[[Client], Any]:
+def _release(load: Load, token: bytes) -> Callable[[Client], Any]:
     """Release a lock we took but did not need."""
-    return lambda client: cache._release(keys=[load.lock_key], args=[token], client=client)
+    return lambda client: release(client, load.lock_key, token)
 
 
 def private(value: Any) -> Any:

@@ -1,0 +1,494 @@
+"""The contract of ``Cache`` and ``Namespace``, run against both L1 backends and real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+
+from tiered_cache import MISS, Cache, TieredCacheError
+
+MakeCache = Callable[..., Cache]
+
+
+def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def plain(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+@contextmanager
+def counting(url: str) -> Iterator[dict[str, int]]:
+    """Count the Redis commands run inside the block (INFO commandstats deltas)."""
+
+    client = plain(url)
+
+    def snapshot() -> dict[str, int]:
+        stats = client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    before = snapshot()
+    delta: dict[str, int] = {}
+    yield delta
+    after = snapshot()
+    delta.update(
+        {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0) and k != "info"}
+    )
+
+
+def warm(cache: Cache) -> None:
+    """Make sure the bus is up, so counted commands are the call's own."""
+    cache.get("warm-up")
+    assert until(lambda: cache.stats()["bus_connected"])
+
+
+# -- basic values ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["text", "ünïcødé", 0, -7, 3.5, True, None, [1, "a", None], {"a": {"b": [1, 2]}}, ""],
+)
+def test_set_then_get_round_trips(make_cache: MakeCache, value: Any) -> None:
+    writer, reader = make_cache(), make_cache()
+    assert writer.set("k", value)
+    assert writer.get("k", MISS) == value
+    assert reader.get("k", MISS) == value
+
+
+def test_miss_returns_default_and_none_is_cacheable(cache: Cache) -> None:
+    assert cache.get("absent") is None
+    assert cache.get("absent", MISS) is MISS
+    cache.set("none", None)
+    assert cache.get("none", MISS) is None
+    assert cache.has("none")
+    assert not cache.has("absent")
+
+
+def test_writer_reads_its_own_write_from_l1(cache: Cache) -> None:
+    cache.set("k", "v")
+    hits = cache.stats()["l1_hits"]
+    assert cache.get("k") == "v"
+    assert cache.stats()["l1_hits"] == hits + 1
+
+
+def test_l2_hit_is_one_round_trip_and_fills_l1(make_cache: MakeCache, redis_url: str) -> None:
+    make_cache().set("k", {"v": 1})
+    reader = make_cache()
+    warm(reader)
+    with counting(redis_url) as commands:
+        assert reader.get("k") == {"v": 1}
+    assert commands == {"get": 1}
+    with counting(redis_url) as commands:
+        assert reader.get("k") == {"v": 1}
+    assert commands == {}
+
+
+def test_mutating_a_returned_value_does_not_change_the_cache(make_cache: MakeCache) -> None:
+    writer, reader = make_cache(), make_cache()
+    original = {"list": [1, 2], "nested": {"x": 1}}
+    writer.set("k", original)
+    original["list"].append("caller mutates after set")
+    for cache in (writer, reader, reader):  # from the writer's L1, from Redis, from L1
+        value = cache.get("k")
+        assert value == {"list": [1, 2], "nested": {"x": 1}}
+        value["list"].append(3)
+        value["nested"]["x"] = 2
+
+
+def test_l1_holds_what_other_workers_decode(cache: Cache) -> None:
+    cache.set("k", (1, 2))  # json has no tuples: every worker reads a list
+    assert cache.get("k") == [1, 2]
+
+
+def test_keys_must_be_strings(cache: Cache) -> None:
+    with pytest.raises(TypeError, match="strings"):
+        cache.get(("not", "a", "string"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="strings"):
+        cache.set(b"bytes", 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["with space", "x" * 1000, "{tag}", "ключ", "a#b", "\n"])
+def test_unsafe_or_long_keys_are_hashed(cache: Cache, redis_url: str, key: str) -> None:
+    cache.set(key, "v")
+    assert cache.get(key) == "v"
+    names = [k.decode() for k in plain(redis_url).scan_iter("tc:1:*") if b"#lock" not in k]
+    assert len(names) == 1
+    assert names[0].startswith("tc:1::0:#")
+    assert len(names[0]) < 60
+
+
+# -- expiry -----------------------------------------------------------------------------
+
+
+def test_timeout_expires_in_both_tiers(make_cache: MakeCache) -> None:
+    cache = make_cache(ttl_jitter=0)
+    cache.set("k", "v", timeout=0.3)
+    assert cache.get("k") == "v"
+    time.sleep(0.35)
+    assert cache.get("k", MISS) is MISS
+    assert make_cache().get("k", MISS) is MISS
+
+
+def test_timeout_zero_never_expires(cache: Cache, redis_url: str) -> None:
+    cache.set("k", "v", timeout=0)
+    assert plain(redis_url).pttl(cache._layout.data("", 0, "k")) == -1
+
+
+def test_default_timeout_and_jitter_spread_ttls(make_cache: MakeCache, redis_url: str) -> None:
+    cache = make_cache(default_timeout=100, ttl_jitter=0.2)
+    cache.set_many({f"k{i}": i for i in range(50)})
+    ttls = [plain(redis_url).pttl(cache._layout.data("", 0, f"k{i}")) for i in range(50)]
+    assert all(80_000 - 50 <= t <= 100_000 for t in ttls)
+    assert max(ttls) - min(ttls) > 5_000  # spread, not all at once
+
+
+def test_negative_timeout_is_refused(cache: Cache) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        cache.set("k", "v", timeout=-1)
+
+
+def test_l1_never_serves_entries_older_than_l1_ttl(make_cache: MakeCache, redis_url: str) -> None:
+    cache = make_cache(l1_ttl=0.2)
+    cache.set("k", "old")
+    # Changed behind the cache's back (no bus message): only l1_ttl bounds the staleness.
+    other = make_cache(invalidation=False)
+    other.set("k", "new")
+    assert cache.get("k") == "old"
+    time.sleep(0.25)
+    assert cache.get("k") == "new"
+
+
+# -- add, delete, has, incr ---------------------------------------------------------------
+
+
+def test_add_only_when_absent(make_cache: MakeCache) -> None:
+    cache, other = make_cache(), make_cache()
+    assert cache.add("k", 1)
+    assert not other.add("k", 2)
+    assert other.get("k") == 1
+    assert cache.get("k") == 1
+
+
+def test_delete_everywhere_and_count(make_cache: MakeCache) -> None:
+    writer, reader = make_cache(), make_cache()
+    writer.set_many({"a": 1, "b": 2})
+    assert reader.get("a") == 1  # now in the reader's L1
+    assert writer.delete("a", "b", "never-set") == 2
+    assert writer.get("a", MISS) is MISS
+    assert until(lambda: reader.get("a", MISS) is MISS)
+    assert writer.delete() == 0
+
+
+def test_incr_counts_in_redis_only(make_cache: MakeCache, redis_url: str) -> None:
+    cache = make_cache(default_timeout=60)
+    assert cache.incr("n") == 1
+    assert cache.incr("n", 5) == 6
+    assert cache.incr("n", -2) == 4
+    assert cache.get("n") == 4
+    assert 0 < plain(redis_url).pttl(cache._layout.data("", 0, "n")) <= 60_000
+    assert make_cache().incr("n") == 5
+
+
+def test_incr_refuses_a_value_that_is_not_a_counter(cache: Cache) -> None:
+    cache.set("k", {"not": "a counter"})
+    with pytest.raises(TieredCacheError, match="increment"):
+        cache.incr("k")
+
+
+def test_incr_evicts_other_l1_copies(make_cache: MakeCache) -> None:
+    writer, reader = make_cache(), make_cache()
+    writer.incr("n")
+    assert reader.get("n") == 1
+    writer.incr("n")
+    assert until(lambda: reader.get("n") == 2)
+
+
+# -- many --------------------------------------------------------------------------------
+
+
+def test_get_many_is_one_round_trip_for_the_misses(make_cache: MakeCache, redis_url: str) -> None:
+    writer, reader = make_cache(), make_cache()
+    writer.set_many({"a": 1, "b": [2], "c": None})
+    reader.get("a")
+    warm(reader)
+    with counting(redis_url) as commands:
+        values = reader.get_many("a", "b", "c", "missing", default="d")
+    assert values == [1, [2], None, "d"]
+    assert commands == {"mget": 1}
+
+
+def test_set_many_is_one_round_trip_and_one_message(make_cache: MakeCache, redis_url: str) -> None:
+    writer, reader = make_cache(), make_cache()
+    warm(writer)
+    reader.set("a", 0)
+    assert reader.get("a") == 0
+    with counting(redis_url) as commands:
+        assert writer.set_many({"a": 1, "b": 2, "c": 3})
+    assert commands == {"set": 3, "publish": 1}
+    assert writer.get_many("a", "b", "c") == [1, 2, 3]
+    assert until(lambda: reader.get("a") == 1)
+
+
+# -- namespaces ----------------------------------------------------------------------------
+
+
+def test_namespace_keys_are_separate_and_invalidated_together(make_cache: MakeCache) -> None:
+    cache, other = make_cache(), make_cache()
+    users = cache.namespace("users")
+    users.set_many({"1": "ann", "2": "bob"})
+    cache.set("1", "default namespace")
+    cache.namespace("posts").set("1", "post")
+    assert other.namespace("users").get("1") == "ann"  # held in other's L1 now
+
+    assert cache.invalidate_namespace("users") == 1
+    assert users.get_many("1", "2") == [None, None]
+    assert until(lambda: other.namespace("users").get("1") is None)
+    assert cache.get("1") == "default namespace"
+    assert cache.namespace("posts").get("1") == "post"
+    users.set("1", "ann again")
+    assert until(lambda: other.namespace("users").get("1") == "ann again")
+    assert users.invalidate() == 2
+
+
+def test_namespace_objects_are_reused(cache: Cache) -> None:
+    assert cache.namespace("x") is cache.namespace("x")
+    with pytest.raises(ValueError, match="namespace"):
+        cache.namespace("")
+
+
+# -- clear ----------------------------------------------------------------------------------
+
+
+def test_clear_scans_and_keeps_namespace_counters(make_cache: MakeCache, redis_url: str) -> None:
+    cache, other = make_cache(), make_cache()
+    foreign = make_cache(prefix="other")
+    foreign.set("k", "kept")
+    cache.set_many({f"k{i}": i for i in range(1200)})
+    cache.namespace("ns").set("k", 1)
+    cache.invalidate_namespace("ns")
+    assert other.get("k1") == 1
+    with counting(redis_url) as commands:
+        assert cache.clear() == 1201
+    assert "keys" not in commands
+    assert commands["scan"] >= 1
+    assert cache.get("k1", MISS) is MISS
+    assert until(lambda: other.get("k1", MISS) is MISS)
+    assert foreign.get("k") == "kept"
+    assert plain(redis_url).get(cache._layout.counter("ns")) == b"1"
+
+
+# -- get_or_set ---------------------------------------------------------------------------
+
+
+def test_get_or_set_loads_once_then_hits(make_cache: MakeCache, redis_url: str) -> None:
+    cache, other = make_cache(), make_cache()
+    calls: list[int] = []
+
+    def load() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert cache.get_or_set("k", load) == {"n": 1}
+    assert cache.get_or_set("k", load) == {"n": 1}
+    assert other.get_or_set("k", load) == {"n": 1}
+    assert len(calls) == 1
+    assert cache.stats()["loader_calls"] == 1
+
+
+def test_uncontended_miss_is_three_round_trips(
+    make_cache: MakeCache, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = make_cache()
+    warm(cache)
+    trips: list[str] = []
+    run = cache._tier.run
+    monkeypatch.setattr(
+        cache._tier, "run", lambda what, call: (trips.append(what), run(what, call))[1]
+    )
+    with counting(redis_url) as commands:
+        cache.get_or_set("k", lambda: "v")
+    assert trips == ["get", "lock", "set"]  # each run() is one round trip (a pipeline at most)
+    # GET; SET NX + GET; SET + PUBLISH + EVAL of the release script (its GET and DEL inside)
+    assert commands == {"get": 3, "set": 2, "publish": 1, "eval": 1, "del": 1}
+
+
+def test_get_or_set_loader_error_reaches_caller_and_frees_the_key(
+    cache: Cache, redis_url: str
+) -> None:
+    def broken() -> str:
+        raise LookupError("database said no")
+
+    with pytest.raises(LookupError, match="database said no"):
+        cache.get_or_set("k", broken)
+    assert plain(redis_url).exists(cache._layout.data("", 0, "k") + "#lock") == 0
+    assert cache.get_or_set("k", lambda: "second try") == "second try"
+
+
+def test_get_or_set_threads_share_one_load(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    started = threading.Barrier(8)
+    calls: list[int] = []
+    results: list[Any] = []
+
+    def load() -> list[int]:
+        calls.append(1)
+        time.sleep(0.2)
+        return [42]
+
+    def worker() -> None:
+        started.wait()
+        results.append(cache.get_or_set("k", load))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert calls == [1]
+    assert results == [[42]] * 8
+    results[0].append("mutated")
+    assert cache.get("k") == [42]
+
+
+# -- memoize ------------------------------------------------------------------------------
+
+
+def test_memoize_caches_per_arguments(make_cache: MakeCache) -> None:
+    cache, other = make_cache(), make_cache()
+    calls: list[tuple[Any, ...]] = []
+
+    def add(a: int, b: int = 0) -> int:
+        calls.append((a, b))
+        return a + b
+
+    mine, theirs = cache.memoize(timeout=60)(add), other.memoize(timeout=60)(add)
+    assert mine(1, b=2) == 3
+    assert mine(1, b=2) == 3
+    assert theirs(1, b=2) == 3  # from Redis: same function, same arguments
+    assert mine(2) == 2
+    assert calls == [(1, 2), (2, 0)]
+    assert mine.__name__ == "add"
+    assert mine.__wrapped__ is add
+
+
+def test_delete_memoized_one_call_or_all(make_cache: MakeCache) -> None:
+    cache, other = make_cache(), make_cache()
+    calls: list[int] = []
+
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    mine, theirs = cache.memoize()(square), other.memoize()(square)
+    mine(2), mine(3), theirs(2), theirs(3)
+    assert calls == [2, 3]
+    cache.delete_memoized(mine, 2)
+    assert until(lambda: (theirs(2), calls)[1] == [2, 3, 2])
+    cache.delete_memoized(mine)
+    mine(3)
+    assert calls == [2, 3, 2, 3]
+    assert until(lambda: (theirs(2), calls)[1] == [2, 3, 2, 3, 2])
+    with pytest.raises(TypeError, match="not memoized"):
+        cache.delete_memoized(square)
+
+
+def test_memoize_unhashable_arguments_and_unless(cache: Cache) -> None:
+    calls: list[Any] = []
+    bypass = False
+
+    @cache.memoize(unless=lambda: bypass)
+    def total(values: list[int], *, scale: dict[str, int]) -> int:
+        calls.append(values)
+        return sum(values) * scale["k"]
+
+    assert total([1, 2], scale={"k": 2}) == 6
+    assert total([1, 2], scale={"k": 2}) == 6
+    assert len(calls) == 1
+    bypass = True
+    assert total([1, 2], scale={"k": 2}) == 6
+    assert len(calls) == 2
+
+
+def test_memoize_refuses_arguments_with_process_specific_repr(cache: Cache) -> None:
+    @cache.memoize()
+    def ident(x: object) -> str:
+        return "called"
+
+    with pytest.raises(TypeError, match="__caching_id__"):
+        ident(object())
+
+    class Keyed:
+        def __caching_id__(self) -> str:
+            return "keyed-1"
+
+    assert ident(Keyed()) == "called"
+
+
+def test_memoize_in_a_namespace_is_dropped_with_it(cache: Cache) -> None:
+    calls: list[int] = []
+
+    @cache.memoize(namespace="catalogue")
+    def price(item: int) -> int:
+        calls.append(item)
+        return item * 10
+
+    price(1), price(1)
+    cache.invalidate_namespace("catalogue")
+    price(1)
+    assert calls == [1, 1]
+
+
+# -- locks and stats ------------------------------------------------------------------------
+
+
+def test_lock_is_exclusive_across_caches(make_cache: MakeCache) -> None:
+    first, second = make_cache(), make_cache()
+    with first.lock("job", timeout=5):
+        assert not second.lock("job", timeout=5).acquire(blocking=False)
+        with pytest.raises(TimeoutError):
+            with second.lock("job", timeout=5, blocking_timeout=0.1):
+                pass
+    with second.lock("job", timeout=5):
+        pass
+
+
+def test_stats_has_the_documented_keys(cache: Cache) -> None:
+    cache.set("k", "v")
+    cache.get("k")
+    cache.get("absent")
+    stats = cache.stats()
+    for name in (
+        "l1_hits l2_hits misses hit_ratio l1_items l1_bytes l1_evictions invalidations_received "
+        "bus_connected bus_reconnects breaker_open loader_calls stampede_waits stale_served "
+        "ratelimit_refusals"
+    ).split():
+        assert name in stats
+    assert stats["l1_hits"] == 1
+    assert stats["misses"] == 1
+    assert stats["l1_items"] == 1
+    assert stats["l1_bytes"] > 0
+    assert stats["hit_ratio"] == 0.5
+
+
+def test_l1_disabled_still_caches_in_redis(make_cache: MakeCache, redis_url: str) -> None:
+    cache = make_cache(l1_max_items=0)
+    cache.set("k", "v")
+    warm(cache)
+    with counting(redis_url) as commands:
+        assert cache.get("k") == "v"
+        assert cache.get("k") == "v"
+    assert commands == {"get": 2}

@@ -1,0 +1,119 @@
+"""The races of SPEC 2, forced into their worst order with a real Redis.
+
+A reader's Redis client is wrapped so that its GET returns (with the old value) only
+after the race's other side has happened; nothing about Redis is simulated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from tiered_cache import Cache
+
+MakeCache = Callable[..., Cache]
+
+
+class HeldGets(redis.Redis):
+    """A real client whose GETs of one key pause after Redis answered, until released."""
+
+    def __init__(self, url: str, key: str) -> None:
+        pool = redis.ConnectionPool.from_url(url, socket_timeout=1.0)
+        super().__init__(connection_pool=pool)
+        self.key = key
+        self.answered = threading.Event()
+        self.go_on = threading.Event()
+
+    def get(self, name: Any) -> Any:
+        value = super().get(name)
+        if name == self.key and not self.answered.is_set():
+            self.answered.set()
+            assert self.go_on.wait(5)
+        return value
+
+
+def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return condition()
+
+
+def test_a_read_overtaken_by_an_invalidation_does_not_fill_l1(
+    make_cache: MakeCache, redis_url: str
+) -> None:
+    writer = make_cache()
+    writer.set("k", "old")
+    gkey = writer._layout.data("", 0, "k")
+    client = HeldGets(redis_url, gkey)
+    reader = Cache(redis=client)
+    try:
+        reader.get("other")  # starts the reader's bus
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(reader.get("k")))
+        thread.start()
+        assert client.answered.wait(5)  # the reader holds "old", not yet in its L1
+        received = reader.stats()["invalidations_received"]
+        writer.set("k", "new")
+        assert until(lambda: reader.stats()["invalidations_received"] > received)
+        client.go_on.set()
+        thread.join(5)
+        assert result == ["old"]  # the read itself began before the write
+        assert reader.get("k") == "new"  # but "old" never entered L1
+    finally:
+        reader.close()
+        client.close()
+
+
+def test_a_slow_local_reader_cannot_overwrite_a_local_write(redis_url: str) -> None:
+    writer_view = Cache(redis_url=redis_url)
+    writer_view.set("k", "old")
+    gkey = writer_view._layout.data("", 0, "k")
+    client = HeldGets(redis_url, gkey)
+    cache = Cache(redis=client)  # one process: a reader thread and a writer thread
+    try:
+        cache.get("other")
+        thread = threading.Thread(target=cache.get, args=("k",))
+        thread.start()
+        assert client.answered.wait(5)
+        cache.set("k", "new")  # read-your-writes: L1 now holds "new"
+        client.go_on.set()
+        thread.join(5)
+        hits = cache.stats()["l1_hits"]
+        assert cache.get("k") == "new"
+        assert cache.stats()["l1_hits"] == hits + 1
+    finally:
+        cache.close()
+        client.close()
+        writer_view.close()
+
+
+def test_a_write_raced_by_another_process_leaves_no_stale_l1_copy(
+    make_cache: MakeCache, redis_url: str
+) -> None:
+    """Our SET lands first, theirs second, and their message overtakes our reply."""
+    theirs = make_cache()
+    ours = make_cache()
+    ours.get("warm")
+    gkey = ours._layout.data("", 0, "k")
+    original = ours._tier.run
+
+    def run(what: str, call: Callable[[Any], Any]) -> Any:
+        result = original(what, call)
+        if what == "set":  # after our pipeline ran: the other process writes, we hear it
+            received = ours.stats()["invalidations_received"]
+            theirs.set("k", "theirs")
+            assert until(lambda: ours.stats()["invalidations_received"] > received)
+        return result
+
+    ours._tier.run = run  # type: ignore[method-assign]
+    assert ours.set("k", "ours")
+    ours._tier.run = original  # type: ignore[method-assign]
+    assert redis.Redis.from_url(redis_url).get(gkey) is not None
+    assert ours.get("k") == "theirs"
