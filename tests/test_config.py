@@ -1,0 +1,97 @@
+"""Settings: precedence, parsing of environment strings, and errors that name the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tiered_cache import Cache, ConfigurationError
+from tiered_cache.config import CacheConfig
+
+
+def test_defaults_match_the_spec() -> None:
+    config = CacheConfig.resolve({})
+    assert config.redis_url == "redis://127.0.0.1:6379/0"
+    assert (config.prefix, config.version, config.default_timeout) == ("tc", 1, 300)
+    assert (config.l1_backend, config.l1_max_items, config.l1_max_bytes) == ("lru", 10000, 67108864)
+    assert (config.l1_ttl, config.l1_disconnected_ttl, config.serializer) == (60, 1, "json")
+    assert (config.invalidation, config.fail_open, config.socket_timeout) == (True, True, 0.25)
+    assert (config.breaker_failures, config.breaker_reset, config.ttl_jitter) == (5, 2.0, 0.1)
+
+
+def test_keywords_beat_config_keys_which_beat_defaults() -> None:
+    config = CacheConfig.resolve(
+        {"prefix": "kw"}, {"TIERED_CACHE_PREFIX": "cfg", "TIERED_CACHE_VERSION": "7"}
+    )
+    assert config.prefix == "kw"
+    assert config.version == 7
+
+
+def test_environment_strings_are_parsed() -> None:
+    config = CacheConfig.resolve(
+        {},
+        {
+            "TIERED_CACHE_FAIL_OPEN": "false",
+            "TIERED_CACHE_INVALIDATION": "0",
+            "TIERED_CACHE_SOCKET_TIMEOUT": "0.5",
+            "TIERED_CACHE_L1_MAX_ITEMS": " 12 ",
+        },
+    )
+    assert config.fail_open is False
+    assert config.invalidation is False
+    assert config.socket_timeout == 0.5
+    assert config.l1_max_items == 12
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("l1_backend", "memcached"),
+        ("l1_max_items", -1),
+        ("l1_max_bytes", "lots"),
+        ("l1_ttl", 0),
+        ("l1_disconnected_ttl", -1),
+        ("ttl_jitter", 1.5),
+        ("serializer", "yaml"),
+        ("socket_timeout", float("nan")),
+        ("breaker_failures", 0),
+        ("breaker_reset", True),
+        ("redis_url", "http://example.com"),
+        ("redis_url", "redis://:notaport"),
+        ("redis_url", "redis://host:99999999"),
+        ("prefix", "a:b"),
+        ("prefix", ""),
+        ("version", -1),
+        ("fail_open", "maybe"),
+        ("default_timeout", -5),
+        ("secret_key", ""),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:
+    config_key = "TIERED_CACHE_" + key.upper()
+    with pytest.raises(ConfigurationError) as raised:
+        CacheConfig.resolve({}, {config_key: value})
+    assert raised.value.key == config_key
+    assert config_key in str(raised.value)
+    assert repr(value) in str(raised.value)
+    with pytest.raises(ConfigurationError, match=config_key):
+        Cache(**{key: value})
+
+
+def test_unknown_keyword_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="l1_max_itmes"):
+        Cache(l1_max_itmes=5)  # type: ignore[call-arg]
+
+
+def test_pickle_needs_a_secret_and_msgpack_is_available() -> None:
+    with pytest.raises(ConfigurationError, match="TIERED_CACHE_SECRET_KEY"):
+        Cache(serializer="pickle")
+    Cache(serializer="pickle", secret_key="s3cret", invalidation=False).close()
+    Cache(serializer="msgpack", invalidation=False).close()
+
+
+def test_construction_does_not_touch_redis() -> None:
+    # Nothing listens on port 1: making the cache must not fail or wait.
+    cache = Cache(redis_url="redis://127.0.0.1:1/0")
+    cache.close()
