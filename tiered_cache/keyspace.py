@@ -57,22 +57,10 @@ class Keyspace:
         :returns: the value (a private copy when it is mutable) or ``default``.
         :raises CacheUnavailable: when Redis fails and ``fail_open`` is off.
         """
-        cache = self._cache
-        local = key if self._ns is None else self._local(key)
-        entry = cache._l1_peek(local)
-        if entry is not None:
-            now = cache._timer()
-            if entry.expires > now and (
-                now < cache._bus.fresh_until or entry.stored > now - cache._dttl
-            ):
-                try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
-                    cache._l1_touch(local)
-                except KeyError:
-                    pass
-                cache.l1_hits += 1
-                copy = entry.copy
-                return entry.value if copy is None else copy(entry.value)
-        value = cache._read(local, self._global(key, local))
+        local = self._local(key)
+        value = self._cache._l1_value(local)
+        if value is MISS:
+            value = self._cache._read(local, self._global(key, local))
         return default if value is MISS else value
 
     def has(self, key: str) -> bool:

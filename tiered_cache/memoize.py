@@ -6,18 +6,21 @@ entry), so a hit formats no string. In Redis it is keyed by the function's quali
 name, its version, and ``repr`` of the arguments; arguments whose ``repr`` is the
 default ``<... at 0x...>`` differ in every process, so they are refused with a
 ``TypeError`` unless they define ``__caching_id__()``. Unhashable arguments (lists,
-dicts) work, keyed by that ``repr`` in L1 too.
+dicts) work, keyed in L1 by their Redis key.
 
 Versions. Every memoized function has a version counter in Redis, so
 ``delete_memoized(fn)`` drops all of its results in every worker in O(1); with
 ``namespace=...`` the namespace's version is part of the key as well.
+
+The wrapper is a plain function, not an object with ``__call__``: calling an instance
+costs a slot lookup and a bound method on every hit.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from .keys import DEFAULT_NAMESPACE, encode_name
 from .loading import Load
@@ -28,86 +31,109 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
-class Memoized(Generic[P, R]):
-    """A memoized function; call it as the original.
+class MemoizedFunction(Protocol[P, R_co]):
+    """What ``@cache.memoize`` returns: the function, plus its :class:`Memo`."""
+
+    memo: Memo[Any, Any]
+    __wrapped__: Callable[..., Any]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+
+class Memo(Generic[P, R]):
+    """The cache state of one memoized function.
 
     :param cache: the cache that holds its results.
     :param fn: the function.
     :param timeout: seconds, as :meth:`Cache.set`.
     :param namespace: a namespace whose invalidation also drops these results.
-    :param unless: called before each call; when it returns true the cache is bypassed.
     """
 
     def __init__(
-        self,
-        cache: Cache,
-        fn: Callable[P, R],
-        *,
-        timeout: float | None,
-        namespace: str | None,
-        unless: Callable[[], bool] | None,
+        self, cache: Cache, fn: Callable[P, R], *, timeout: float | None, namespace: str | None
     ) -> None:
         self.cache = cache
-        self.__wrapped__ = fn
-        self._timeout = timeout
-        self._unless = unless
-        self._namespace = encode_name(namespace) if namespace else None
+        self.fn = fn
+        self.timeout = timeout
+        self.namespace = encode_name(namespace) if namespace else None
         self.qualname = f"{fn.__module__}.{fn.__qualname__}"
         self.counter = encode_name("memo." + self.qualname)
-        functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        if self._unless is not None and self._unless():
-            return self.__wrapped__(*args, **kwargs)
-        versions = self.cache._versions
-        ns_version = None if self._namespace is None else versions.cached(self._namespace)
-        local: Hashable = (
-            self,
-            versions.cached(self.counter),
-            ns_version,
-            args,
-            tuple(kwargs.items()),
-        )
-        try:
-            value = self.cache._l1_value(local)
-        except TypeError:  # unhashable arguments: see _miss
-            local = None
-            value = MISS
-        if value is not MISS:
-            return value  # type: ignore[no-any-return]
-        return self._miss(local, args, kwargs)
+    def local(
+        self, fn_version: int, ns_version: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Hashable:
+        """The L1 key of a call: this memo, its versions, the arguments as given."""
+        kw = tuple(kwargs.items()) if kwargs else ()
+        return (self, fn_version, ns_version if self.namespace else None, args, kw)
 
-    def _miss(self, local: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        """Resolve versions, then load through the cache's single-flight path."""
-        versions = self.cache._versions
-        ns_version = versions.get(self._namespace) if self._namespace is not None else 0
-        fn_version = versions.get(self.counter)
+    def miss(self, local: Hashable | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        """Resolve the versions, then load through the cache's single-flight path.
+
+        :param local: None when the arguments are unhashable.
+        """
+        fn_version, ns_version = self._versions()
         gkey = self._gkey(fn_version, ns_version, args, kwargs)
-        ns_part = None if self._namespace is None else ns_version
-        if local is not None:
-            local = (self, fn_version, ns_part, args, tuple(kwargs.items()))
-        else:  # unhashable arguments: the Redis key stands in, tagged with this function
-            local = (self, gkey)
-        load = Load(local, gkey, lambda: self.__wrapped__(*args, **kwargs), self._timeout)
+        # Unhashable arguments: the Redis key stands in, tagged with this memo.
+        local = (self, gkey) if local is None else self.local(fn_version, ns_version, args, kwargs)
+        load = Load(local, gkey, lambda: self.fn(*args, **kwargs), self.timeout)
         return self.cache._get_or_set(load)  # type: ignore[no-any-return]
+
+    def redis_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The Redis key of one call's result (current versions)."""
+        return self._gkey(*self._versions(), args, kwargs)
+
+    def _versions(self) -> tuple[int, int]:
+        versions = self.cache._versions
+        ns_version = versions.get(self.namespace) if self.namespace is not None else 0
+        return versions.get(self.counter), ns_version
 
     def _gkey(
         self, fn_version: int, ns_version: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str:
-        namespace = self._namespace or DEFAULT_NAMESPACE
+        namespace = self.namespace or DEFAULT_NAMESPACE
         key = f"memo:{self.qualname}:{fn_version}:{_arguments_repr(args, kwargs)}"
         return self.cache._layout.data(namespace, ns_version, key)
 
-    def redis_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The Redis key of one call's result (current versions)."""
-        versions = self.cache._versions
-        ns_version = versions.get(self._namespace) if self._namespace is not None else 0
-        return self._gkey(versions.get(self.counter), ns_version, args, kwargs)
-
     def __repr__(self) -> str:
-        return f"<memoized {self.qualname}>"
+        return f"<memo of {self.qualname}>"
+
+
+def memoized(
+    cache: Cache,
+    fn: Callable[P, R],
+    *,
+    timeout: float | None,
+    namespace: str | None,
+    unless: Callable[[], bool] | None,
+) -> MemoizedFunction[P, R]:
+    """Wrap ``fn`` so its results are cached; see the module documentation.
+
+    :param unless: called before each call; when it returns true the cache is bypassed.
+    """
+    memo = Memo(cache, fn, timeout=timeout, namespace=namespace)
+    counter, namespace_name = memo.counter, memo.namespace or ""
+    current = cache._versions_current  # the same dict for the cache's life, forks included
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        if unless is not None and unless():
+            return fn(*args, **kwargs)
+        # Memo.local's layout, inlined: this is the hit path. A version read here may be
+        # out of date; the entry it finds is still bounded by its own age checks.
+        kw = tuple(kwargs.items()) if kwargs else ()
+        local = (memo, current.get(counter), current.get(namespace_name), args, kw)
+        try:
+            value = cache._l1_value(local)
+        except TypeError:  # unhashable arguments
+            return memo.miss(None, args, kwargs)
+        return memo.miss(local, args, kwargs) if value is MISS else cast(R, value)
+
+    wrapper = cast(MemoizedFunction[P, R], call)
+    wrapper.memo = memo
+    return wrapper
 
 
 def _arguments_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ class NamespaceVersions:
         disconnected_ttl: float,
         bus_fresh_until: Callable[[], float],
         timer: Callable[[], float],
+        current: dict[str, int],
     ) -> None:
         self._tier = tier
         self._layout = layout
@@ -36,6 +37,11 @@ class NamespaceVersions:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
         self._epoch = 0
+        # The last known versions without their age, for L1 hit paths: an L1 entry found
+        # under an outdated version is still bounded by the entry's own age checks.
+        # It belongs to the cache, which keeps the same dict across forks for its memoizers.
+        self.current = current
+        current.clear()
 
     def cached(self, name: str) -> int | None:
         """Return the version of ``name`` if the process may trust its copy now."""
@@ -71,6 +77,7 @@ class NamespaceVersions:
         """Drop the version of ``name`` (another process bumped it); fetches in flight lose."""
         with self._lock:
             self._known.pop(name, None)
+            self.current.pop(name, None)
             self._epoch += 1
 
     def heard(self, name: str, version: int) -> None:
@@ -79,6 +86,7 @@ class NamespaceVersions:
             known = self._known.get(name)
             if known is None or known[0] <= version:
                 self._known[name] = (version, self._timer())
+                self.current[name] = version
 
     def _record(self, name: str, version: int, fetched_at: float, epoch: int) -> int:
         """Keep a fetched version unless a flush or a newer version got there first."""
@@ -89,10 +97,12 @@ class NamespaceVersions:
             if known is not None and known[0] > version:
                 return known[0]
             self._known[name] = (version, fetched_at)
+            self.current[name] = version
             return version
 
     def clear(self) -> None:
         """Forget every version (bus reconnect, clear, fork)."""
         with self._lock:
             self._known.clear()
+            self.current.clear()
             self._epoch += 1
