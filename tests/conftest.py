@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_harness import RedisServer
 from tiered_cache import Cache
 
@@ -63,3 +64,10 @@ def make_cache(redis_url: str, l1_backend: str) -> Iterator[Callable[..., Cache]
 def cache(make_cache: Callable[..., Cache]) -> Cache:
     """One cache on the shared server."""
     return make_cache()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A three-master Redis Cluster for the whole session."""
+    with RedisClusterServers() as cluster:
+        yield cluster

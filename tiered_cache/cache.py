@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, TypeVar, Unpack
 
 from ._log import RateLimitedLog
@@ -40,7 +40,7 @@ from .keyspace import Keyspace, Namespace
 from .l1 import Entry, make_l1
 from .loading import Load, Loading, private
 from .locks import DistributedLock
-from .redis_tier import UNAVAILABLE, Breaker, Client, RedisTier, client_from_url
+from .redis_tier import UNAVAILABLE, Breaker, Client, RedisTier, Unavailable, client_from_url
 from .sentinels import MISS, Miss
 from .serializers import make_serializer
 from .versions import NamespaceVersions
@@ -214,11 +214,47 @@ class Cache(Keyspace):
         self._versions.clear()
         self._loading.waiters.wake_all()
 
-    def _announce(self, pipe: Any, *, keys: Iterable[str] = (), **fields: Any) -> None:
-        """Queue the bus message of a change on the pipeline that makes it (if the bus is on)."""
-        if self.config.invalidation:
-            message = Message(self._sender, keys=tuple(keys), **fields)
-            pipe.publish(self._layout.channel, message.encode())
+    def _write(
+        self,
+        what: str,
+        queue: Callable[[Any], object],
+        *,
+        unlock: tuple[str, bytes] | None = None,
+        check: bool = True,
+        **news: Any,
+    ) -> list[Any] | Unavailable:
+        """Run the commands ``queue`` puts on a pipeline, and announce ``news`` on the bus.
+
+        One round trip: the release of a single-flight lock and the PUBLISH ride in the
+        same pipeline, after the writes. Cluster pipelines refuse EVAL and PUBLISH, so
+        there they follow as calls of their own.
+
+        :param unlock: a lock key and token to release.
+        :param check: raise on a command's error reply (else it is in the results).
+        :param news: the :class:`Message` fields (``keys``, ``namespaces``, ...).
+        :returns: the commands' results (in order; the release's and PUBLISH's follow),
+            or UNAVAILABLE.
+        """
+        self._ensure_bus()
+        message = Message(self._sender, **news).encode() if self.config.invalidation else None
+
+        def after(target: Any) -> None:
+            if unlock is not None:
+                release(target, *unlock)
+            if message is not None:
+                target.publish(self._layout.channel, message)
+
+        def call(client: Client) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            queue(pipe)
+            if not self._cluster:
+                after(pipe)
+            results: list[Any] = pipe.execute(raise_on_error=check)
+            if self._cluster:
+                after(client)
+            return results
+
+        return self._tier.run(what, call)
 
     # -- L1 -------------------------------------------------------------------------
 
@@ -377,18 +413,10 @@ class Cache(Keyspace):
         ttl = self._timeout(timeout)
         data, held, fresh_until = self._frame(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
-        self._ensure_bus()
         since = self._l1.seq
 
-        def write(client: Client) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.set(gkey, data, px=px, nx=only_new)
-            self._announce(pipe, keys=(gkey,))
-            if unlock is not None:
-                release(pipe, *unlock)
-            return pipe.execute()  # type: ignore[no-any-return]
-
-        result = self._tier.run("set", write)
+        write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
+        result = self._write("set", write, unlock=unlock, keys=(gkey,))
         if result is UNAVAILABLE or not result[0]:
             self._l1.invalidate(gkey)
             return False
@@ -407,17 +435,13 @@ class Cache(Keyspace):
         for local, gkey, value in items:
             ttl = self._timeout(timeout)
             writes.append((local, gkey, *self._frame(value, ttl, 0.0), ttl))
-        self._ensure_bus()
         since = self._l1.seq
 
-        def write_all(client: Client) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
+        def write_all(pipe: Any) -> None:
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
-            self._announce(pipe, keys=[write[1] for write in writes])
-            return pipe.execute()  # type: ignore[no-any-return]
 
-        result = self._tier.run("set_many", write_all)
+        result = self._write("set_many", write_all, keys=tuple(write[1] for write in writes))
         for local, gkey, data, held, fresh_until, _ in writes:
             entry = None
             if result is not UNAVAILABLE:
@@ -428,33 +452,25 @@ class Cache(Keyspace):
     def _delete(self, gkeys: list[str]) -> int:
         if not gkeys:
             return 0
-        self._ensure_bus()
 
-        def unlink(client: Client) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
+        def unlink(pipe: Any) -> None:
             for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
                 pipe.unlink(gkey)
-            self._announce(pipe, keys=gkeys)
-            return pipe.execute()  # type: ignore[no-any-return]
 
-        result = self._tier.run("delete", unlink)
+        result = self._write("delete", unlink, keys=tuple(gkeys))
         for gkey in gkeys:  # after the write, so a read that began before it cannot refill
             self._l1.invalidate(gkey)
         return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
         timeout = self.config.default_timeout
-        self._ensure_bus()
 
-        def incr(client: Client) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
+        def incr(pipe: Any) -> None:
             # SET NX first so a new counter gets a TTL (Redis 6.2 has no EXPIRE NX).
             pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
             pipe.incrby(gkey, delta)
-            self._announce(pipe, keys=(gkey,))
-            return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
-        result = self._tier.run("incr", incr)
+        result = self._write("incr", incr, check=False, keys=(gkey,))
         self._l1.invalidate(gkey)
         if result is UNAVAILABLE:
             return None
@@ -490,15 +506,10 @@ class Cache(Keyspace):
         return self._bump(encode_name(name))
 
     def _bump(self, encoded: str) -> int:
-        self._ensure_bus()
-
-        def bump(client: Client) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.incr(self._layout.counter(encoded))
-            self._announce(pipe, namespaces=(encoded,))
-            return pipe.execute()  # type: ignore[no-any-return]
-
-        result = self._tier.run("invalidate_namespace", bump)
+        counter = self._layout.counter(encoded)
+        result = self._write(
+            "invalidate_namespace", lambda p: p.incr(counter), namespaces=(encoded,)
+        )
         if result is UNAVAILABLE:
             self._versions.forget(encoded)
             return 0
@@ -514,7 +525,7 @@ class Cache(Keyspace):
         """
         self._ensure_bus()
         deleted = self._tier.run("clear", self._unlink_all)
-        self._tier.run("clear", lambda c: self._announce(c, flush=True))
+        self._write("clear", lambda pipe: None, flush=True)
         self._l1.clear()
         return 0 if deleted is UNAVAILABLE else deleted
 

@@ -206,15 +206,9 @@ class Loading:
 
     def _abort(self, load: Load, token: bytes) -> None:
         """Release the lock after a failed load and wake the waiting processes."""
-        cache = self._cache
-
-        def unlock_and_tell(client: Client) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            release(pipe, load.lock_key, token)
-            cache._announce(pipe, aborted=(load.gkey,))
-            return pipe.execute()  # type: ignore[no-any-return]
-
-        cache._tier.run("unlock", unlock_and_tell)
+        self._cache._write(
+            "unlock", lambda pipe: None, unlock=(load.lock_key, token), aborted=(load.gkey,)
+        )
 
     def refresh_later(self, load: Load) -> None:
         """Refresh in a background thread unless this process is already refreshing it."""

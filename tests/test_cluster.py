@@ -1,0 +1,95 @@
+"""The engine on a real Redis Cluster: keys spread over slots, the bus, single-flight."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from tests.redis_cluster import RedisClusterServers
+from tiered_cache import MISS, Cache
+
+
+@pytest.fixture
+def make_cluster_cache(redis_cluster: RedisClusterServers) -> Iterator[Callable[..., Cache]]:
+    first = redis_cluster.servers[0]
+    RedisCluster(host=first.host, port=first.port).flushall()
+    made: list[Cache] = []
+
+    def make(**settings: object) -> Cache:
+        cache = Cache(redis_url=redis_cluster.url, fail_open=False, **settings)  # type: ignore[arg-type]
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def test_keys_land_on_several_nodes(
+    make_cluster_cache: Callable[..., Cache], redis_cluster: RedisClusterServers
+) -> None:
+    cache = make_cluster_cache()
+    cache.set_many({f"k{i}": i for i in range(60)})
+    counts = [redis.Redis(port=s.port).dbsize() for s in redis_cluster.servers]
+    assert all(count > 0 for count in counts)
+    assert sum(counts) == 60
+    assert cache.get_many(*[f"k{i}" for i in range(60)]) == list(range(60))
+
+
+def test_writes_and_deletes_reach_other_workers(make_cluster_cache: Callable[..., Cache]) -> None:
+    writer, reader = make_cluster_cache(), make_cluster_cache()
+    writer.set("k", "v1")
+    assert reader.get("k") == "v1"
+    writer.set("k", "v2")
+    assert until(lambda: reader.get("k") == "v2")
+    assert writer.delete("k") == 1
+    assert until(lambda: reader.get("k", MISS) is MISS)
+
+
+def test_namespaces_incr_clear_and_locks(make_cluster_cache: Callable[..., Cache]) -> None:
+    cache, other = make_cluster_cache(), make_cluster_cache()
+    users = cache.namespace("users")
+    users.set("1", "ann")
+    assert other.namespace("users").get("1") == "ann"
+    cache.invalidate_namespace("users")
+    assert until(lambda: other.namespace("users").get("1") is None)
+    assert cache.incr("n") == 1
+    assert other.incr("n", 2) == 3
+    cache.set_many({f"x{i}": i for i in range(20)})
+    assert cache.clear() == 22  # x0..x19, n, and users:1 under the old version
+    assert until(lambda: other.get("x1", MISS) is MISS)
+    with cache.lock("job", timeout=5):
+        assert not other.lock("job", timeout=5).acquire(blocking=False)
+
+
+def test_get_or_set_single_flight(make_cluster_cache: Callable[..., Cache]) -> None:
+    first, second = make_cluster_cache(), make_cluster_cache()
+    calls: list[int] = []
+
+    def load() -> str:
+        calls.append(1)
+        return "loaded"
+
+    assert first.get_or_set("k", load) == "loaded"
+    assert second.get_or_set("k", load) == "loaded"
+    assert calls == [1]
+
+    def broken() -> str:
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        first.get_or_set("other", broken)
+    assert second.get_or_set("other", load) == "loaded"
