@@ -39,19 +39,10 @@ class RedisClusterServers:
     """Three cluster-enabled servers on free ports, joined into one cluster."""
 
     def __init__(self, masters: int = 3) -> None:
+        options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        options += ("--cluster-node-timeout", "2000")
         self.servers = [
-            RedisServer(
-                free_cluster_port(),
-                extra_args=(
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ),
-            )  # fmt: skip
-            for _ in range(masters)
+            RedisServer(free_cluster_port(), extra_args=options) for _ in range(masters)
         ]
 
     @property
