@@ -35,6 +35,19 @@ def _is_free(port: int) -> bool:
         return True
 
 
+def _started(server: RedisServer, attempts: int = 5) -> RedisServer:
+    """Start ``server``; if another process took its fixed port meanwhile, try new ports."""
+    for _ in range(attempts - 1):
+        try:
+            server.start()
+            return server
+        except RedisServerError:
+            server.stop()
+            server = RedisServer(free_cluster_port(), extra_args=server.extra_args)
+    server.start()
+    return server
+
+
 class RedisClusterServers:
     """Three cluster-enabled servers on free ports, joined into one cluster."""
 
@@ -54,8 +67,8 @@ class RedisClusterServers:
     def start(self) -> None:
         """Start the servers, share out the slots, join them and wait for ``cluster_state:ok``."""
         try:
-            for server in self.servers:
-                server.start()
+            for index, server in enumerate(self.servers):
+                self.servers[index] = _started(server)
             self._assign_slots()
             first = self.servers[0]
             for server in self.servers[1:]:
@@ -77,7 +90,7 @@ class RedisClusterServers:
             last = SLOTS - 1 if index == len(self.servers) - 1 else first + share - 1
             server.client().execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
 
-    def _wait_ok(self, timeout: float = 15.0) -> None:
+    def _wait_ok(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             infos = [s.client().execute_command("CLUSTER", "INFO") for s in self.servers]

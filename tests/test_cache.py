@@ -459,9 +459,8 @@ def test_lock_is_exclusive_across_caches(make_cache: MakeCache) -> None:
     first, second = make_cache(), make_cache()
     with first.lock("job", timeout=5):
         assert not second.lock("job", timeout=5).acquire(blocking=False)
-        with pytest.raises(TimeoutError):
-            with second.lock("job", timeout=5, blocking_timeout=0.1):
-                pass
+        with pytest.raises(TimeoutError), second.lock("job", timeout=5, blocking_timeout=0.1):
+            pass
     with second.lock("job", timeout=5):
         pass
 

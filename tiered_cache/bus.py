@@ -118,6 +118,7 @@ class Bus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reconnected_underneath = False
+        self._watched: Any = None
         self._first_subscription = threading.Event()
         self.fresh_until = 0.0
         self.connected = False
@@ -160,19 +161,22 @@ class Bus:
         """Run sessions until stopped; any exception is logged and followed by a reconnect."""
         failures = 0
         while not self._stop.is_set():
+            sessions = self.sessions
             try:
                 self._session()
-                failures = 0
             except Exception as exc:  # supervised thread: log, count, reconnect
                 self.errors += 1
                 self._log.warning("bus", "invalidation bus lost (%s); reconnecting", exc)
             self.connected = False
-            failures += 1
+            # Back off only across attempts that never subscribed: a bus that ran for a
+            # while and dropped retries at once.
+            failures = 1 if self.sessions > sessions else failures + 1
             self._stop.wait(self._backoff.compute(failures))
 
     def _session(self) -> None:
         """One subscription, from connect to failure."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        self._watched = None
         try:
             subscribed_at = self._subscribe(pubsub)
             self._on_subscribed()
@@ -184,6 +188,9 @@ class Bus:
         finally:
             self.fresh_until = 0.0
             self.connected = False
+            if self._watched is not None:  # the connection goes back to a shared pool
+                self._watched.deregister_connect_callback(self._on_connect)
+                self._watched = None
             pubsub.close()
 
     def _subscribe(self, pubsub: Any) -> float:
@@ -194,8 +201,9 @@ class Bus:
         connection = getattr(pubsub, "connection", None)
         if connection is not None:
             # A client whose own retry policy reconnects inside redis-py would resubscribe
-            # silently and hide lost messages; hear about every connect.
+            # silently and hide lost messages; hear about every connect of this session's.
             connection.register_connect_callback(self._on_connect)
+            self._watched = connection
         deadline = sent + max(self._pong_timeout, self._socket_timeout)
         while self._timer() < deadline:
             message = pubsub.get_message(timeout=self._socket_timeout)
@@ -203,8 +211,9 @@ class Bus:
                 return sent
         raise BusDown("no subscription confirmation")
 
-    def _on_connect(self, _connection: Any) -> None:
-        self._reconnected_underneath = True
+    def _on_connect(self, connection: Any) -> None:
+        if connection is self._watched:
+            self._reconnected_underneath = True
 
     def _listen(self, pubsub: Any) -> None:
         """Deliver messages and keep the liveness proof current until something fails."""

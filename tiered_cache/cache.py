@@ -28,6 +28,8 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, TypeVar, Unpack
 
+import redis
+
 from ._log import RateLimitedLog
 from .bus import Bus, Message
 from .config import CacheConfig
@@ -40,7 +42,15 @@ from .keyspace import Keyspace, Namespace
 from .l1 import Entry, make_l1
 from .loading import Load, Loading, private
 from .locks import DistributedLock
-from .redis_tier import UNAVAILABLE, Breaker, Client, RedisTier, Unavailable, client_from_url
+from .redis_tier import (
+    UNAVAILABLE,
+    Breaker,
+    Client,
+    RedisTier,
+    Unavailable,
+    client_from_url,
+    get_reply,
+)
 from .sentinels import MISS, Miss
 from .serializers import make_serializer
 from .versions import NamespaceVersions
@@ -197,6 +207,15 @@ class Cache(Keyspace):
                 if not self._bus.started:
                     self._bus.start(wait=2 * self.config.socket_timeout)
 
+    def _since(self) -> int:
+        """The L1 sequence a Redis round trip starts from, for a fill after it.
+
+        The bus comes first: its first subscription flushes L1, which must not refuse the
+        fill of the very call that started it.
+        """
+        self._ensure_bus()
+        return self._l1.seq
+
     def _on_message(self, message: Message) -> None:
         """Apply another process's changes to this one (listener thread)."""
         if message.flush:
@@ -254,7 +273,11 @@ class Cache(Keyspace):
                 after(client)
             return results
 
-        return self._tier.run(what, call)
+        try:
+            return self._tier.run(what, call)
+        finally:
+            # The bus skips our own messages: wake this process's waiters here.
+            self._loading.waiters.wake(news.get("keys", ()) + news.get("aborted", ()))
 
     # -- L1 -------------------------------------------------------------------------
 
@@ -323,8 +346,16 @@ class Cache(Keyspace):
 
     # -- reads ----------------------------------------------------------------------
 
-    def _decode(self, gkey: str, raw: bytes) -> tuple[Frame, Any] | Miss:
+    def _get(self, gkey: str) -> bytes | redis.ResponseError | Unavailable | None:
+        """One GET through the error boundary."""
+        return self._tier.run("get", lambda client: get_reply(client, gkey))
+
+    def _decode(self, gkey: str, raw: bytes | redis.ResponseError) -> tuple[Frame, Any] | Miss:
         """Decode stored bytes; anything that does not decode is a miss and a warning."""
+        if isinstance(raw, redis.ResponseError):
+            self.decode_errors += 1
+            self._log.warning("decode", "%s is not a string (%s); treated as a miss", gkey, raw)
+            return MISS
         try:
             frame = unpack(raw)
             if frame.tag != self._serializer.tag:
@@ -342,9 +373,8 @@ class Cache(Keyspace):
 
     def _read(self, local: Hashable, gkey: str, *, decode: bool = True) -> Any:
         """Read ``gkey`` from Redis and fill L1; MISS when absent, expired or unreadable."""
-        self._ensure_bus()
-        since = self._l1.seq
-        raw = self._tier.run("get", lambda c: c.get(gkey))
+        since = self._since()
+        raw = self._get(gkey)
         if raw is UNAVAILABLE or raw is None:
             self.misses += 1
             return MISS
@@ -362,8 +392,7 @@ class Cache(Keyspace):
         results = [self._l1_value(local) for local, _ in where]
         missing = [i for i, value in enumerate(results) if value is MISS]
         if missing:
-            self._ensure_bus()
-            since = self._l1.seq
+            since = self._since()
             gkeys = [where[i][1] for i in missing]
             mget = "mget_nonatomic" if self._cluster else "mget"
             raws = self._tier.run("get_many", lambda c: getattr(c, mget)(gkeys))
@@ -408,19 +437,23 @@ class Cache(Keyspace):
         delta: float = 0.0,
         stale_ttl: float = 0.0,
         unlock: tuple[str, bytes] | None = None,
+        early: float = 0.0,
     ) -> bool:
-        """Write one value and its announcement (and release a flight lock) in one trip."""
+        """Write one value and its announcement (and release a flight lock) in one trip.
+
+        :param early: seconds before ``fresh_until`` at which this process's L1 copy ends.
+        """
         ttl = self._timeout(timeout)
         data, held, fresh_until = self._frame(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
-        since = self._l1.seq
+        since = self._since()
 
         write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
         result = self._write("set", write, unlock=unlock, keys=(gkey,))
         if result is UNAVAILABLE or not result[0]:
             self._l1.invalidate(gkey)
             return False
-        self._keep(local, gkey, self._entry(held, gkey, len(data), fresh_until, 0.0), since)
+        self._keep(local, gkey, self._entry(held, gkey, len(data), fresh_until, early), since)
         return True
 
     def _keep(self, local: Hashable, gkey: str, entry: Entry | None, since: int) -> None:
@@ -435,7 +468,7 @@ class Cache(Keyspace):
         for local, gkey, value in items:
             ttl = self._timeout(timeout)
             writes.append((local, gkey, *self._frame(value, ttl, 0.0), ttl))
-        since = self._l1.seq
+        since = self._since()
 
         def write_all(pipe: Any) -> None:
             for _, gkey, data, _, _, ttl in writes:

@@ -97,9 +97,8 @@ class Loading:
     def _lead(self, load: Load) -> Any:
         """This process's one caller for the key: Redis, then the cross-process flight."""
         cache = self._cache
-        cache._ensure_bus()
-        since = cache._l1.seq
-        raw = cache._tier.run("get", lambda c: c.get(load.gkey))
+        since = cache._since()
+        raw = cache._get(load.gkey)
         if raw is UNAVAILABLE:
             cache.misses += 1
             return self._run(load.loader)[0]
@@ -112,12 +111,12 @@ class Loading:
                 early = xfetch_gap(frame.delta) if load.early_refresh and frame.delta else 0.0
                 if early and now + early >= frame.fresh_until:
                     cache.early_refreshes += 1
-                    self.refresh_later(load)
+                    self.refresh_later(load, frame.fresh_until)
                 cache._fill(load.local, load.gkey, frame, value, since, early=early)
                 return private(value)
             if load.stale_ttl and now < frame.fresh_until + load.stale_ttl:
                 cache.stale_served += 1
-                self.refresh_later(load)
+                self.refresh_later(load, frame.fresh_until)
                 return value
         cache.misses += 1
         return self._load_once(load)
@@ -130,7 +129,7 @@ class Loading:
         try:
             while True:
                 token = uuid.uuid4().hex.encode()
-                since = cache._l1.seq
+                since = cache._since()
                 result = cache._tier.run("lock", _lock_and_read(load, token))
                 if result is UNAVAILABLE:
                     return self._run(load.loader)[0]
@@ -144,8 +143,8 @@ class Loading:
                     return self._load_and_store(load, token)
                 if not self._wait(woken, deadline):
                     break
-                since = cache._l1.seq
-                found = self._fresh(load.gkey, cache._tier.run("get", lambda c: c.get(load.gkey)))
+                since = cache._since()
+                found = self._fresh(load.gkey, cache._get(load.gkey))
                 if found is not MISS:
                     return self._found(load, found, since)
         finally:
@@ -201,6 +200,9 @@ class Loading:
             delta=delta,
             stale_ttl=load.stale_ttl,
             unlock=(load.lock_key, token) if token is not None else None,
+            # The loader's own L1 copy takes an XFetch draw too, or this process would
+            # only ever look at the value again after it expired.
+            early=xfetch_gap(delta) if load.early_refresh and delta else 0.0,
         )
         return value
 
@@ -210,8 +212,12 @@ class Loading:
             "unlock", lambda pipe: None, unlock=(load.lock_key, token), aborted=(load.gkey,)
         )
 
-    def refresh_later(self, load: Load) -> None:
-        """Refresh in a background thread unless this process is already refreshing it."""
+    def refresh_later(self, load: Load, seen: float) -> None:
+        """Refresh in a background thread unless this process is already refreshing it.
+
+        :param seen: ``fresh_until`` of the value found stale (or due): if Redis holds
+            another by the time the refresh runs, someone refreshed it already.
+        """
         with self._refresh_lock:
             if load.gkey in self._refreshing:
                 return
@@ -221,18 +227,22 @@ class Loading:
                     max_workers=2, thread_name_prefix="tiered_cache-refresh"
                 )
             executor = self._executor
-        executor.submit(self._refresh, load)
+        executor.submit(self._refresh, load, seen)
 
-    def _refresh(self, load: Load) -> None:
-        """One background refresh, if this process wins the cluster-wide lock."""
+    def _refresh(self, load: Load, seen: float) -> None:
+        """One background refresh, if this process wins the lock and it is still due."""
         cache = self._cache
         try:
             token = uuid.uuid4().hex.encode()
-            taken = cache._tier.run(
-                "lock", lambda c: c.set(load.lock_key, token, nx=True, px=load.lock_ms)
-            )
-            if taken is True:
-                self._load_and_store(load, token)
+            result = cache._tier.run("lock", _lock_and_read(load, token))
+            if result is UNAVAILABLE or not result[0]:
+                return  # another worker is refreshing it, or Redis is away
+            raw = result[1]
+            decoded = MISS if raw is None else cache._decode(load.gkey, raw)
+            if decoded is not MISS and decoded[0].fresh_until != seen:
+                cache._tier.run("unlock", _release(load, token))  # refreshed meanwhile
+                return
+            self._load_and_store(load, token)
         except Exception as exc:  # a background thread: log, count, carry on
             cache._log.warning("refresh", "background refresh of %s failed: %r", load.gkey, exc)
         finally:
@@ -252,7 +262,8 @@ def _lock_and_read(load: Load, token: bytes) -> Callable[[Client], list[Any]]:
         pipe = client.pipeline(transaction=False)
         pipe.set(load.lock_key, token, nx=True, px=load.lock_ms)
         pipe.get(load.gkey)
-        return pipe.execute()  # type: ignore[no-any-return]
+        # A GET of a key that is not a string replies with an error: a miss, decoded later.
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
     return call
 

@@ -86,6 +86,17 @@ def _sentinel_client(parts: Any, options: dict[str, Any]) -> Client:
     )
 
 
+def get_reply(client: Client, key: str) -> bytes | redis.ResponseError | None:
+    """GET ``key``; an error reply (the key holds a list, say) is returned, not raised.
+
+    Such a key is foreign data under our prefix, a miss for the reader, not an outage.
+    """
+    try:
+        return client.get(key)  # type: ignore[no-any-return]
+    except redis.ResponseError as exc:
+        return exc
+
+
 class Breaker:
     """A circuit breaker: open after ``failures`` consecutive errors, for ``reset`` seconds.
 
@@ -166,11 +177,17 @@ class RedisTier:
         :param what: names the operation in logs and errors.
         :returns: its result, or :data:`UNAVAILABLE` when Redis failed and we fail open.
         :raises CacheUnavailable: when Redis failed and ``fail_open`` is off.
+        :raises redis.ResponseError: an error reply ``call`` did not handle (a bug of
+            ours, not an outage: it does not count against the breaker).
         """
         if not self.breaker.allow():
             return self._unavailable(what, None)
         try:
             result = call(self.client)
+        except redis.ResponseError:
+            # Redis answered: it is up. An error reply is the caller's business.
+            self.breaker.success()
+            raise
         except REDIS_ERRORS as exc:
             self.breaker.failure()
             self.errors += 1

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from .keys import KeyLayout
-from .redis_tier import UNAVAILABLE, RedisTier
+from .redis_tier import UNAVAILABLE, RedisTier, get_reply
 
 
 class NamespaceVersions:
@@ -63,13 +63,14 @@ class NamespaceVersions:
             return version
         epoch = self._epoch
         fetched_at = self._timer()
-        raw = self._tier.run("namespace version", lambda c: c.get(self._layout.counter(name)))
+        counter = self._layout.counter(name)
+        raw = self._tier.run("namespace version", lambda client: get_reply(client, counter))
         if raw is UNAVAILABLE:
             known = self._known.get(name)
             return known[0] if known else 0
         try:
-            version = int(raw) if raw is not None else 0
-        except ValueError:
+            version = int(raw) if isinstance(raw, bytes) else 0
+        except ValueError:  # not a counter of ours: start from 0, as if absent
             version = 0
         return self._record(name, version, fetched_at, epoch)
 
