@@ -16,16 +16,6 @@ from tiered_cache.errors import ConfigurationError
 from tiered_cache.l1 import L1_BACKENDS, Entry, L1Store, _Store, make_l1
 
 
-class FakeClock:
-    """A timer the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def entry(gkey: str, size: int = 10, value: Any = None) -> Entry:
     return Entry(gkey if value is None else value, None, 1e18, 0.0, size, gkey)
 
@@ -141,7 +131,7 @@ def test_oversized_entry_is_not_stored_and_drops_the_old_copy(
     assert store.put("a", entry("g:a", size=101)) is False
     assert store.peek("a") is None
     assert store.nbytes == 0
-    assert store.fill("b", entry("g:b", size=101), store.seq) is False
+    assert store.fill("b", entry("g:b", size=101), store.begin()) is False
     assert store.put("c", entry("g:c", size=100)) is True  # exactly the budget fits
     check(store)
 
@@ -185,7 +175,7 @@ def test_invalidate_drops_the_copy_whatever_its_local_key(make: Callable[..., L1
 def test_a_gkey_moved_to_a_new_local_key_leaves_the_old_one(make: Callable[..., L1Store]) -> None:
     store = make()
     store.put("old", entry("g"))
-    assert store.fill("new", entry("g"), store.seq) is True
+    assert store.fill("new", entry("g"), store.begin()) is True
     assert store.peek("old") is None
     assert store.peek("new") is not None
     check(store)
@@ -218,16 +208,16 @@ def test_evictions_keep_the_reverse_index(make: Callable[..., L1Store]) -> None:
 
 def test_fill_is_refused_after_an_invalidation_of_its_key(make: Callable[..., L1Store]) -> None:
     store = make()
-    since = store.seq
+    since = store.begin()
     store.invalidate("g")
     assert store.fill("k", entry("g"), since) is False
     assert store.peek("k") is None
-    assert store.fill("k", entry("g"), store.seq) is True  # a read that began afterwards
+    assert store.fill("k", entry("g"), store.begin()) is True  # a read that began afterwards
 
 
 def test_fill_is_accepted_after_other_keys_change(make: Callable[..., L1Store]) -> None:
     store = make()
-    since = store.seq
+    since = store.begin()
     store.invalidate("other")
     store.put("x", entry("other2"))
     assert store.fill("k", entry("g"), since) is True
@@ -235,7 +225,7 @@ def test_fill_is_accepted_after_other_keys_change(make: Callable[..., L1Store]) 
 
 def test_fill_is_refused_after_a_local_write_of_its_key(make: Callable[..., L1Store]) -> None:
     store = make()
-    since = store.seq
+    since = store.begin()
     written = entry("g", value="written")
     store.put("k", written)
     assert store.fill("k", entry("g", value="older"), since) is False
@@ -244,77 +234,90 @@ def test_fill_is_refused_after_a_local_write_of_its_key(make: Callable[..., L1St
 
 def test_fill_is_refused_after_a_clear(make: Callable[..., L1Store]) -> None:
     store = make()
-    since = store.seq
+    since = store.begin()
     store.clear()
     assert store.fill("k", entry("g"), since) is False
-    assert store.fill("k", entry("g"), store.seq) is True
+    assert store.fill("k", entry("g"), store.begin()) is True
 
 
 def test_put_with_since_is_refused_after_another_invalidation(
     make: Callable[..., L1Store],
 ) -> None:
     store = make()
-    since = store.seq
+    since = store.begin()
     store.invalidate("g")  # another worker's write landed during ours
     assert store.put("k", entry("g"), since) is False
     assert store.peek("k") is None
     assert store.fill("k", entry("g"), since) is False  # the put still counts as a write
-    assert store.put("k", entry("g"), store.seq) is True
+    assert store.put("k", entry("g"), store.begin()) is True
 
 
-def test_tombstones_are_pruned_conservatively(make: Callable[..., L1Store]) -> None:
-    clock = FakeClock()
-    store = make(timer=clock, tombstone_seconds=30.0)
-    before = store.seq
-    store.invalidate("g1")
-    after_g1 = store.seq
-    clock.now += 31
-    store.invalidate("g2")  # prunes g1's tombstone
+def test_no_tombstones_without_reads_in_flight(make: Callable[..., L1Store]) -> None:
+    store = make()
+    for i in range(1000):
+        store.invalidate(f"g{i}")
+        store.put(f"k{i}", entry(f"p{i}"))
     assert isinstance(store, _Store)
+    assert not store._tombs  # a burst of writes leaves nothing behind
+    since = store.begin()
+    assert store.fill("k", entry("g1"), since) is True  # nothing newer than this read
+    store.end(since)
+    check(store)
+
+
+def test_tombstones_live_while_a_read_that_needs_them_is_in_flight(
+    make: Callable[..., L1Store],
+) -> None:
+    store = make()
+    assert isinstance(store, _Store)
+    first = store.begin()
+    store.invalidate("g1")
+    second = store.begin()
+    store.invalidate("g2")
+    assert list(store._tombs) == ["g1", "g2"]
+    store.end(first)  # g1's tombstone matters to no read left; g2's still to `second`
     assert list(store._tombs) == ["g2"]
-    # Without g1's tombstone, a fill that began before it cannot be cleared: refused.
-    assert store.fill("k1", entry("g1"), before) is False
-    assert store.fill("k3", entry("g3"), before) is False
-    # Fills that began after the pruned invalidation are judged by the tombstones kept.
-    assert store.fill("k1", entry("g1"), after_g1) is True
-    assert store.fill("k2", entry("g2"), after_g1) is False
+    assert store.fill("k1", entry("g1"), second) is True
+    assert store.fill("k2", entry("g2"), second) is False
+    store.end(second)
+    assert not store._tombs
     check(store)
 
 
-def test_recent_tombstones_are_kept(make: Callable[..., L1Store]) -> None:
-    clock = FakeClock()
-    store = make(timer=clock, tombstone_seconds=30.0)
-    since = store.seq
-    store.invalidate("g1")
-    clock.now += 29
-    store.invalidate("g2")
-    assert store.fill("k3", entry("g3"), since) is True
-    assert store.fill("k1", entry("g1"), since) is False
-
-
-def test_reinvalidation_refreshes_a_tombstone(make: Callable[..., L1Store]) -> None:
-    clock = FakeClock()
-    store = make(timer=clock, tombstone_seconds=30.0)
-    store.invalidate("g1")
-    store.invalidate("g2")
-    clock.now += 20
-    store.invalidate("g1")  # g1 moves behind g2
-    clock.now += 15
-    store.invalidate("g3")  # g2 is 35 s old; g1 is 15 s old
+def test_reads_beginning_at_the_same_sequence_are_counted(make: Callable[..., L1Store]) -> None:
+    store = make()
     assert isinstance(store, _Store)
-    assert list(store._tombs) == ["g1", "g3"]
-    check(store)
+    one, two = store.begin(), store.begin()
+    assert one == two
+    store.invalidate("g")
+    store.end(one)
+    assert list(store._tombs) == ["g"]  # the other read that began there still needs it
+    assert store.fill("k", entry("g"), two) is False
+    store.end(two)
+    assert not store._tombs
+
+
+def test_reading_context_pairs_begin_and_end(make: Callable[..., L1Store]) -> None:
+    store = make()
+    assert isinstance(store, _Store)
+    with pytest.raises(RuntimeError), store.reading() as since:
+        store.invalidate("g")
+        assert store._tombs
+        raise RuntimeError("the Redis read failed")
+    assert not store._readers
+    assert not store._tombs
+    assert since == 0
 
 
 def test_tombstone_count_is_bounded(make: Callable[..., L1Store]) -> None:
     store = make(max_tombstones=3)
-    since = store.seq
+    since = store.begin()
     for i in range(10):
         store.invalidate(f"g{i}")
     assert isinstance(store, _Store)
     assert len(store._tombs) == 3
     assert store.fill("k", entry("other"), since) is False
-    assert store.fill("k", entry("other"), store.seq) is True
+    assert store.fill("k", entry("other"), store.begin()) is True
     check(store)
 
 
@@ -326,7 +329,7 @@ def test_fill_after_invalidation_race(make: Callable[..., L1Store]) -> None:
     result: list[bool] = []
 
     def reader() -> None:
-        since = store.seq
+        since = store.begin()
         value = "v1"  # what A read from Redis before B's write landed
         took_since.set()
         assert invalidated.wait(5)
@@ -355,7 +358,7 @@ def test_no_stale_value_survives_racing_readers(make: Callable[..., L1Store]) ->
 
     def reader() -> None:
         while not done.is_set():
-            since = store.seq
+            since = store.begin()
             value = redis["g"]
             time.sleep(0)  # let the writer in between the read and the fill
             store.fill("k", entry("g", value=value), since)
@@ -393,13 +396,13 @@ def test_zero_bound_disables_the_store(
     store = make(max_items=max_items, max_bytes=max_bytes)
     seq = store.seq
     assert store.put("a", entry("g:a", size=0)) is False
-    assert store.fill("b", entry("g:b", size=0), store.seq) is False
+    assert store.fill("b", entry("g:b", size=0), store.begin()) is False
     assert store.peek("a") is None
     assert store.peek("b") is None
     assert len(store) == 0
     assert store.nbytes == 0
     assert store.seq == seq + 1  # the put still counts as an invalidation
-    since = store.seq
+    since = store.begin()
     store.invalidate("g:b")
     assert store.seq == since + 1
     check(store)
@@ -460,15 +463,16 @@ def test_concurrent_use_keeps_the_invariants(make: Callable[..., L1Store]) -> No
                 store.touch(key)
 
     def filler(rng: random.Random) -> None:
-        since = store.seq
-        gkey = f"g{rng.randrange(120)}"
-        store.fill(rng.choice(local_keys), entry(gkey, size=rng.randrange(0, 400)), since)
+        with store.reading() as since:
+            gkey = f"g{rng.randrange(120)}"
+            store.fill(rng.choice(local_keys), entry(gkey, size=rng.randrange(0, 400)), since)
 
     def writer(rng: random.Random) -> None:
         roll = rng.random()
         key, gkey = rng.choice(local_keys), f"g{rng.randrange(120)}"
         if roll < 0.4:
-            store.put(key, entry(gkey, size=rng.randrange(0, 400)), rng.choice([None, store.seq]))
+            with store.reading() as since:
+                store.put(key, entry(gkey, size=rng.randrange(0, 400)), rng.choice([None, since]))
         elif roll < 0.8:
             store.invalidate(gkey)
         elif roll < 0.995:

@@ -39,8 +39,8 @@ from .flight import release
 from .framing import Frame, counter_value, pack, unpack
 from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_name
 from .keyspace import Keyspace, Namespace
-from .l1 import Entry, make_l1
-from .loading import Load, Loading, private
+from .l1 import Entry, Reading, make_l1
+from .loading import Load, Loading
 from .locks import DistributedLock
 from .redis_tier import (
     UNAVAILABLE,
@@ -53,6 +53,7 @@ from .redis_tier import (
 )
 from .sentinels import MISS, Miss
 from .serializers import make_serializer
+from .sizing import entry_size
 from .versions import NamespaceVersions
 
 if TYPE_CHECKING:
@@ -61,9 +62,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Bytes charged per L1 entry on top of the serialized size: the Entry, the OrderedDict
-# node, the reverse-index slot and the local key, measured with tracemalloc (bench/).
-ENTRY_OVERHEAD: Final = 200
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 
@@ -153,11 +151,11 @@ class Cache(Keyspace):
         """Create everything that belongs to one process (again, after a fork)."""
         config = self.config
         self._sender = uuid.uuid4().hex
+        self._l1_on = config.l1_max_items > 0 and config.l1_max_bytes > 0
         self._l1 = make_l1(
             config.l1_backend,
             max_items=config.l1_max_items,
             max_bytes=config.l1_max_bytes,
-            timer=self._timer,
         )
         self._bus: Bus | _NoBus = self._make_bus() if config.invalidation else _NoBus()
         self._versions = NamespaceVersions(
@@ -207,14 +205,14 @@ class Cache(Keyspace):
                 if not self._bus.started:
                     self._bus.start(wait=2 * self.config.socket_timeout)
 
-    def _since(self) -> int:
-        """The L1 sequence a Redis round trip starts from, for a fill after it.
+    def _reading(self) -> Reading:
+        """Bracket a Redis round trip whose result may fill L1 (see :mod:`tiered_cache.l1`).
 
         The bus comes first: its first subscription flushes L1, which must not refuse the
         fill of the very call that started it.
         """
         self._ensure_bus()
-        return self._l1.seq
+        return self._l1.reading()
 
     def _on_message(self, message: Message) -> None:
         """Apply another process's changes to this one (listener thread)."""
@@ -319,7 +317,7 @@ class Cache(Keyspace):
         return default if value is MISS else value
 
     def _entry(
-        self, value: Any, gkey: str, size: int, fresh_until: float, early: float
+        self, value: Any, local: Hashable, gkey: str, fresh_until: float, early: float
     ) -> Entry | None:
         """An L1 entry for ``value``, living until L1 or logical expiry, or None if expired."""
         now = self._timer()
@@ -328,7 +326,11 @@ class Cache(Keyspace):
             life = min(life, fresh_until - self._clock() - early)
         if life <= 0:
             return None
-        return Entry(value, copier_for(value), now + life, now, size + ENTRY_OVERHEAD, gkey)
+        copy = copier_for(value)
+        size = entry_size(
+            value, local, gkey, copied=copy is not None, store=self._l1.entry_overhead
+        )
+        return Entry(value, copy, now + life, now, size, gkey)
 
     def _fill(
         self,
@@ -339,10 +341,17 @@ class Cache(Keyspace):
         since: int,
         *,
         early: float = 0.0,
-    ) -> None:
-        entry = self._entry(value, gkey, len(frame.payload), frame.fresh_until, early)
-        if entry is not None:
-            self._l1.fill(local, entry, since)
+    ) -> Any:
+        """Fill L1 with a value just read from Redis; return what the reader may keep.
+
+        That is ``value`` itself unless L1 now holds it too, then a private copy.
+        """
+        if not self._l1_on:
+            return value
+        entry = self._entry(value, local, gkey, frame.fresh_until, early)
+        if entry is None or not self._l1.fill(local, entry, since) or entry.copy is None:
+            return value
+        return entry.copy(value)
 
     # -- reads ----------------------------------------------------------------------
 
@@ -373,28 +382,27 @@ class Cache(Keyspace):
 
     def _read(self, local: Hashable, gkey: str, *, decode: bool = True) -> Any:
         """Read ``gkey`` from Redis and fill L1; MISS when absent, expired or unreadable."""
-        since = self._since()
-        raw = self._get(gkey)
-        if raw is UNAVAILABLE or raw is None:
-            self.misses += 1
-            return MISS
-        decoded = self._decode(gkey, raw)
-        if decoded is MISS or _expired(decoded[0], self._clock()):
-            self.misses += 1
-            return MISS
-        frame, value = decoded
-        self.l2_hits += 1
-        if decode:
-            self._fill(local, gkey, frame, value, since)
-        return private(value)
+        with self._reading() as since:
+            raw = self._get(gkey)
+            if raw is UNAVAILABLE or raw is None:
+                self.misses += 1
+                return MISS
+            decoded = self._decode(gkey, raw)
+            if decoded is MISS or _expired(decoded[0], self._clock()):
+                self.misses += 1
+                return MISS
+            frame, value = decoded
+            self.l2_hits += 1
+            return self._fill(local, gkey, frame, value, since) if decode else value
 
     def _read_many(self, where: list[tuple[Hashable, str]], default: Any) -> list[Any]:
         results = [self._l1_value(local) for local, _ in where]
         missing = [i for i, value in enumerate(results) if value is MISS]
-        if missing:
-            since = self._since()
-            gkeys = [where[i][1] for i in missing]
-            mget = "mget_nonatomic" if self._cluster else "mget"
+        if not missing:
+            return results
+        gkeys = [where[i][1] for i in missing]
+        mget = "mget_nonatomic" if self._cluster else "mget"
+        with self._reading() as since:
             raws = self._tier.run("get_many", lambda c: getattr(c, mget)(gkeys))
             now = self._clock()
             for n, i in enumerate(missing):
@@ -405,8 +413,7 @@ class Cache(Keyspace):
                     results[i] = default
                     continue
                 self.l2_hits += 1
-                self._fill(*where[i], decoded[0], decoded[1], since)
-                results[i] = private(decoded[1])
+                results[i] = self._fill(*where[i], decoded[0], decoded[1], since)
         return results
 
     # -- writes ---------------------------------------------------------------------
@@ -446,15 +453,15 @@ class Cache(Keyspace):
         ttl = self._timeout(timeout)
         data, held, fresh_until = self._frame(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
-        since = self._since()
-
         write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
-        result = self._write("set", write, unlock=unlock, keys=(gkey,))
-        if result is UNAVAILABLE or not result[0]:
-            self._l1.invalidate(gkey)
-            return False
-        self._keep(local, gkey, self._entry(held, gkey, len(data), fresh_until, early), since)
-        return True
+        with self._reading() as since:
+            result = self._write("set", write, unlock=unlock, keys=(gkey,))
+            if result is UNAVAILABLE or not result[0]:
+                self._l1.invalidate(gkey)
+                return False
+            entry = self._entry(held, local, gkey, fresh_until, early)
+            self._keep(local, gkey, entry, since)
+            return True
 
     def _keep(self, local: Hashable, gkey: str, entry: Entry | None, since: int) -> None:
         """Hold a value this process wrote (read-your-writes) unless another write raced it."""
@@ -468,18 +475,18 @@ class Cache(Keyspace):
         for local, gkey, value in items:
             ttl = self._timeout(timeout)
             writes.append((local, gkey, *self._frame(value, ttl, 0.0), ttl))
-        since = self._since()
 
         def write_all(pipe: Any) -> None:
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
 
-        result = self._write("set_many", write_all, keys=tuple(write[1] for write in writes))
-        for local, gkey, data, held, fresh_until, _ in writes:
-            entry = None
-            if result is not UNAVAILABLE:
-                entry = self._entry(held, gkey, len(data), fresh_until, 0.0)
-            self._keep(local, gkey, entry, since)
+        with self._reading() as since:
+            result = self._write("set_many", write_all, keys=tuple(w[1] for w in writes))
+            for local, gkey, _, held, fresh_until, _ in writes:
+                entry = None
+                if result is not UNAVAILABLE:
+                    entry = self._entry(held, local, gkey, fresh_until, 0.0)
+                self._keep(local, gkey, entry, since)
         return result is not UNAVAILABLE
 
     def _delete(self, gkeys: list[str]) -> int:

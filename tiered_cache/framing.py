@@ -12,9 +12,9 @@ they decode to ``int``.
 
 from __future__ import annotations
 
-import math
 import re
 import struct
+from math import isnan
 from typing import NamedTuple
 
 from .errors import SerializationError
@@ -47,9 +47,10 @@ def unpack(data: bytes) -> Frame:
     if len(data) < HEADER_SIZE or data[:3] != MAGIC:
         raise SerializationError(f"not a tiered_cache value ({len(data)} bytes)")
     _, tag, flags, fresh_until, delta = _HEADER.unpack_from(data)
-    if flags != 0 or math.isnan(fresh_until) or math.isnan(delta):  # never written by us
+    if flags != 0 or isnan(fresh_until) or isnan(delta):  # never written by us
         raise SerializationError("corrupt tiered_cache header")
-    return Frame(tag, fresh_until, delta, data[HEADER_SIZE:])
+    # tuple.__new__ skips NamedTuple's Python-level __new__: this runs on every L2 hit.
+    return tuple.__new__(Frame, (tag, fresh_until, delta, data[HEADER_SIZE:]))
 
 
 def counter_value(data: bytes) -> int | None:

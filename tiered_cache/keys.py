@@ -21,6 +21,7 @@ touches two keys.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -35,6 +36,13 @@ def _digest(text: str) -> str:
     return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
+def _encode_str(key: str) -> str:
+    if len(key) <= MAX_PLAIN_KEY and _SAFE_KEY.fullmatch(key):
+        return key
+    return _digest(key)
+
+
 def encode_key(key: str) -> str:
     """Return the Redis form of a user key: itself when safe and short, else its digest.
 
@@ -44,9 +52,7 @@ def encode_key(key: str) -> str:
     """
     if not isinstance(key, str):
         raise TypeError(f"cache keys are strings, not {type(key).__name__}: {key!r}")
-    if len(key) <= MAX_PLAIN_KEY and _SAFE_KEY.fullmatch(key):
-        return key
-    return _digest(key)
+    return _encode_str(key)  # memoized: every L1 miss of a hot key encodes it again
 
 
 def encode_name(name: str) -> str:

@@ -15,13 +15,17 @@ Neither checks expiry: the cache compares ``Entry.expires`` itself, on a clock i
 **No stale refill.** A reader that misses L1 reads Redis and then fills L1, but an
 invalidation (a bus message, a local write, a clear) can arrive while its read is in
 flight, and the value it read may be the one that was just invalidated. So the reader
-takes ``since = l1.seq`` *before* its Redis read and calls ``fill(key, entry, since)``
-after; every invalidation bumps the sequence and leaves a tombstone ``gkey -> seq``, and
-``fill`` refuses, atomically with respect to invalidations, when the tombstone of
-``entry.gkey`` (or a clear) is newer than ``since``. Tombstones are kept for
-``tombstone_seconds`` (and at most ``max_tombstones`` of them); when older ones are
-pruned, fills that started before the newest pruned one are refused too, so a bounded
-tombstone map costs a few refused fills, never a stale one.
+calls ``since = l1.begin()`` *before* its Redis read, ``fill(key, entry, since)`` after,
+and ``end(since)`` when done; every invalidation bumps the sequence and, while reads are
+in flight, leaves a tombstone ``gkey -> seq``; ``fill`` refuses, atomically with respect
+to invalidations, when the tombstone of ``entry.gkey`` (or a clear) is newer than
+``since``.
+
+A tombstone matters only to reads that began before it, so tombstones are dropped as
+soon as every such read has ended: their number follows how many reads are in flight,
+not how fast keys are written (a burst of 100k writes with no read in flight leaves
+none). ``max_tombstones`` bounds them all the same; when the oldest are dropped early,
+fills that began before them are refused, a few refused fills, never a stale one.
 
 A local write (``put``) counts as an invalidation of its key, so a slower reader holding
 an older value cannot fill over it; a writer that passes the ``since`` it took before its
@@ -35,7 +39,6 @@ drops the old one, so ``invalidate(gkey)`` finds the copy whatever local key hol
 from __future__ import annotations
 
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
@@ -46,7 +49,7 @@ import cachetools
 from .copying import Copier
 from .errors import ConfigurationError
 
-__all__ = ["L1_BACKENDS", "Entry", "L1Store", "make_l1"]
+__all__ = ["L1_BACKENDS", "Entry", "L1Store", "Reading", "make_l1"]
 
 #: The accepted values of ``TIERED_CACHE_L1_BACKEND``, default first.
 L1_BACKENDS: Final = ("lru", "cachetools")
@@ -103,6 +106,24 @@ class Entry:
         )
 
 
+@final
+class Reading:
+    """``with store.reading() as since:`` brackets a Redis read that may fill L1."""
+
+    __slots__ = ("_store", "since")
+
+    def __init__(self, store: L1Store) -> None:
+        self._store = store
+        self.since = 0
+
+    def __enter__(self) -> int:
+        self.since = self._store.begin()
+        return self.since
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._store.end(self.since)
+
+
 class L1Store(Protocol):
     """The interface of both L1 backends.
 
@@ -116,10 +137,27 @@ class L1Store(Protocol):
     touch: Callable[[Hashable], None]
     max_items: int
     max_bytes: int
+    entry_overhead: int
+    """Bytes this store keeps per entry besides the entry itself (for the byte budget)."""
 
     @property
     def seq(self) -> int:
-        """The invalidation sequence number: read it before a Redis read, for :meth:`fill`."""
+        """The invalidation sequence number."""
+        ...
+
+    def begin(self) -> int:
+        """Register a Redis read (or write) whose result may fill L1; return its ``since``.
+
+        Every call must be paired with :meth:`end`.
+        """
+        ...
+
+    def end(self, since: int) -> None:
+        """Unregister a read begun with :meth:`begin`; tombstones no read needs are dropped."""
+        ...
+
+    def reading(self) -> Reading:
+        """:meth:`begin` and :meth:`end` as a context manager."""
         ...
 
     @property
@@ -145,7 +183,7 @@ class L1Store(Protocol):
         :param key: the local key.
         :param entry: the entry; not stored if ``entry.size`` exceeds ``max_bytes`` (any
             older copy of the key is dropped all the same).
-        :param since: :attr:`seq` as it was before the Redis write began, or ``None`` to
+        :param since: from :meth:`begin`, called before the Redis write began, or ``None`` to
             store unconditionally. When given, the entry is not stored if ``entry.gkey``
             was invalidated (or L1 cleared) after it: another writer may have overwritten
             this value in Redis meanwhile.
@@ -158,7 +196,7 @@ class L1Store(Protocol):
 
         :param key: the local key.
         :param entry: the entry.
-        :param since: :attr:`seq` as it was before the Redis read began.
+        :param since: from :meth:`begin`, called before the Redis read began.
         :returns: whether the entry was stored.
         """
         ...
@@ -193,25 +231,23 @@ class _Store(ABC):
 
     peek: Callable[[Hashable], Entry | None]
     touch: Callable[[Hashable], None]
+    entry_overhead: int
 
     def __init__(
         self,
         max_items: int,
         max_bytes: int,
-        timer: Callable[[], float],
-        tombstone_seconds: float,
         max_tombstones: int,
     ) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._enabled = max_items > 0 and max_bytes > 0
-        self._timer = timer
-        self._tombstone_seconds = tombstone_seconds
         self._max_tombstones = max_tombstones
         self._lock = threading.Lock()
         self._owner: dict[str, Hashable] = {}  # gkey -> the local key holding its copy
-        # gkey -> (seq, time) of its last invalidation, oldest first.
-        self._tombs: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # gkey -> seq of its last invalidation, oldest first; kept while reads need them.
+        self._tombs: OrderedDict[str, int] = OrderedDict()
+        self._readers: dict[int, int] = {}  # since -> how many reads in flight began there
         self._seq = 0
         self._floor = 0  # fills with since below this are refused (clear, pruned tombstones)
         self._evictions = 0
@@ -263,6 +299,31 @@ class _Store(ABC):
         """How many entries were dropped to respect the bounds."""
         return self._evictions
 
+    def begin(self) -> int:
+        """Register a read in flight; see :meth:`L1Store.begin`."""
+        with self._lock:
+            since = self._seq
+            self._readers[since] = self._readers.get(since, 0) + 1
+            return since
+
+    def reading(self) -> Reading:
+        """:meth:`begin` and :meth:`end` as a context manager."""
+        return Reading(self)
+
+    def end(self, since: int) -> None:
+        """Unregister a read; see :meth:`L1Store.end`."""
+        with self._lock:
+            left = self._readers.get(since, 0) - 1
+            if left > 0:
+                self._readers[since] = left
+                return
+            self._readers.pop(since, None)
+            # Tombstones at or below the oldest read still in flight can refuse nothing.
+            oldest = min(self._readers, default=self._seq)
+            tombs = self._tombs
+            while tombs and next(iter(tombs.values())) <= oldest:
+                tombs.popitem(last=False)
+
     def put(self, key: Hashable, entry: Entry, since: int | None = None) -> bool:
         """Store a locally written value; see :meth:`L1Store.put`."""
         with self._lock:
@@ -306,23 +367,18 @@ class _Store(ABC):
         if since < self._floor:
             return False
         tomb = self._tombs.get(gkey)
-        return tomb is None or tomb[0] <= since
+        return tomb is None or tomb <= since
 
     def _tombstone(self, gkey: str) -> None:
-        """Record an invalidation of ``gkey`` and prune old tombstones."""
+        """Record an invalidation of ``gkey``, for the reads in flight (none: no need)."""
         self._seq += 1
-        now = self._timer()
+        if not self._readers:
+            return
         tombs = self._tombs
-        tombs[gkey] = (self._seq, now)
+        tombs[gkey] = self._seq
         tombs.move_to_end(gkey)
-        # Amortized: each tombstone is pruned once, from the front, where the oldest are.
-        horizon = now - self._tombstone_seconds
-        while tombs:
-            seq, at = next(iter(tombs.values()))
-            if at >= horizon and len(tombs) <= self._max_tombstones:
-                break
-            tombs.popitem(last=False)
-            self._floor = seq
+        if len(tombs) > self._max_tombstones:  # a backstop: refuse what they would judge
+            _, self._floor = tombs.popitem(last=False)
 
     def _store(self, key: Hashable, entry: Entry) -> bool:
         """Insert ``entry`` under ``key``: one copy per gkey, then evict to the bounds."""
@@ -371,9 +427,11 @@ class _Store(ABC):
             assert sum(e.size for _, e in entries) == self.nbytes <= self.max_bytes
             assert self._owner == {e.gkey: k for k, e in entries}, "reverse index out of step"
             assert len(self._owner) == len(entries), "a gkey has two local copies"
-            seqs = [seq for seq, _ in self._tombs.values()]
+            seqs = list(self._tombs.values())
             assert seqs == sorted(seqs), "tombstones out of order"
             assert all(self._floor < seq <= self._seq for seq in seqs)
+            oldest = min(self._readers, default=self._seq)
+            assert all(seq > oldest for seq in seqs), "a tombstone no read in flight needs"
             assert 0 <= self._floor <= self._seq
             if not self._enabled:
                 assert not entries
@@ -383,15 +441,15 @@ class _Store(ABC):
 class _LruStore(_Store):
     """The hand-written LRU: lock-free reads through the OrderedDict's own C methods."""
 
+    entry_overhead = 200  # an OrderedDict node and a reverse-index slot (tracemalloc)
+
     def __init__(
         self,
         max_items: int,
         max_bytes: int,
-        timer: Callable[[], float],
-        tombstone_seconds: float,
         max_tombstones: int,
     ) -> None:
-        super().__init__(max_items, max_bytes, timer, tombstone_seconds, max_tombstones)
+        super().__init__(max_items, max_bytes, max_tombstones)
         # Least recently used first. Never rebind _data: peek and touch are bound to it.
         self._data: OrderedDict[Hashable, Entry] = OrderedDict()
         self._nbytes = 0
@@ -460,15 +518,15 @@ class _EvictionReportingLRU(cachetools.LRUCache[Hashable, Entry]):
 class _CachetoolsStore(_Store):
     """The same contract over cachetools.LRUCache; every access takes the lock."""
 
+    entry_overhead = 320  # cachetools' data, size and order dicts, a reverse-index slot
+
     def __init__(
         self,
         max_items: int,
         max_bytes: int,
-        timer: Callable[[], float],
-        tombstone_seconds: float,
         max_tombstones: int,
     ) -> None:
-        super().__init__(max_items, max_bytes, timer, tombstone_seconds, max_tombstones)
+        super().__init__(max_items, max_bytes, max_tombstones)
         # The byte budget is cachetools' own maxsize; the item bound is enforced on top.
         self._cache = _EvictionReportingLRU(max_bytes, self._evicted)
         self.peek = self._locked_peek
@@ -534,8 +592,6 @@ def make_l1(
     *,
     max_items: int,
     max_bytes: int,
-    timer: Callable[[], float] = time.monotonic,
-    tombstone_seconds: float = 30.0,
     max_tombstones: int = 100_000,
 ) -> L1Store:
     """Build an L1 store.
@@ -543,25 +599,20 @@ def make_l1(
     :param backend: ``"lru"`` (hand-written, lock-free hits) or ``"cachetools"``.
     :param max_items: the most entries held; ``0`` disables L1.
     :param max_bytes: the most bytes charged (the sum of ``Entry.size``); ``0`` disables L1.
-    :param timer: the clock that dates tombstones.
-    :param tombstone_seconds: how long an invalidation is remembered per key; a fill
-        whose Redis read started before a forgotten invalidation is refused.
-    :param max_tombstones: the most invalidations remembered per key at once; beyond it
-        the oldest are forgotten early, with the same conservative effect.
+    :param max_tombstones: the most invalidations remembered at once for reads in
+        flight; beyond it the oldest are forgotten, and fills that began before them are
+        refused.
     :returns: the store.
     :raises ConfigurationError: unknown backend (``TIERED_CACHE_L1_BACKEND``) or a
         negative bound (``TIERED_CACHE_L1_MAX_ITEMS``, ``TIERED_CACHE_L1_MAX_BYTES``).
-    :raises ValueError: a negative ``tombstone_seconds`` or ``max_tombstones``.
+    :raises ValueError: a negative ``max_tombstones``.
     """
     if max_items < 0:
         raise ConfigurationError("TIERED_CACHE_L1_MAX_ITEMS", max_items, "must not be negative")
     if max_bytes < 0:
         raise ConfigurationError("TIERED_CACHE_L1_MAX_BYTES", max_bytes, "must not be negative")
-    if tombstone_seconds < 0 or max_tombstones < 0:
-        raise ValueError(
-            f"tombstone_seconds={tombstone_seconds!r} and max_tombstones={max_tombstones!r} "
-            "must not be negative"
-        )
+    if max_tombstones < 0:
+        raise ValueError(f"max_tombstones={max_tombstones!r} must not be negative")
     store: type[_Store]
     if backend == "lru":
         store = _LruStore
@@ -571,4 +622,4 @@ def make_l1(
         raise ConfigurationError(
             "TIERED_CACHE_L1_BACKEND", backend, "expected 'lru' or 'cachetools'"
         )
-    return store(max_items, max_bytes, timer, tombstone_seconds, max_tombstones)
+    return store(max_items, max_bytes, max_tombstones)

@@ -97,13 +97,25 @@ class Loading:
     def _lead(self, load: Load) -> Any:
         """This process's one caller for the key: Redis, then the cross-process flight."""
         cache = self._cache
-        since = cache._since()
-        raw = cache._get(load.gkey)
-        if raw is UNAVAILABLE:
+        value = self._read(load)
+        if value is UNAVAILABLE:
             cache.misses += 1
             return self._run(load.loader)[0]
-        decoded = MISS if raw is None else cache._decode(load.gkey, raw)
-        if decoded is not MISS:
+        if value is not MISS:
+            return value
+        cache.misses += 1
+        return self._load_once(load)
+
+    def _read(self, load: Load) -> Any:
+        """The value in Redis if it may be served (fresh, or stale within ``stale_ttl``)."""
+        cache = self._cache
+        with cache._reading() as since:
+            raw = cache._get(load.gkey)
+            if raw is UNAVAILABLE or raw is None:
+                return MISS if raw is None else raw
+            decoded = cache._decode(load.gkey, raw)
+            if decoded is MISS:
+                return MISS
             frame, value = decoded
             now = cache._clock()
             if not frame.fresh_until or now < frame.fresh_until:
@@ -112,14 +124,12 @@ class Loading:
                 if early and now + early >= frame.fresh_until:
                     cache.early_refreshes += 1
                     self.refresh_later(load, frame.fresh_until)
-                cache._fill(load.local, load.gkey, frame, value, since, early=early)
-                return private(value)
+                return cache._fill(load.local, load.gkey, frame, value, since, early=early)
             if load.stale_ttl and now < frame.fresh_until + load.stale_ttl:
                 cache.stale_served += 1
                 self.refresh_later(load, frame.fresh_until)
                 return value
-        cache.misses += 1
-        return self._load_once(load)
+            return MISS
 
     def _load_once(self, load: Load) -> Any:
         """Take the cluster-wide lock and load, or wait for the process that holds it."""
@@ -129,33 +139,32 @@ class Loading:
         try:
             while True:
                 token = uuid.uuid4().hex.encode()
-                since = cache._since()
-                result = cache._tier.run("lock", _lock_and_read(load, token))
-                if result is UNAVAILABLE:
-                    return self._run(load.loader)[0]
-                locked, raw = result
-                found = self._fresh(load.gkey, raw)
-                if found is not MISS:
-                    if locked:
-                        cache._tier.run("unlock", _release(load, token))
-                    return self._found(load, found, since)
+                with cache._reading() as since:
+                    result = cache._tier.run("lock", _lock_and_read(load, token))
+                    if result is UNAVAILABLE:
+                        break
+                    locked, raw = result
+                    found = self._fresh(load.gkey, raw)
+                    if found is not MISS:
+                        if locked:
+                            cache._tier.run("unlock", _release(load, token))
+                        return self._found(load, found, since)
                 if locked:
                     return self._load_and_store(load, token)
                 if not self._wait(woken, deadline):
-                    break
-                since = cache._since()
-                found = self._fresh(load.gkey, cache._get(load.gkey))
-                if found is not MISS:
-                    return self._found(load, found, since)
+                    # The holder did not finish within lock_timeout: load without the lock.
+                    return self._load_and_store(load, None)
+                with cache._reading() as since:
+                    found = self._fresh(load.gkey, cache._get(load.gkey))
+                    if found is not MISS:
+                        return self._found(load, found, since)
         finally:
             self.waiters.unregister(load.gkey, woken)
-        # The holder did not finish within lock_timeout: load and store without the lock.
-        return self._load_and_store(load, None)
+        return self._run(load.loader)[0]  # Redis is unavailable: fail open
 
     def _found(self, load: Load, found: tuple[Frame, Any], since: int) -> Any:
         """Another process's value: fill L1 and hand out a private copy."""
-        self._cache._fill(load.local, load.gkey, found[0], found[1], since)
-        return private(found[1])
+        return self._cache._fill(load.local, load.gkey, found[0], found[1], since)
 
     def _wait(self, woken: threading.Event, deadline: float) -> bool:
         """Sleep until the bus announces the key; False when the deadline has passed."""

@@ -40,6 +40,8 @@ _DIGEST_SIZE: Final = hashlib.sha256().digest_size
 # One encoder for every call: json.dumps() with non-default options builds a new
 # JSONEncoder each time. encode() keeps no state between calls, so sharing it is safe.
 _json_encode: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# raw_decode skips json.loads's whitespace regex on both ends: what we write has none.
+_json_raw_decode: Final = json.JSONDecoder().raw_decode
 
 
 class Serializer(Protocol):
@@ -104,7 +106,14 @@ class _JsonSerializer:
         """Decode UTF-8 JSON."""
         try:
             # Decode as UTF-8 ourselves: json.loads(bytes) would also guess UTF-16/32.
-            return json.loads(data.decode("utf-8"))
+            text = data.decode("utf-8")
+            try:
+                value, end = _json_raw_decode(text)
+                if end == len(text):
+                    return value
+            except ValueError:
+                pass
+            return json.loads(text)  # anything else: the strict, general path decides
         # UnicodeDecodeError and JSONDecodeError are ValueErrors, as is the int-digits limit;
         # TypeError covers a non-bytes argument.
         except (ValueError, TypeError, RecursionError) as exc:
