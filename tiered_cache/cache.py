@@ -26,6 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Hashable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, TypeVar, Unpack
 
 import redis
@@ -206,14 +207,14 @@ class Cache(Keyspace):
                 if not self._bus.started:
                     self._bus.start(wait=2 * self.config.socket_timeout)
 
-    def _reading(self) -> Reading:
+    def _reading(self) -> Reading | nullcontext[int]:
         """Bracket a Redis round trip whose result may fill L1 (see :mod:`tiered_cache.l1`).
 
         The bus comes first: its first subscription flushes L1, which must not refuse the
-        fill of the very call that started it.
+        fill of the very call that started it. With L1 off there is nothing to bracket.
         """
         self._ensure_bus()
-        return self._l1.reading()
+        return self._l1.reading() if self._l1_on else _NOTHING_TO_FILL
 
     def _on_message(self, message: Message) -> None:
         """Apply another process's changes to this one (listener thread)."""
@@ -671,6 +672,9 @@ class Cache(Keyspace):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+_NOTHING_TO_FILL: Final = nullcontext(0)
 
 
 def _expired(frame: Frame, now: float) -> bool:
