@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,flask,msgpack,hiredis,embedded,prometheus]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,flask,sessions,gunicorn,msgpack,hiredis,embedded,prometheus]'
 	touch $(STAMP)
 
 test: $(STAMP)

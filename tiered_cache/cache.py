@@ -38,7 +38,7 @@ from .copying import copier_for
 from .errors import SerializationError, TieredCacheError
 from .flight import release
 from .framing import Frame, counter_value, pack, unpack
-from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_name
+from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_key, encode_name
 from .keyspace import Keyspace, Namespace
 from .l1 import Entry, Reading, make_l1
 from .loading import Load, Loading
@@ -137,6 +137,7 @@ class Cache(Keyspace):
         self._dttl = config.l1_disconnected_ttl
         self._log = RateLimitedLog()
         self._layout = KeyLayout(config.prefix, config.version)
+        self._default_base = self._layout.space(DEFAULT_NAMESPACE, 0)
         self._serializer = make_serializer(config.serializer, secret_key=config.secret_key)
         self._owns_client = redis is None
         client = redis or client_from_url(config.redis_url, socket_timeout=config.socket_timeout)
@@ -319,7 +320,7 @@ class Cache(Keyspace):
 
     def _get_after_l1(self, key: str, default: Any) -> Any:
         """``get`` of the default namespace once L1 missed."""
-        value = self._read(key, self._layout.data(DEFAULT_NAMESPACE, 0, key))
+        value = self._read(key, self._default_base + encode_key(key))
         return default if value is MISS else value
 
     def _entry(
@@ -388,18 +389,24 @@ class Cache(Keyspace):
 
     def _read(self, local: Hashable, gkey: str, *, decode: bool = True) -> Any:
         """Read ``gkey`` from Redis and fill L1; MISS when absent, expired or unreadable."""
+        if not self._l1_on:  # nothing to fill: no bracket (the bare L2 path, measured)
+            self._ensure_bus()
+            return self._read_once(local, gkey, 0, decode=False)
         with self._reading() as since:
-            raw = self._get(gkey)
-            if raw is UNAVAILABLE or raw is None:
-                self.misses += 1
-                return MISS
-            decoded = self._decode(gkey, raw)
-            if decoded is MISS or _expired(decoded[0], self._clock()):
-                self.misses += 1
-                return MISS
-            frame, value = decoded
-            self.l2_hits += 1
-            return self._fill(local, gkey, frame, value, since) if decode else value
+            return self._read_once(local, gkey, since, decode=decode)
+
+    def _read_once(self, local: Hashable, gkey: str, since: int, *, decode: bool) -> Any:
+        raw = self._get(gkey)
+        if raw is UNAVAILABLE or raw is None:
+            self.misses += 1
+            return MISS
+        decoded = self._decode(gkey, raw)
+        if decoded is MISS or _expired(decoded[0], self._clock()):
+            self.misses += 1
+            return MISS
+        frame, value = decoded
+        self.l2_hits += 1
+        return self._fill(local, gkey, frame, value, since) if decode else value
 
     def _read_many(self, where: list[tuple[Hashable, str]], default: Any) -> list[Any]:
         results = [self._l1_value(local) for local, _ in where]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .ratelimit.limits import STRATEGIES, parse_limits
 
 KEY_PREFIX = "TIERED_CACHE_"
 URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
@@ -118,6 +119,9 @@ def _secret(value: Any) -> str | bytes | None:
     raise ValueError("expected a non-empty string or bytes")
 
 
+_C = TypeVar("_C")
+
+
 def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -160,23 +164,75 @@ class CacheConfig:
         :param overrides: lower-case keywords (``l1_max_items=...``); they win.
         :param config: a mapping of ``TIERED_CACHE_*`` keys (``app.config``, ``os.environ``).
         :returns: the validated configuration.
-        :raises ConfigurationError: naming the first bad key and its value.
+        :raises ConfigurationError: naming the first bad key (or unknown keyword) and value.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
+        unknown = sorted(set(overrides) - field_names(cls))
         if unknown:
             raise ConfigurationError(unknown[0], overrides[unknown[0]], "unknown setting")
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            key = KEY_PREFIX + field.name.upper()
-            if field.name in overrides:
-                raw = overrides[field.name]
-            elif config is not None and key in config:
-                raw = config[key]
-            else:
-                continue
-            try:
-                values[field.name] = field.metadata["parse"](raw)
-            except ValueError as exc:
-                raise ConfigurationError(key, raw, str(exc)) from None
-        return cls(**values)
+        return _resolve(cls, overrides, config)
+
+
+def field_names(cls: type[Any]) -> set[str]:
+    """The setting keywords a config dataclass declares."""
+    return {field.name for field in dataclasses.fields(cls)}
+
+
+def _resolve(cls: type[_C], overrides: Mapping[str, Any], config: Mapping[str, Any] | None) -> _C:
+    """Parse every field of ``cls``: keyword override, else config key, else default."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = KEY_PREFIX + field.name.upper()
+        if field.name in overrides:
+            raw = overrides[field.name]
+        elif config is not None and key in config:
+            raw = config[key]
+        else:
+            continue
+        try:
+            values[field.name] = field.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigurationError(key, raw, str(exc)) from None
+    return cls(**values)
+
+
+def _limits(value: Any) -> str | None:
+    if value is None:
+        return None
+    parse_limits(value)  # raises ValueError naming the part that does not parse
+    return str(value)
+
+
+def _token(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise ValueError("expected a non-empty string")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExtensionConfig:
+    """The settings of the Flask extension besides those of its :class:`CacheConfig`."""
+
+    sessions: bool = _setting(False, _bool, "install the Redis session interface")
+    ratelimit_default: str | None = _setting(None, _limits, "limits for every route")
+    ratelimit_strategy: str = _setting(
+        "sliding-window-log", _one_of(STRATEGIES), "the rate limit algorithm"
+    )
+    ratelimit_fail_open: bool = _setting(True, _bool, "admit requests when Redis is down")
+    endpoints: bool = _setting(False, _bool, "register /_tiered_cache/{health,stats,metrics}")
+    endpoints_token: str | None = _setting(None, _token, "bearer token for those endpoints")
+
+    @classmethod
+    def resolve(
+        cls, overrides: Mapping[str, Any], config: Mapping[str, Any]
+    ) -> tuple[ExtensionConfig, CacheConfig]:
+        """Split keyword overrides between the extension and its cache, and resolve both.
+
+        :raises ConfigurationError: naming the first bad key (or unknown keyword) and value.
+        """
+        mine, theirs = field_names(cls), field_names(CacheConfig)
+        unknown = sorted(set(overrides) - mine - theirs)
+        if unknown:
+            raise ConfigurationError(unknown[0], overrides[unknown[0]], "unknown setting")
+        extension = _resolve(cls, {k: v for k, v in overrides.items() if k in mine}, config)
+        cache = _resolve(CacheConfig, {k: v for k, v in overrides.items() if k in theirs}, config)
+        return extension, cache

@@ -79,7 +79,11 @@ class KeyLayout:
 
     def data(self, namespace: str, namespace_version: int, key: str) -> str:
         """Return the data key of ``key`` (already encoded names are not re-encoded)."""
-        return f"{self.base}{namespace}:{namespace_version}:{encode_key(key)}"
+        return self.space(namespace, namespace_version) + encode_key(key)
+
+    def space(self, namespace: str, namespace_version: int) -> str:
+        """Return what every data key of one namespace version starts with."""
+        return f"{self.base}{namespace}:{namespace_version}:"
 
     def counter(self, namespace: str) -> str:
         """Return the version counter key of an encoded namespace name."""

@@ -1,0 +1,1 @@
+"""Redis rate limits (SPEC section 6)."""

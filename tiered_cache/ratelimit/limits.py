@@ -1,0 +1,55 @@
+"""Limit strings: ``"10/second"``, ``"100 per minute"``, ``"5/10 seconds"``, joined by ``;``."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Final
+
+STRATEGIES: Final = ("sliding-window-log", "sliding-window-counter", "fixed-window", "gcra")
+
+_UNITS: Final = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "month": 30 * 86400,
+    "year": 365 * 86400,
+}
+_LIMIT = re.compile(
+    r"\s*(?P<amount>\d+)\s*(?:/|\s+per\s+)\s*(?P<multiple>\d+\s*)?"
+    r"(?P<unit>second|minute|hour|day|month|year)s?\s*",
+    re.IGNORECASE,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limit:
+    """``amount`` requests per ``period`` seconds; ``text`` is how it was written."""
+
+    amount: int
+    period: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_limits(text: str) -> tuple[Limit, ...]:
+    """Parse one limit string or several joined by ``;``.
+
+    :raises ValueError: naming the part that does not parse.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("expected limits such as '10/second;1000/hour'")
+    limits = []
+    for part in text.split(";"):
+        match = _LIMIT.fullmatch(part)
+        if match is None:
+            raise ValueError(f"cannot parse the limit {part.strip()!r}")
+        amount = int(match["amount"])
+        multiple = int(match["multiple"] or 1)
+        if amount < 1 or multiple < 1:
+            raise ValueError(f"the limit {part.strip()!r} must allow at least 1 per period")
+        limits.append(Limit(amount, multiple * _UNITS[match["unit"].lower()], part.strip()))
+    return tuple(limits)
