@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -10,6 +9,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from tests.redis_cluster import RedisClusterServers
+from tests.waiting import until
 from tiered_cache import MISS, Cache
 
 
@@ -27,15 +27,6 @@ def make_cluster_cache(redis_cluster: RedisClusterServers) -> Iterator[Callable[
     yield make
     for cache in made:
         cache.close()
-
-
-def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def test_keys_land_on_several_nodes(

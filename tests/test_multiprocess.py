@@ -8,7 +8,6 @@ guarantee, not the listener's start-up. Workers report what they saw; the parent
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,28 +15,12 @@ import redis
 
 from tests.procs import GroupSync, ProcessGroup, run_in_processes
 from tests.redis_harness import RedisServer
+from tests.waiting import until, warm
 from tiered_cache import Cache
 
 DEFAULT = "<default>"
 STEP = 10.0  # seconds any barrier may wait: generous, only a broken worker hits it
 SEEN_WITHIN = 2.0  # how long a worker waits for a change another worker made
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` until it is truthy or ``timeout`` passes; return its last verdict."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def warm(cache: Cache) -> None:
-    """Start the cache's listener and wait for its subscription."""
-    cache.get("__warm__")
-    assert wait_until(lambda: cache.stats()["bus_connected"], 5.0), "bus never connected"
 
 
 # --- worker targets (module level: spawned children import them) -----------------------
@@ -75,12 +58,12 @@ def _evict_reader(sync: GroupSync, cache: Cache) -> dict[str, Any]:
     sync.barrier.wait(STEP)  # 2
     sync.barrier.wait(STEP)  # 3
     l2_hits = cache.stats()["l2_hits"]
-    out["saw_v2"] = wait_until(lambda: cache.get("k", DEFAULT) == "v2", SEEN_WITHIN)
+    out["saw_v2"] = until(lambda: cache.get("k", DEFAULT) == "v2", SEEN_WITHIN)
     out["l2_hit_gain"] = cache.stats()["l2_hits"] - l2_hits
     out["after_v2"] = cache.get("k", DEFAULT)
     sync.barrier.wait(STEP)  # 4
     sync.barrier.wait(STEP)  # 5
-    out["saw_delete"] = wait_until(lambda: cache.get("k", DEFAULT) == DEFAULT, SEEN_WITHIN)
+    out["saw_delete"] = until(lambda: cache.get("k", DEFAULT) == DEFAULT, SEEN_WITHIN)
     sync.barrier.wait(STEP)  # 6
     out["invalidations"] = cache.stats()["invalidations_received"]
     return out
@@ -106,14 +89,14 @@ def _namespace_worker(sync: GroupSync, url: str) -> dict[str, Any]:
             out["version"] = cache.invalidate_namespace("users")
         sync.barrier.wait(STEP)  # 3: bumped
         if sync.index == 1:
-            out["gone"] = wait_until(lambda: users.get("u1", DEFAULT) == DEFAULT, SEEN_WITHIN)
+            out["gone"] = until(lambda: users.get("u1", DEFAULT) == DEFAULT, SEEN_WITHIN)
             out["plain_after"] = cache.get("plain", DEFAULT)
         sync.barrier.wait(STEP)  # 4
         if sync.index == 0:
             assert users.set("u1", {"name": "bob"})
         sync.barrier.wait(STEP)  # 5: a new value in the new version
         if sync.index == 1:
-            out["new"] = wait_until(lambda: users.get("u1") == {"name": "bob"}, SEEN_WITHIN)
+            out["new"] = until(lambda: users.get("u1") == {"name": "bob"}, SEEN_WITHIN)
         return out
 
 
@@ -151,7 +134,7 @@ def _race_reader(sync: GroupSync, cache: Cache, last: int) -> dict[str, Any]:
         for _ in range(16):
             read()
     # Settle: the last invalidation must reach us promptly (never l1_ttl later).
-    settled = wait_until(lambda: read() == last, SEEN_WITHIN, interval=0.001)
+    settled = until(lambda: read() == last, SEEN_WITHIN, interval=0.001)
     # ...and nothing older may come back afterwards.
     stays = all(read() == last for _ in range(200))
     stats = cache.stats()
@@ -174,7 +157,7 @@ def _fork_child(cache: Cache) -> dict[str, Any]:
     out["read"] = cache.get("k", DEFAULT)
     out["read_from_l2"] = cache.stats()["l2_hits"] - l2_hits
     out["set"] = cache.set("k", "from-child")
-    out["bus_connected"] = wait_until(lambda: cache.stats()["bus_connected"], 5.0)
+    out["bus_connected"] = until(lambda: cache.stats()["bus_connected"], 5.0)
     with redis.Redis.from_url(cache.config.redis_url, socket_timeout=2) as admin:
         out["admin_id"] = admin.client_id()
         out["clients"] = admin.client_list()
@@ -240,7 +223,7 @@ def test_a_killed_subscription_reconnects_and_flushes_l1(redis_server: RedisServ
         l2_hits = cache.stats()["l2_hits"]
 
         assert redis_server.kill_pubsub_clients() >= 1
-        assert wait_until(
+        assert until(
             lambda: cache.stats()["bus_reconnects"] >= 1 and cache.stats()["bus_connected"], 5.0
         ), f"the listener did not resubscribe: {cache.stats()}"
         assert cache.get("k") == "new", "L1 was not flushed after the resubscription"
@@ -279,8 +262,8 @@ def test_a_paused_redis_stops_old_l1_entries_being_served(redis_server: RedisSer
                 assert last_served < paused_at + dttl + 0.02, last_served - paused_at
         finally:
             redis_server.resume()
-        assert wait_until(lambda: cache.get("k", DEFAULT) == "v", 5.0, interval=0.05)
-        assert wait_until(lambda: cache.stats()["bus_connected"], 5.0)
+        assert until(lambda: cache.get("k", DEFAULT) == "v", 5.0, interval=0.05)
+        assert until(lambda: cache.stats()["bus_connected"], 5.0)
 
 
 def test_a_forked_child_gets_its_own_state_and_connections(redis_server: RedisServer) -> None:
@@ -306,7 +289,7 @@ def test_a_forked_child_gets_its_own_state_and_connections(redis_server: RedisSe
         subscriptions = [c for c in child["clients"] if "P" in c["flags"]]
         assert len(subscriptions) == 2, "parent and child each need a subscription"
         # The child's write reaches the parent through the bus: the child is another sender.
-        assert wait_until(lambda: cache.get("k") == "from-child", SEEN_WITHIN), (
+        assert until(lambda: cache.get("k") == "from-child", SEEN_WITHIN), (
             "the parent kept its L1 copy: it ignored the child's message as its own?"
         )
         # The parent goes on as before: same subscription, working reads and writes.
@@ -314,7 +297,7 @@ def test_a_forked_child_gets_its_own_state_and_connections(redis_server: RedisSe
         assert cache.stats()["bus_reconnects"] == reconnects
         assert cache.set("k2", [1, 2])
         assert cache.get("k2") == [1, 2]
-        assert wait_until(lambda: len(admin.client_list(_type="pubsub")) == 1, 5.0)
+        assert until(lambda: len(admin.client_list(_type="pubsub")) == 1, 5.0)
         with Cache(redis_url=redis_server.url) as other:
             assert other.set("k2", [3])
-        assert wait_until(lambda: cache.get("k2") == [3], SEEN_WITHIN)
+        assert until(lambda: cache.get("k2") == [3], SEEN_WITHIN)

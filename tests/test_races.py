@@ -7,12 +7,12 @@ after the race's other side has happened; nothing about Redis is simulated.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from tests.waiting import until
 from tiered_cache import Cache
 
 MakeCache = Callable[..., Cache]
@@ -34,15 +34,6 @@ class HeldGets(redis.Redis):
             self.answered.set()
             assert self.go_on.wait(5)
         return value
-
-
-def until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)
-    return condition()
 
 
 def test_a_read_overtaken_by_an_invalidation_does_not_fill_l1(

@@ -16,26 +16,10 @@ import pytest
 import redis
 
 from tests.procs import GroupSync, ProcessGroup
+from tests.waiting import until, warm
 from tiered_cache import Cache
 
 STEP = 20.0  # seconds any barrier may wait: generous, only a broken worker hits it
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` until it is truthy or ``timeout`` passes; return its last verdict."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def warm(cache: Cache) -> None:
-    """Start the cache's listener and wait for its subscription."""
-    cache.get("__warm__")
-    assert wait_until(lambda: cache.stats()["bus_connected"], 5.0), "bus never connected"
 
 
 def counting_loader(url: str, value: Any, seconds: float) -> Callable[[], Any]:
@@ -110,7 +94,7 @@ def _abort_leader(cache: Cache, client: redis.Redis) -> dict[str, Any]:
     def failing() -> str:
         client.incr("loads")
         client.set("a_loading", 1)  # we hold the lock now
-        assert wait_until(lambda: client.exists("b_calling"), 10.0)
+        assert until(lambda: client.exists("b_calling"), 10.0)
         time.sleep(0.3)  # long enough for B to be waiting on our lock
         raise ValueError("loader failed")
 
@@ -126,7 +110,7 @@ def _abort_waiter(cache: Cache, client: redis.Redis) -> dict[str, Any]:
         client.incr("loads")
         return "from-b"
 
-    assert wait_until(lambda: client.exists("a_loading"), 10.0)
+    assert until(lambda: client.exists("a_loading"), 10.0)
     client.set("b_calling", 1)
     started = time.monotonic()
     value = cache.get_or_set("k", loader, lock_timeout=10)
@@ -165,7 +149,7 @@ def _stale_worker(sync: GroupSync, url: str, threads: int) -> dict[str, Any]:
         sync.barrier.wait(STEP)
         out["stale"] = in_threads(threads, call)
         out["stale_served"] = cache.stats()["stale_served"]
-        out["refreshed"] = wait_until(lambda: call()[0] == "v2", 3.0, interval=0.01)
+        out["refreshed"] = until(lambda: call()[0] == "v2", 3.0, interval=0.01)
         sync.barrier.wait(STEP)  # every process saw v2
         time.sleep(0.3)  # room for a stray second refresh to show up in the count
         out["after"] = [call()[0] for _ in range(3)]
@@ -248,7 +232,7 @@ def test_followers_share_the_leaders_value_or_exception(
     def failing() -> str:
         raw.incr("loads")
         # Hold the flight until the 7 others have joined it as followers.
-        assert wait_until(lambda: cache.stats()["stampede_waits"] >= 7, 10.0)
+        assert until(lambda: cache.stats()["stampede_waits"] >= 7, 10.0)
         raise error
 
     results = in_threads(8, lambda _: cache.get_or_set("k", failing))
@@ -336,13 +320,13 @@ def test_a_late_background_refresh_does_not_load_a_fresh_value_again(
         refresh = counting_loader(redis_url, "v1", 0)
         assert b.get_or_set("hot", refresh, **options) == "v0"  # queued behind the busy ones
         assert a.get_or_set("hot", refresh, **options) == "v0"
-        assert wait_until(lambda: a.get("hot") == "v1", 5.0), "A never refreshed"
+        assert until(lambda: a.get("hot") == "v1", 5.0), "A never refreshed"
     finally:
         gate.set()
     # The busy refreshes finish, which frees a thread for B's queued refresh of "hot".
-    assert wait_until(lambda: b.get("busy1") == b.get("busy2") == "later", 5.0)
+    assert until(lambda: b.get("busy1") == b.get("busy2") == "later", 5.0)
     assert b.get("hot") == "v1"
-    wait_until(lambda: loads(redis_url) > 1, 0.5)  # give a second load time to show up
+    until(lambda: loads(redis_url) > 1, 0.5)  # give a second load time to show up
     assert loads(redis_url) == 1, "B loaded a value that A had just refreshed"
 
 
