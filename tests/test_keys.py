@@ -14,8 +14,9 @@ def test_layout_is_prefix_version_namespace_version_key() -> None:
     assert layout.counter("users") == "tc:3:#ns:users"
     assert layout.channel == "tc:3:#bus"
     assert KeyLayout.flight_lock("tc:3::0:k") == "tc:3::0:k#lock"
-    assert layout.is_counter(b"tc:3:#ns:users")
-    assert not layout.is_counter(b"tc:3::0:#ns:users")
+    assert layout.kept_by_clear(b"tc:3:#ns:users")
+    assert layout.kept_by_clear("tc:3:#stats:host:1:ab")
+    assert not layout.kept_by_clear(b"tc:3::0:#ns:users")
 
 
 @pytest.mark.parametrize("key", ["a", "user:1", "path/to.x", "A-Z_0-9=+,@"])

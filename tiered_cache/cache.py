@@ -586,7 +586,7 @@ class Cache(Keyspace):
         deleted = 0
         batch: list[bytes] = []
         for key in client.scan_iter(match=self._layout.scan_pattern, count=1000):
-            if not self._layout.is_counter(key):
+            if not self._layout.kept_by_clear(key):
                 batch.append(key)
             if len(batch) >= 500:
                 deleted += _unlink(client, batch)
@@ -665,6 +665,11 @@ class Cache(Keyspace):
             "early_refreshes": self.early_refreshes,
             "ratelimit_refusals": self.ratelimit_refusals,
         }
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self not in _live_caches
 
     def close(self) -> None:
         """Stop the bus listener and background refreshes; close our Redis connections."""

@@ -8,8 +8,10 @@ Cluster slot with ``{...}``.
 
 Besides data keys the layout has, under the same prefix and schema version:
 
-- ``#ns:{name}``: the version counter of a namespace (never removed by ``clear``, so a
-  version number is never reused while Redis keeps its data);
+- ``#ns:{name}``: the version counter of a namespace (never removed by ``clear``; it
+  starts from the time in microseconds, so a version number is never reused even when
+  the counter itself is evicted);
+- ``#stats:{host}:{pid}:{id}``: each worker's published figures (kept by ``clear``);
 - ``{data key}#lock``: the single-flight / refresh lock of a data key;
 - ``#lock:{name}``: named locks from :meth:`Cache.lock`;
 - the bus channel ``{prefix}:{version}:#bus``.
@@ -70,12 +72,13 @@ def encode_name(name: str) -> str:
 class KeyLayout:
     """Builds every Redis key and channel name of one prefix and schema version."""
 
-    __slots__ = ("base", "channel", "counter_prefix")
+    __slots__ = ("base", "channel", "counter_prefix", "stats_prefix")
 
     def __init__(self, prefix: str, version: int) -> None:
         self.base = f"{prefix}:{version}:"
         self.channel = f"{self.base}#bus"
         self.counter_prefix = f"{self.base}#ns:"
+        self.stats_prefix = f"{self.base}#stats:"
 
     def data(self, namespace: str, namespace_version: int, key: str) -> str:
         """Return the data key of ``key`` (already encoded names are not re-encoded)."""
@@ -103,7 +106,7 @@ class KeyLayout:
         """A SCAN MATCH pattern for every key under this prefix and version."""
         return self.base.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
 
-    def is_counter(self, redis_key: bytes | str) -> bool:
-        """Tell whether a key found by SCAN is a namespace counter (kept by ``clear``)."""
+    def kept_by_clear(self, redis_key: bytes | str) -> bool:
+        """Tell whether ``clear`` keeps a key found by SCAN: version counters, worker stats."""
         text = redis_key.decode() if isinstance(redis_key, bytes) else redis_key
-        return text.startswith(self.counter_prefix)
+        return text.startswith(self.counter_prefix) or text.startswith(self.stats_prefix)

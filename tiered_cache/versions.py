@@ -1,19 +1,45 @@
 """Namespace versions: the counter in every namespaced key, cached in this process.
 
-A namespace's version lives in Redis (``INCR`` on invalidation). This process keeps the
-versions it has used, kept current by the bus; a version fetched while the bus cannot
-vouch for it is trusted for ``disconnected_ttl`` seconds only, like an L1 entry. A
-version never goes backwards here: a bump heard on the bus wins over a fetch that was
-already on its way.
+A namespace's version lives in Redis (``INCR`` on invalidation), starting from the time
+in microseconds (:func:`fresh_start`) so that a counter evicted or lost never repeats.
+This process keeps the versions it has used, kept current by the bus; a version fetched
+while the bus cannot vouch for it is trusted for ``disconnected_ttl`` seconds only, like
+an L1 entry. A version never goes backwards here: a bump heard on the bus wins over a
+fetch that was already on its way.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
+import redis
+
 from .keys import KeyLayout
-from .redis_tier import UNAVAILABLE, RedisTier, get_reply
+from .redis_tier import UNAVAILABLE, Client, RedisTier, get_reply
+
+
+def fresh_start() -> int:
+    """A first version no earlier counter of this name can have reached: the time in µs.
+
+    A counter starts here rather than at 0 because Redis may evict it (any ``allkeys-*``
+    policy) or lose it (a restart without persistence); starting again from 0 would bring
+    back values still stored under the old low versions. Bumps would have to outpace one
+    per microsecond, for as long as the counter lived, to catch up with a later start.
+    """
+    return time.time_ns() // 1000
+
+
+def read_counter(client: Client, counter: str) -> bytes | redis.ResponseError | None:
+    """GET a version counter, starting it at :func:`fresh_start` when it does not exist."""
+    raw = get_reply(client, counter)
+    if raw is None:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(counter, fresh_start(), nx=True)
+        pipe.get(counter)
+        raw = pipe.execute()[1]
+    return raw
 
 
 class NamespaceVersions:
@@ -64,7 +90,7 @@ class NamespaceVersions:
         epoch = self._epoch
         fetched_at = self._timer()
         counter = self._layout.counter(name)
-        raw = self._tier.run("namespace version", lambda client: get_reply(client, counter))
+        raw = self._tier.run("namespace version", lambda client: read_counter(client, counter))
         if raw is UNAVAILABLE:
             known = self._known.get(name)
             return known[0] if known else 0
