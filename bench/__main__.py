@@ -24,7 +24,15 @@ import redis.utils
 
 from tests.redis_harness import RedisServer
 
-from . import byte_budget, l1_hits, l2_hits, memoize_hits, propagation, single_flight
+from . import (
+    byte_budget,
+    http_load,
+    l1_hits,
+    l2_hits,
+    memoize_hits,
+    propagation,
+    single_flight,
+)
 from ._report import Section, Settings, write_json
 from ._setup import Context
 
@@ -35,6 +43,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     propagation,
     single_flight,
     byte_budget,
+    http_load,
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 

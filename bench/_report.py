@@ -157,11 +157,16 @@ class Section:
         self._lines.append(f"  note: {text}")
         self.data["notes"].append(text)
 
-    def target(self, label: str, value: float, limit: float, unit: str = "") -> bool:
-        """Add a PASS/MISS line for ``value <= limit``; return whether it passed."""
-        passed = value <= limit
+    def target(
+        self, label: str, value: float, limit: float, unit: str = "", *, at_least: bool = False
+    ) -> bool:
+        """Add a PASS/MISS line for ``value <= limit`` (``>=`` with ``at_least``)."""
+        passed = value >= limit if at_least else value <= limit
         verdict = "PASS" if passed else "MISS"
-        self._lines.append(f"  {verdict}  {label} = {value:.3g}{unit} (target <= {limit:g}{unit})")
+        sign = ">=" if at_least else "<="
+        self._lines.append(
+            f"  {verdict}  {label} = {value:.3g}{unit} (target {sign} {limit:g}{unit})"
+        )
         self.data["targets"].append(
             {"label": label, "value": value, "limit": limit, "unit": unit, "passed": passed}
         )

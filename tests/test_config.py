@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -95,3 +97,13 @@ def test_construction_does_not_touch_redis() -> None:
     # Nothing listens on port 1: making the cache must not fail or wait.
     cache = Cache(redis_url="redis://127.0.0.1:1/0")
     cache.close()
+
+
+def test_the_core_never_imports_flask() -> None:
+    code = (
+        "import sys, tiered_cache; from tiered_cache import Cache, MISS; "
+        "Cache(invalidation=False).close(); "
+        "assert not any(m == 'flask' or m.startswith('flask.') for m in sys.modules), 'flask'; "
+        "from tiered_cache import TieredCache; assert 'flask' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,6 +6,8 @@ bus that tells every worker to drop what another one changed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .cache import Cache as Cache
 from .errors import CacheUnavailable as CacheUnavailable
 from .errors import ConfigurationError as ConfigurationError
@@ -15,6 +17,9 @@ from .errors import TieredCacheError as TieredCacheError
 from .keyspace import Namespace as Namespace
 from .sentinels import MISS as MISS
 
+if TYPE_CHECKING:
+    from .flask_ext import TieredCache as TieredCache
+
 __all__ = [
     "MISS",
     "Cache",
@@ -23,5 +28,15 @@ __all__ = [
     "Namespace",
     "RateLimitExceeded",
     "SerializationError",
+    "TieredCache",
     "TieredCacheError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Flask extension is imported on first use: the core never imports Flask.
+    if name == "TieredCache":
+        from .flask_ext import TieredCache
+
+        return TieredCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,216 @@
+"""Benchmark 7: requests/s of one 2 KB JSON view under gunicorn, cached every way.
+
+Each variant of :mod:`bench.http_app` runs under ``gunicorn -w 2``, first with sync
+workers, then with gthread workers, on a free loopback port, against the benchmark's own
+redis-server. After a warm-up (both workers' L1 hot), ``wrk`` loads it for 10 s, three
+times, and the median requests/s is the variant's figure (``--quick``: 2 s, once).
+Without ``wrk`` on PATH a bounded Python load generator (threads with keep-alive
+connections) stands in, and the output says so: its figures are lower and GIL-bound,
+the ratios still compare like with like.
+
+Load generator, gunicorn and Redis share this machine's cores, so absolute figures are
+the machine's; the ratios are the point.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.redis_harness import free_port
+
+from ._report import Section
+from ._setup import Context
+from .http_app import VARIANTS
+
+NAME = "http"
+TITLE = "7. HTTP: requests/s under gunicorn (2 workers), side by side"
+WORKER_CLASSES: dict[str, list[str]] = {"sync": [], "gthread": ["--threads", "4"]}
+CONNECTIONS = 8
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(ctx: Context) -> Section:
+    """Serve every variant with each worker class; compare requests/s."""
+    section = Section(NAME, TITLE)
+    duration, repeats = (2.0, 1) if ctx.settings.quick else (10.0, 3)
+    load = _wrk if shutil.which("wrk") else _python_load
+    section.note(
+        f"load: {'wrk' if load is _wrk else 'Python threads (wrk not installed)'}, "
+        f"{CONNECTIONS} connections, {duration:g} s a run, median of {repeats}"
+    )
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for worker_class, extra in WORKER_CLASSES.items():
+        results[worker_class] = {}
+        for variant in VARIANTS:
+            with _Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
+                x_cache = server.warm()
+                figures = [load(server.port, duration) for _ in range(repeats)]
+            rps = [f["rps"] for f in figures]
+            errors = sum(f["errors"] for f in figures)
+            results[worker_class][variant] = {
+                "rps": statistics.median(rps),
+                "runs": rps,
+                "errors": errors,
+                "x_cache": x_cache,
+            }
+    _report(section, results)
+    section.data["results"] = results
+    return section
+
+
+def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> None:
+    for worker_class, by_variant in results.items():
+        base = by_variant["plain"]["rps"]
+        rows = [
+            [
+                VARIANTS[variant],
+                f"{r['rps']:,.0f}",
+                " / ".join(f"{x:,.0f}" for x in r["runs"]),
+                f"{r['rps'] / base:.2f}x",
+                r["x_cache"] or "-",
+                str(r["errors"]),
+            ]
+            for variant, r in by_variant.items()
+        ]
+        headers = ["variant", "median req/s", "runs", "vs (a)", "X-Cache", "errors"]
+        section.table(f"gunicorn -w 2 -k {worker_class}", headers, rows)
+    for worker_class, r in results.items():
+        rps = {variant: figures["rps"] for variant, figures in r.items()}
+        tag = f"[{worker_class}]"
+        section.target(
+            f"{tag} (b) cached / (a) plain", rps["cached"] / rps["plain"], 1.0, at_least=True
+        )
+        section.target(
+            f"{tag} (b) cached / (d) Flask-Caching RedisCache",
+            rps["cached"] / rps["flask_caching_redis"],
+            1.3,
+            at_least=True,
+        )
+        section.target(
+            f"{tag} (c) fast path / (f) raw WSGI",
+            rps["public"] / rps["raw_wsgi"],
+            0.9,
+            at_least=True,
+        )
+        ratio = rps["slow_cached"] / rps["slow_plain"]
+        if worker_class == "sync":
+            section.target(f"{tag} (g) 20 ms view cached / uncached", ratio, 45, at_least=True)
+        else:
+            section.note(f"{tag} (g) 20 ms view cached / uncached = {ratio:.1f}")
+    errors = sum(f["errors"] for r in results.values() for f in r.values())
+    section.check("no failed requests", errors == 0, f"{errors} non-2xx or socket errors")
+
+
+class _Gunicorn:
+    """One gunicorn master with two workers serving one variant."""
+
+    def __init__(self, variant: str, redis_url: str, worker_class: str, extra: list[str]) -> None:
+        self.port = free_port()
+        env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS_URL=redis_url)
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, *extra]
+        command += ["-b", f"127.0.0.1:{self.port}", "--log-level", "warning"]
+        command += ["bench.http_app:create_app()"]
+        self._command, self._env = command, env
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> _Gunicorn:
+        self._process = subprocess.Popen(self._command, env=self._env, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if _get(self.port)[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"gunicorn did not answer on port {self.port}")
+
+    def warm(self) -> str:
+        """Fill both workers' L1; return the X-Cache header the variant answers with."""
+        x_cache = ""
+        for _ in range(40):
+            _, headers = _get(self.port)
+            x_cache = headers.get("x-cache", "")
+        return x_cache
+
+    def __exit__(self, *exc_info: object) -> None:
+        process = self._process
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _get(port: int) -> tuple[int, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/item")
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def _wrk(port: int, duration: float) -> dict[str, float]:
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{CONNECTIONS}",
+        f"-d{duration:g}s",
+        f"http://127.0.0.1:{port}/item",
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket:
+        errors += sum(int(n) for n in socket.groups())
+    return {"rps": rps, "errors": errors}
+
+
+def _python_load(port: int, duration: float) -> dict[str, float]:
+    """Keep-alive GETs from CONNECTIONS threads for ``duration`` seconds."""
+    counts = [0] * CONNECTIONS
+    errors = [0] * CONNECTIONS
+    deadline = time.monotonic() + duration
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        while time.monotonic() < deadline:
+            try:
+                connection.request("GET", "/item")
+                response = connection.getresponse()
+                response.read()
+                counts[index] += 1
+                errors[index] += response.status != 200
+            except (OSError, http.client.HTTPException):
+                errors[index] += 1
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"rps": sum(counts) / (time.monotonic() - started), "errors": sum(errors)}

@@ -1,0 +1,365 @@
+"""``/_tiered_cache/{health,stats,metrics}`` and the per-worker stats publisher."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.procs import GroupSync, ProcessGroup, run_in_processes
+from tests.redis_harness import RedisServer
+from tiered_cache import metrics
+from tiered_cache.endpoints import publisher_of
+from tiered_cache.flask_ext import TieredCache
+
+MakeApp = Callable[..., tuple[Flask, TieredCache]]
+
+
+def build_app(name: str, url: str, **config: Any) -> tuple[Flask, TieredCache]:
+    app = Flask(name)
+    app.config.update(TIERED_CACHE_REDIS_URL=url, TIERED_CACHE_ENDPOINTS=True)
+    app.config.update(config)
+    tc = TieredCache(app)
+
+    @app.get("/")
+    def index() -> str:
+        return str(tc.get("x"))
+
+    return app, tc
+
+
+def close_app(app: Flask) -> None:
+    state = TieredCache.state(app)
+    publisher = publisher_of(state)
+    if publisher is not None:
+        publisher.stop()
+    state.cache.close()
+
+
+@pytest.fixture
+def app_factory() -> Iterator[Callable[..., tuple[Flask, TieredCache]]]:
+    made: list[Flask] = []
+
+    def make(url: str, name: str = "app", **config: Any) -> tuple[Flask, TieredCache]:
+        app, tc = build_app(name, url, **config)
+        made.append(app)
+        return app, tc
+
+    yield make
+    for app in made:
+        close_app(app)
+
+
+@pytest.fixture
+def make_app(app_factory: Callable[..., tuple[Flask, TieredCache]], redis_url: str) -> MakeApp:
+    return lambda **config: app_factory(redis_url, **config)
+
+
+def stats_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "tiered_cache-stats" and t.is_alive()]
+
+
+# -- health --------------------------------------------------------------------------
+
+
+def test_health_ok(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    response = app.test_client().get("/_tiered_cache/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["redis"]["ok"] is True
+    assert 0 <= body["redis"]["latency_ms"] < 1000
+    assert body["breaker_open"] is False
+    assert set(body) >= {"bus_connected", "l1_items"}
+    assert "no-store" in response.headers["Cache-Control"]
+
+
+def test_health_503_quickly_when_redis_is_killed(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    app, _ = app_factory(redis_server.url, TIERED_CACHE_BREAKER_FAILURES=3)
+    client = app.test_client()
+    assert client.get("/_tiered_cache/health").status_code == 200
+    redis_server.kill()
+    for _ in range(5):  # before and after the breaker opens
+        started = time.perf_counter()
+        response = client.get("/_tiered_cache/health")
+        assert time.perf_counter() - started < 0.25 * 4 + 0.5
+        assert response.status_code == 503
+        assert response.get_json()["redis"]["ok"] is False
+    assert response.get_json()["breaker_open"] is True
+    assert response.get_json()["status"] == "unavailable"
+
+
+def test_health_503_within_a_socket_timeout_when_redis_hangs(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    app, _ = app_factory(redis_server.url, TIERED_CACHE_SOCKET_TIMEOUT=0.2)
+    client = app.test_client()
+    assert client.get("/_tiered_cache/health").status_code == 200
+    redis_server.pause()
+    try:
+        started = time.perf_counter()
+        assert client.get("/_tiered_cache/health").status_code == 503
+        assert time.perf_counter() - started < 0.2 * 4 + 0.5
+    finally:
+        redis_server.resume()
+
+
+def test_health_503_while_the_breaker_is_open(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    app, _ = app_factory(redis_server.url, TIERED_CACHE_BREAKER_RESET=30)
+    cache = TieredCache.state(app).cache
+    redis_server.kill()
+    for _ in range(5):
+        cache.get("k")
+    redis_server.start()  # Redis is back, but the breaker still refuses for a while
+    response = app.test_client().get("/_tiered_cache/health")
+    assert response.status_code == 503
+    assert response.get_json()["breaker_open"] is True
+    assert "breaker" in response.get_json()["redis"]["error"]
+
+
+# -- tokens, caching, switches --------------------------------------------------------
+
+ENDPOINTS = ("/_tiered_cache/health", "/_tiered_cache/stats", "/_tiered_cache/metrics")
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_token_required(make_app: MakeApp, path: str) -> None:
+    app, _ = make_app(TIERED_CACHE_ENDPOINTS_TOKEN="s3cret")
+    client = app.test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
+        response = client.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
+        assert response.get_json() == {"error": "unauthorized"}
+        assert "no-store" in response.headers["Cache-Control"]
+    response = client.get(path, headers={"Authorization": "Bearer s3cret"})
+    assert response.status_code == 200
+    assert "no-store" in response.headers["Cache-Control"]
+
+
+def test_no_token_no_challenge(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    assert app.test_client().get("/_tiered_cache/stats").status_code == 200
+
+
+def test_endpoints_off_by_default(make_app: MakeApp) -> None:
+    app, _ = make_app(TIERED_CACHE_ENDPOINTS=False)
+    client = app.test_client()
+    for path in ENDPOINTS:
+        assert client.get(path).status_code == 404
+    assert client.get("/").status_code == 200
+    # The publisher runs anyway: the CLI reads what workers publish.
+    assert publisher_of(TieredCache.state(app)).running  # type: ignore[union-attr]
+
+
+# -- stats from several workers -------------------------------------------------------
+
+
+def test_stats_shows_every_worker_and_totals(make_app: MakeApp) -> None:
+    first, tc1 = make_app()
+    second, _ = make_app()
+    with first.app_context():
+        tc1.set("x", 1)
+    second.test_client().get("/")  # starts the second worker's publisher; an L1 miss + L2 hit
+    second.test_client().get("/")  # an L1 hit
+    publisher_of(TieredCache.state(second)).publish()  # type: ignore[union-attr] # not in 5 s
+    body = first.test_client().get("/_tiered_cache/stats").get_json()
+    assert body["complete"] is True
+    workers = body["workers"]
+    assert len(workers) == 2
+    assert sum(w["this_process"] for w in workers) == 1
+    assert {w["pid"] for w in workers} == {os.getpid()}
+    assert {w["host"] for w in workers} == {publisher_of(TieredCache.state(first)).host}  # type: ignore[union-attr]
+    other = next(w for w in workers if not w["this_process"])
+    assert other["stats"]["l1_hits"] == 1 and other["stats"]["l2_hits"] == 1
+    totals = body["totals"]
+    assert totals["workers"] == 2
+    assert totals["l1_hits"] == sum(w["stats"]["l1_hits"] for w in workers)
+    assert totals["bus_connected"] == sum(w["stats"]["bus_connected"] for w in workers)
+    assert 0 < totals["hit_ratio"] <= 1
+
+
+def worker(sync: GroupSync, url: str) -> int:
+    """A worker process: serves one request (which starts its publisher), then idles."""
+    app, _ = build_app(f"worker{os.getpid()}", url)
+    assert app.test_client().get("/").status_code == 200
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None and publisher.running
+    sync.signal_ready()
+    sync.stop.wait(30)
+    close_app(app)
+    return os.getpid()
+
+
+def test_stats_of_real_worker_processes(make_app: MakeApp, redis_url: str) -> None:
+    app, _ = make_app()
+    with ProcessGroup(worker, [(redis_url,)] * 2) as group:
+        group.wait_ready(30)
+        pids = set(group.pids)
+        body = app.test_client().get("/_tiered_cache/stats").get_json()
+        seen = {w["pid"] for w in body["workers"]}
+        assert pids <= seen
+        assert os.getpid() in seen
+        metrics_text = app.test_client().get("/_tiered_cache/metrics").get_data(as_text=True)
+        group.stop()
+        group.join(30)
+    families = {f.name: f for f in text_string_to_metric_families(metrics_text)}
+    hits = families["tiered_cache_misses"]
+    assert {int(s.labels["pid"]) for s in hits.samples} >= pids
+    # Workers that stop cleanly take their figures with them.
+    body = app.test_client().get("/_tiered_cache/stats").get_json()
+    assert not pids & {w["pid"] for w in body["workers"]}
+
+
+# -- metrics --------------------------------------------------------------------------
+
+
+def test_metrics_parse_as_prometheus_text(make_app: MakeApp) -> None:
+    app, tc = make_app()
+    second, _ = make_app(name="second")
+    with app.app_context():
+        tc.set("x", 1)
+    client = app.test_client()
+    client.get("/")
+    client.get("/")
+    second.test_client().get("/")
+    response = client.get("/_tiered_cache/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}
+    # prometheus_client's parser names counters without "_total"; samples keep it.
+    hits = families["tiered_cache_l1_hits"]
+    assert hits.type == "counter"
+    assert all(s.name == "tiered_cache_l1_hits_total" for s in hits.samples)
+    by_app = {s.labels["app"]: s for s in hits.samples}
+    assert set(by_app) == {"app", "second"}
+    assert by_app["app"].labels["pid"] == str(os.getpid())
+    assert by_app["app"].labels["host"]
+    assert by_app["app"].value >= 1
+    assert families["tiered_cache_l1_items"].type == "gauge"
+    assert families["tiered_cache_workers"].samples[0].value == 2
+    for name in ("hit_ratio", "breaker_open", "bus_connected", "redis_errors"):
+        assert f"tiered_cache_{name}" in families
+
+
+# -- the publisher --------------------------------------------------------------------
+
+
+def test_publisher_starts_on_first_request_not_at_init_app(make_app: MakeApp) -> None:
+    before = len(stats_threads())
+    app, _ = make_app()
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    assert not publisher.running
+    assert len(stats_threads()) == before
+    app.test_client().get("/")
+    assert publisher.running
+    app.test_client().get("/")
+    assert len(stats_threads()) == before + 1
+
+
+def test_published_record(make_app: MakeApp, redis_url: str) -> None:
+    app, _ = make_app()
+    app.test_client().get("/")
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 5
+        while not plain.exists(publisher.key) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        record = json.loads(plain.get(publisher.key))  # type: ignore[arg-type]
+        ttl = plain.pttl(publisher.key)
+    finally:
+        plain.close()
+    assert record["pid"] == os.getpid() and record["app"] == "app" and record["prefix"] == "tc"
+    assert publisher.key.startswith(f"tc:1:#stats:{record['host']}:{os.getpid()}:")
+    assert 0 < ttl <= 3 * metrics.STATS_PERIOD * 1000
+    assert set(record["stats"]) >= {"l1_hits", "l2_hits", "misses", "publish_errors"}
+
+
+def test_publishing_failures_are_swallowed_and_counted(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    app, _ = app_factory(redis_server.url)
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    assert publisher.publish() is True
+    redis_server.kill()
+    assert publisher.publish() is False
+    assert publisher.publish() is False
+    assert publisher.errors == 2
+    assert publisher.record(TieredCache.state(app).cache)["stats"]["publish_errors"] == 2
+
+
+def test_publishing_fails_open_even_when_the_cache_does_not(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    app, _ = app_factory(redis_server.url, TIERED_CACHE_FAIL_OPEN=False)
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    redis_server.kill()
+    assert publisher.publish() is False
+    response = app.test_client().get("/_tiered_cache/health")
+    assert response.status_code == 503
+
+
+def test_publisher_stops_when_the_cache_is_closed(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    app.test_client().get("/")
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None and publisher.running
+    TieredCache.state(app).cache.close()
+    publisher._stop.set()  # wake it now rather than at the end of the period
+    deadline = time.monotonic() + 5
+    while publisher.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not publisher.running
+
+
+_FORKED_APP: list[Flask] = []
+
+
+def in_forked_child() -> tuple[int, bool, bool]:
+    """Runs in a forked child of a process whose publisher runs."""
+    publisher = publisher_of(TieredCache.state(_FORKED_APP[0]))
+    assert publisher is not None
+    inherited = publisher.running  # the parent's thread did not survive the fork
+    _FORKED_APP[0].test_client().get("/")
+    running = publisher.running
+    assert publisher.publish()  # do not leave before the thread's first publication
+    return os.getpid(), inherited, running
+
+
+def test_a_forked_worker_publishes_its_own_figures(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    app.test_client().get("/")
+    _FORKED_APP[:] = [app]
+    try:
+        [(child, inherited, running)] = run_in_processes(
+            in_forked_child, [()], timeout=30, start_method="fork"
+        )
+    finally:
+        _FORKED_APP.clear()
+    assert not inherited and running
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        workers = app.test_client().get("/_tiered_cache/stats").get_json()["workers"]
+        if child in {w["pid"] for w in workers}:
+            break
+        time.sleep(0.05)
+    assert {os.getpid(), child} <= {w["pid"] for w in workers}

@@ -1,0 +1,190 @@
+"""The WSGI fast path: public pages answered from L1 before Flask builds a request context."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from flask import Flask, Response, request
+
+from tests import test_routes
+from tests.test_routes import AppFactory, xcache
+from tests.waiting import until
+
+make_app = test_routes.make_app  # the app factory fixture, shared
+
+
+def hooked_app(make_app: AppFactory, **config: Any) -> tuple[Flask, Counter[str]]:
+    """An app counting its before_request hooks and views, with public and private pages."""
+    app, tc = make_app(**config)
+    calls: Counter[str] = Counter()
+
+    @app.before_request
+    def hook() -> None:
+        calls["before_request"] += 1
+
+    @app.route("/public")
+    @tc.cached(public=True)
+    def public() -> str:
+        calls["public"] += 1
+        return f"public {calls['public']}"
+
+    @app.route("/private")
+    @tc.cached()
+    def private() -> str:
+        calls["private"] += 1
+        return "private"
+
+    @app.route("/hello")
+    @tc.cached(public=True)
+    def hello() -> Response:
+        calls["hello"] += 1
+        language = request.headers.get("Accept-Language", "en")
+        return Response(f"hello in {language}", headers={"Vary": "Accept-Language"})
+
+    @app.route("/catalogue")
+    @tc.cached(public=True, namespace="catalogue")
+    def catalogue() -> str:
+        calls["catalogue"] += 1
+        return f"catalogue {calls['catalogue']}"
+
+    @app.route("/mine")
+    @tc.cached(public=True, unless=lambda: False)
+    def mine() -> str:
+        return "mine"
+
+    return app, calls
+
+
+def test_a_public_hit_skips_before_request_and_the_view(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    assert xcache(client.get("/public")) == "MISS"
+    assert calls["before_request"] == 1
+    for _ in range(3):
+        hit = client.get("/public")
+        assert (hit.text, xcache(hit), hit.headers["Age"]) == ("public 1", "HIT-L1", "0")
+        assert hit.headers["ETag"].startswith('"')
+    assert (calls["before_request"], calls["public"]) == (1, 1)
+
+
+def test_a_non_public_cached_route_still_runs_before_request(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/private")
+    assert xcache(client.get("/private")) == "HIT-L1"
+    assert (calls["before_request"], calls["private"]) == (2, 1)
+
+
+def test_routes_with_unless_are_left_to_flask(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/mine")
+    assert xcache(client.get("/mine")) == "HIT-L1"
+    assert calls["before_request"] == 2  # unless() needs a request context
+
+
+def test_an_l2_hit_goes_through_flask_then_the_fast_path_serves(make_app: AppFactory) -> None:
+    first, _ = hooked_app(make_app)
+    second, calls = hooked_app(make_app)
+    first.test_client().get("/public")
+    client = second.test_client()
+    assert xcache(client.get("/public")) == "HIT-L2"
+    assert xcache(client.get("/public")) == "HIT-L1"
+    assert (calls["before_request"], calls["public"]) == (1, 0)
+
+
+def test_the_fast_path_answers_304_and_head(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    got = client.get("/public")
+    etag = got.headers["ETag"]
+    answer = client.get("/public", headers={"If-None-Match": f'W/{etag}, "x"'})
+    assert (answer.status_code, answer.data, xcache(answer)) == (304, b"", "HIT-L1")
+    assert answer.headers["ETag"] == etag
+    head = client.head("/public")
+    assert (head.status_code, head.data, xcache(head)) == (200, b"", "HIT-L1")
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+    assert calls["before_request"] == 1
+
+
+def test_public_pages_are_served_with_authorization(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/public")
+    hit = client.get("/public", headers={"Authorization": "Bearer anyone"})
+    assert (xcache(hit), calls["before_request"]) == ("HIT-L1", 1)
+
+
+def test_the_fast_path_honours_vary(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    for language in ("en", "fr", "en", "fr"):
+        answer = client.get("/hello", headers={"Accept-Language": language})
+        assert answer.text == f"hello in {language}"
+    assert (calls["hello"], calls["before_request"]) == (2, 2)
+    assert xcache(client.get("/hello", headers={"Accept-Language": "de"})) == "MISS"
+
+
+def test_query_strings_are_separate_locations(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/public?a=1&b=2")
+    assert xcache(client.get("/public?b=2&a=1")) == "HIT-L1"  # same page, through Flask
+    assert calls["before_request"] == 2
+    assert xcache(client.get("/public?b=2&a=1")) == "HIT-L1"  # now the fast path knows it
+    assert xcache(client.get("/public?a=1&b=2")) == "HIT-L1"
+    assert (calls["before_request"], calls["public"]) == (2, 1)
+
+
+def test_invalidation_reaches_the_fast_path(make_app: AppFactory) -> None:
+    app, _ = hooked_app(make_app)
+    other, _ = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/catalogue")
+    assert xcache(client.get("/catalogue")) == "HIT-L1"
+    with app.app_context():
+        app.extensions["tiered_cache"].cache.invalidate_namespace("catalogue")
+    assert client.get("/catalogue").text == "catalogue 2"
+    assert xcache(client.get("/catalogue")) == "HIT-L1"
+    with other.app_context():  # another worker clears everything: the bus tells this one
+        other.extensions["tiered_cache"].cache.clear()
+    assert until(lambda: xcache(client.get("/catalogue")) == "MISS", 3.0)
+
+
+def test_a_non_public_page_is_never_served_by_the_fast_path(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.before_request
+    def hook() -> None:
+        calls["before_request"] += 1
+
+    # Two routes sharing one key: the public one lets the fast path look the key up.
+    @app.route("/open")
+    @tc.cached(public=True, key_prefix="shared")
+    def open_page() -> str:
+        return "open"
+
+    @app.route("/closed")
+    @tc.cached(key_prefix="shared")
+    def closed_page() -> str:
+        return "closed"
+
+    client = app.test_client()
+    client.get("/open")
+    with app.app_context():
+        tc.clear()
+    assert client.get("/closed").text == "closed"  # a non-public page under the shared key
+    before = calls["before_request"]
+    answer = client.get("/open", headers={"Authorization": "Bearer x"})
+    assert calls["before_request"] == before + 1  # not served by the fast path
+    assert (answer.text, xcache(answer)) == ("open", "MISS")
+
+
+def test_other_methods_fall_through(make_app: AppFactory) -> None:
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/public")
+    assert client.post("/public").status_code == 405
+    assert calls["before_request"] == 2

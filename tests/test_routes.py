@@ -1,0 +1,697 @@
+"""``@tc.cached`` (SPEC section 3), through Flask's test client against real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, Response, g, request, session
+from flask.testing import FlaskClient
+
+from tests.waiting import until
+from tiered_cache.flask_ext import TieredCache
+
+AppFactory = Callable[..., tuple[Flask, TieredCache]]
+
+
+@pytest.fixture
+def make_app(redis_url: str) -> Iterator[AppFactory]:
+    """Apps on the shared Redis, each with its own extension; caches closed after."""
+    made: list[Flask] = []
+    clients: list[redis.Redis] = []
+
+    def make(*, flask_session: bool = False, **config: Any) -> tuple[Flask, TieredCache]:
+        app = Flask(f"app{len(made)}")
+        app.config.update(SECRET_KEY="not-so-secret", TIERED_CACHE_REDIS_URL=redis_url)
+        app.config.update(TIERED_CACHE_TTL_JITTER=0)
+        app.config.update(config)
+        if flask_session:
+            from flask_session import Session
+
+            client = redis.Redis.from_url(redis_url)
+            clients.append(client)
+            app.config.update(SESSION_TYPE="redis", SESSION_REDIS=client)
+            Session(app)
+        tc = TieredCache(app)
+        made.append(app)
+        return app, tc
+
+    yield make
+    for app in made:
+        TieredCache.state(app).cache.close()
+    for client in clients:
+        client.close()
+
+
+def add_login(app: Flask) -> None:
+    """``/login/<name>`` puts the user in the session (and sets the cookie)."""
+
+    @app.route("/login/<name>")
+    def login(name: str) -> str:
+        session["user_id"] = name
+        return "ok"
+
+
+def xcache(response: Any) -> str | None:
+    return response.headers.get("X-Cache")  # type: ignore[no-any-return]
+
+
+# -- the basics: miss, hit, Age, ETag, HEAD, 304, other methods --------------------------
+
+
+def counting_app(
+    make_app: AppFactory, config: dict[str, Any] | None = None, **options: Any
+) -> tuple[Flask, Counter[str]]:
+    app, tc = make_app(**(config or {}))
+    calls: Counter[str] = Counter()
+
+    @app.route("/page", methods=["GET", "POST"])
+    @tc.cached(**options)
+    def page() -> str:
+        calls["page"] += 1
+        return f"page {calls['page']}"
+
+    return app, calls
+
+
+def test_miss_then_hit_l1_with_age_and_etag(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app)
+    client = app.test_client()
+    first = client.get("/page")
+    assert (xcache(first), first.text, first.headers.get("Age")) == ("MISS", "page 1", None)
+    assert first.headers["ETag"].startswith('"')  # strong, from the body
+    second = client.get("/page")
+    assert (xcache(second), second.text, second.headers["Age"]) == ("HIT-L1", "page 1", "0")
+    assert second.headers["ETag"] == first.headers["ETag"]
+    assert second.headers["Content-Type"] == first.headers["Content-Type"]
+    assert calls["page"] == 1
+
+
+def test_age_counts_seconds_since_stored(make_app: AppFactory) -> None:
+    app, _ = counting_app(make_app)
+    client = app.test_client()
+    client.get("/page")
+    time.sleep(1.05)
+    assert int(client.get("/page").headers["Age"]) >= 1
+
+
+def test_a_second_app_on_the_same_redis_gets_hit_l2(make_app: AppFactory) -> None:
+    first, first_calls = counting_app(make_app)
+    second, second_calls = counting_app(make_app)
+    assert xcache(first.test_client().get("/page")) == "MISS"
+    hit = second.test_client().get("/page")
+    assert (xcache(hit), hit.text) == ("HIT-L2", "page 1")
+    assert xcache(second.test_client().get("/page")) == "HIT-L1"
+    assert (first_calls["page"], second_calls["page"]) == (1, 0)
+
+
+def test_head_is_answered_from_the_get_entry(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app)
+    client = app.test_client()
+    got = client.get("/page")
+    head = client.head("/page")
+    assert (xcache(head), head.data, calls["page"]) == ("HIT-L1", b"", 1)
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+    assert head.headers["ETag"] == got.headers["ETag"]
+
+
+def test_a_head_miss_runs_the_view_but_stores_nothing(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app)
+    client = app.test_client()
+    assert xcache(client.head("/page")) == "MISS"
+    assert xcache(client.get("/page")) == "MISS"
+    assert calls["page"] == 2
+
+
+def test_if_none_match_gets_304_without_running_the_view(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app)
+    client = app.test_client()
+    etag = client.get("/page").headers["ETag"]
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        answer = client.get("/page", headers={"If-None-Match": header})
+        assert (answer.status_code, answer.data, xcache(answer)) == (304, b"", "HIT-L1")
+        assert answer.headers["ETag"] == etag
+    stale = client.get("/page", headers={"If-None-Match": '"other"'})
+    assert (stale.status_code, stale.text) == (200, "page 1")
+    assert calls["page"] == 1
+
+
+def test_if_none_match_on_a_miss_gets_304_too(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/constant")
+    @tc.cached()
+    def constant() -> str:
+        return "always the same"
+
+    client = app.test_client()
+    etag = client.get("/constant").headers["ETag"]
+    with app.app_context():
+        tc.clear()
+    answer = client.get("/constant", headers={"If-None-Match": etag})
+    # The view ran again (the page was cleared) and made the same body: same strong ETag.
+    assert (answer.status_code, answer.data, xcache(answer)) == (304, b"", "MISS")
+    assert xcache(client.get("/constant")) == "HIT-L1"
+
+
+def test_etag_false_leaves_validation_to_the_view(make_app: AppFactory) -> None:
+    app, _ = counting_app(make_app, etag=False)
+    client = app.test_client()
+    assert "ETag" not in client.get("/page").headers
+    answer = client.get("/page", headers={"If-None-Match": "*"})
+    assert (answer.status_code, xcache(answer)) == (200, "HIT-L1")
+
+
+def test_a_view_that_sets_its_own_etag_keeps_it(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/tagged")
+    @tc.cached()
+    def tagged() -> Response:
+        response = Response("body")
+        response.set_etag("v1", weak=True)
+        return response
+
+    client = app.test_client()
+    assert client.get("/tagged").headers["ETag"] == 'W/"v1"'
+    assert client.get("/tagged").headers["ETag"] == 'W/"v1"'
+    assert client.get("/tagged", headers={"If-None-Match": '"v1"'}).status_code == 304
+
+
+def test_other_methods_run_the_view_untouched(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app)
+    client = app.test_client()
+    client.get("/page")
+    for _ in range(2):
+        posted = client.post("/page")
+        assert "X-Cache" not in posted.headers
+    assert calls["page"] == 3
+    assert client.get("/page").text == "page 1"
+
+
+# -- what is never stored -----------------------------------------------------------------
+
+
+def never_stored_app(make_app: AppFactory) -> tuple[Flask, Counter[str]]:
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    def counted(name: str, response: Response) -> Response:
+        calls[name] += 1
+        return response
+
+    @app.route("/cookie")
+    @tc.cached()
+    def cookie() -> Response:
+        response = counted("cookie", Response("c"))
+        response.set_cookie("tracking", "1")
+        return response
+
+    @app.route("/hooked-cookie")
+    @tc.cached()
+    def hooked_cookie() -> Response:
+        return counted("hooked-cookie", Response("h"))
+
+    @app.after_request
+    def add_cookie(response: Response) -> Response:
+        if request.path == "/hooked-cookie":
+            response.set_cookie("late", "1")
+        return response
+
+    for directive in (
+        "private",
+        "no-store",
+        "no-cache",
+        'no-cache="Set-Cookie"',
+        "private, max-age=60",
+    ):
+        name = "cc-" + directive.replace('"', "").replace(" ", "").replace(",", "-")
+
+        def control(name: str = name, directive: str = directive) -> Response:
+            return counted(name, Response("x", headers={"Cache-Control": directive}))
+
+        app.add_url_rule("/" + name, name, tc.cached()(control))
+
+    @app.route("/vary-star")
+    @tc.cached()
+    def vary_star() -> Response:
+        return counted("vary-star", Response("v", headers={"Vary": "Accept, *"}))
+
+    @app.route("/not-found")
+    @tc.cached()
+    def not_found() -> tuple[str, int]:
+        calls["not-found"] += 1
+        return "nope", 404
+
+    @app.route("/streamed")
+    @tc.cached()
+    def streamed() -> Response:
+        return counted("streamed", Response(iter([b"a", b"b"])))
+
+    return app, calls
+
+
+def test_responses_that_must_not_be_shared_are_never_stored(make_app: AppFactory) -> None:
+    app, calls = never_stored_app(make_app)
+    client = app.test_client()
+    paths = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+    assert len(paths) == 10
+    for path in paths:
+        for _ in range(2):
+            assert xcache(client.get(path)) == "MISS", path
+    assert set(calls.values()) == {2}, calls
+    assert client.get("/streamed").data == b"ab"
+
+
+def test_status_codes_choose_what_is_stored(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/gone")
+    @tc.cached(status_codes=(200, 404))
+    def gone() -> tuple[str, int]:
+        calls["gone"] += 1
+        return "gone", 404
+
+    client = app.test_client()
+    client.get("/gone")
+    again = client.get("/gone")
+    assert (again.status_code, xcache(again), calls["gone"]) == (404, "HIT-L1", 1)
+
+
+# -- Authorization, unless ----------------------------------------------------------------
+
+
+def test_authorization_is_never_served_from_or_stored_into_a_shared_entry(
+    make_app: AppFactory,
+) -> None:
+    app, calls = counting_app(make_app)
+    client = app.test_client()
+    auth = {"Authorization": "Bearer alice"}
+    assert xcache(client.get("/page", headers=auth)) == "BYPASS"
+    assert xcache(client.get("/page")) == "MISS"  # alice's page was not stored
+    served = client.get("/page", headers=auth)
+    assert (xcache(served), served.text) == ("BYPASS", "page 3")  # nor served the shared one
+    assert calls["page"] == 3
+
+
+def test_public_routes_share_with_authorization(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app, public=True)
+    client = app.test_client()
+    assert xcache(client.get("/page", headers={"Authorization": "Basic eDp5"})) == "MISS"
+    assert xcache(client.get("/page", headers={"Authorization": "Basic other"})) == "HIT-L1"
+    assert calls["page"] == 1
+
+
+def test_unless_bypasses_the_cache(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app, unless=lambda: request.args.get("fresh") == "1")
+    client = app.test_client()
+    assert xcache(client.get("/page?fresh=1")) == "BYPASS"
+    assert xcache(client.get("/page?fresh=1")) == "BYPASS"
+    assert xcache(client.get("/page")) == "MISS"
+    assert calls["page"] == 3
+
+
+# -- Vary ---------------------------------------------------------------------------------
+
+
+def test_vary_accept_language_keeps_languages_apart(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/hello")
+    @tc.cached()
+    def hello() -> Response:
+        language = request.headers.get("Accept-Language", "en").strip()
+        calls[language] += 1
+        words = {"en": "hello", "fr": "bonjour", "de": "hallo"}
+        return Response(words.get(language, "?"), headers={"Vary": "Accept-Language"})
+
+    client = app.test_client()
+    for language, word in [("en", "hello"), ("fr", "bonjour"), ("de", "hallo")] * 2:
+        answer = client.get("/hello", headers={"Accept-Language": language})
+        assert answer.text == word
+        assert answer.headers["Vary"] == "Accept-Language"  # a hit carries the stored Vary
+    assert xcache(client.get("/hello", headers={"accept-language": " fr "})) == "HIT-L1"
+    assert calls == {"en": 1, "fr": 1, "de": 1}
+
+
+def test_vary_option_adds_headers_to_the_key(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/tenant")
+    @tc.cached(vary=("X-Tenant",))
+    def tenant() -> str:
+        return "tenant " + request.headers.get("X-Tenant", "-")
+
+    client = app.test_client()
+    assert client.get("/tenant", headers={"X-Tenant": "a"}).text == "tenant a"
+    answer = client.get("/tenant", headers={"X-Tenant": "b"})
+    assert (answer.text, xcache(answer), answer.headers["Vary"]) == ("tenant b", "MISS", "X-Tenant")
+    assert xcache(client.get("/tenant", headers={"X-Tenant": "a"})) == "HIT-L1"
+
+
+def test_a_variant_is_found_by_another_app(make_app: AppFactory) -> None:
+    apps = []
+    for _ in range(2):
+        app, tc = make_app()
+
+        @app.route("/hello")
+        @tc.cached()
+        def hello() -> Response:
+            return Response(request.headers["Accept-Language"], headers={"Vary": "Accept-Language"})
+
+        apps.append(app)
+    apps[0].test_client().get("/hello", headers={"Accept-Language": "fr"})
+    answer = apps[1].test_client().get("/hello", headers={"Accept-Language": "fr"})
+    assert (answer.text, xcache(answer)) == ("fr", "HIT-L2")
+    assert xcache(apps[1].test_client().get("/hello", headers={"Accept-Language": "it"})) == "MISS"
+
+
+# -- sessions: a page that read the session is never served to another user -------------------
+
+
+def session_app(make_app: AppFactory, **config: Any) -> tuple[Flask, Counter[str]]:
+    app, tc = make_app(**config)
+    add_login(app)
+    calls: Counter[str] = Counter()
+
+    @app.route("/me")
+    @tc.cached()
+    def me() -> str:
+        calls["me"] += 1
+        return f"hello {session.get('user_id', 'stranger')}"
+
+    @app.route("/member")
+    @tc.cached()
+    def member() -> str:
+        calls["member"] += 1
+        return "member" if "user_id" in session else "guest"  # a read that is not a get()
+
+    @app.route("/who")
+    @tc.cached()
+    def who() -> str:
+        return f"hello {g.user}"
+
+    @app.before_request
+    def load_user() -> None:
+        if request.path == "/who":
+            g.user = session.get("user_id", "stranger")
+
+    @app.route("/static-page")
+    @tc.cached()
+    def static_page() -> str:
+        calls["static"] += 1
+        return "the same for everyone"
+
+    return app, calls
+
+
+SESSION_KINDS = [
+    pytest.param({}, id="flask-cookie-session"),
+    # flask-session re-sends the cookie of a permanent session on every response by
+    # default (SESSION_REFRESH_EACH_REQUEST), which makes every such page unstorable.
+    pytest.param(
+        {"flask_session": True, "SESSION_REFRESH_EACH_REQUEST": False}, id="flask-session-redis"
+    ),
+]
+
+
+@pytest.mark.parametrize("kind", SESSION_KINDS)
+def test_two_users_never_see_each_others_page(make_app: AppFactory, kind: dict[str, Any]) -> None:
+    app, calls = session_app(make_app, **kind)
+    alice, bob, stranger = app.test_client(), app.test_client(), app.test_client()
+    alice.get("/login/alice")
+    bob.get("/login/bob")
+    for _ in range(2):
+        for path, expect in [("/me", "hello {}"), ("/who", "hello {}")]:
+            assert alice.get(path).text == expect.format("alice")
+            assert bob.get(path).text == expect.format("bob")
+            assert stranger.get(path).text == expect.format("stranger")
+        assert alice.get("/member").text == "member"
+        assert stranger.get("/member").text == "guest"
+    hit = alice.get("/me")
+    assert (xcache(hit), hit.headers["Vary"]) == ("HIT-L1", "Cookie")
+    assert (calls["me"], calls["member"]) == (3, 2)  # each cookie once
+
+
+@pytest.mark.parametrize("kind", SESSION_KINDS)
+def test_a_page_that_does_not_read_the_session_is_shared(
+    make_app: AppFactory, kind: dict[str, Any]
+) -> None:
+    # The session layer's own reads while saving (``permanent``) do not count.
+    app, calls = session_app(make_app, **kind)
+    alice, bob = app.test_client(), app.test_client()
+    alice.get("/login/alice")
+    bob.get("/login/bob")
+    assert xcache(alice.get("/static-page")) == "MISS"
+    shared = bob.get("/static-page")
+    assert (xcache(shared), calls["static"]) == ("HIT-L1", 1)
+    assert "Cookie" not in shared.headers.get("Vary", "")
+
+
+def test_a_session_read_by_a_view_of_another_app_is_keyed_alike(make_app: AppFactory) -> None:
+    first, _ = session_app(make_app)
+    second, _ = session_app(make_app)
+    alice, bob = first.test_client(), first.test_client()
+    alice.get("/login/alice")
+    bob.get("/login/bob")
+    assert alice.get("/me").text == "hello alice"
+    # The same signed cookie sent to the second app finds alice's page, bob's does not.
+    cookie = alice.get_cookie("session")
+    assert cookie is not None
+    other = second.test_client()
+    other.set_cookie("session", cookie.value)
+    assert (other.get("/me").text, xcache(other.get("/me"))) == ("hello alice", "HIT-L1")
+    bob_there = second.test_client()
+    bob_cookie = bob.get_cookie("session")
+    assert bob_cookie is not None
+    bob_there.set_cookie("session", bob_cookie.value)
+    assert bob_there.get("/me").text == "hello bob"
+
+
+def test_per_user_keys_pages_by_user(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    add_login(app)
+    seen: list[str] = []
+
+    @app.route("/dashboard")
+    @tc.cached(per_user=True)
+    def dashboard() -> str:
+        # Not read from the session here: per_user alone must keep users apart.
+        seen.append(request.path)
+        return f"dashboard {len(seen)}"
+
+    alice, bob, anon1, anon2 = (app.test_client() for _ in range(4))
+    alice.get("/login/alice")
+    bob.get("/login/bob")
+    assert alice.get("/dashboard").text == "dashboard 1"
+    assert bob.get("/dashboard").text == "dashboard 2"
+    assert anon1.get("/dashboard").text == "dashboard 3"
+    again = alice.get("/dashboard")
+    assert (again.text, xcache(again), again.headers["Vary"]) == ("dashboard 1", "HIT-L1", "Cookie")
+    assert bob.get("/dashboard").text == "dashboard 2"
+    assert (anon2.get("/dashboard").text, len(seen)) == ("dashboard 3", 3)  # anonymous share
+
+
+# -- keys, namespaces, timeouts, bodies -----------------------------------------------------------
+
+
+def test_query_strings_are_keyed_sorted_or_ignored(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/q")
+    @tc.cached()
+    def q() -> str:
+        return "q " + request.query_string.decode()
+
+    @app.route("/no-q")
+    @tc.cached(query_string=False)
+    def no_q() -> str:
+        return "no-q " + request.query_string.decode()
+
+    client = app.test_client()
+    assert client.get("/q?a=1&b=2").text == "q a=1&b=2"
+    assert (client.get("/q?b=2&a=1").text, client.get("/q?a=3").text) == ("q a=1&b=2", "q a=3")
+    assert client.get("/no-q?x=1").text == client.get("/no-q?y=2").text == "no-q x=1"
+
+
+def test_key_prefix_shares_one_page_between_paths(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/a")
+    @app.route("/b")
+    @tc.cached(key_prefix="menu")
+    def menu() -> str:
+        return "menu from " + request.path
+
+    client = app.test_client()
+    assert client.get("/a").text == client.get("/b").text == "menu from /a"
+
+
+def test_namespace_invalidation_drops_pages(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/catalogue")
+    @tc.cached(namespace="catalogue")
+    def catalogue() -> str:
+        calls["catalogue"] += 1
+        return f"catalogue {calls['catalogue']}"
+
+    client = app.test_client()
+    client.get("/catalogue")
+    assert xcache(client.get("/catalogue")) == "HIT-L1"
+    with app.app_context():
+        tc.invalidate_namespace("catalogue")
+    assert client.get("/catalogue").text == "catalogue 2"
+
+
+def test_timeout_expires_pages(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app, timeout=1)
+    client = app.test_client()
+    client.get("/page")
+    assert xcache(client.get("/page")) == "HIT-L1"
+    time.sleep(1.05)
+    assert (xcache(client.get("/page")), calls["page"]) == ("MISS", 2)
+
+
+def test_binary_bodies_round_trip_through_json(make_app: AppFactory) -> None:
+    blob = bytes(range(256)) * 4
+    apps = []
+    for _ in range(2):
+        app, tc = make_app()
+
+        @app.route("/blob")
+        @tc.cached()
+        def blob_view() -> Response:
+            return Response(blob, mimetype="application/octet-stream")
+
+        apps.append(app)
+    assert apps[0].test_client().get("/blob").data == blob
+    answer = apps[1].test_client().get("/blob")
+    assert (answer.data, xcache(answer)) == (blob, "HIT-L2")
+
+
+def test_async_views_are_cached(make_app: AppFactory) -> None:
+    pytest.importorskip("asgiref")
+    app, tc = make_app()
+
+    @app.route("/async")
+    @tc.cached()
+    async def async_view() -> str:
+        return "async"
+
+    client = app.test_client()
+    assert client.get("/async").text == "async"
+    assert xcache(client.get("/async")) == "HIT-L1"
+
+
+# -- stale_ttl ----------------------------------------------------------------------------------
+
+
+def test_stale_page_is_served_while_one_request_refreshes_it(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    version = {"n": 1}
+    entered, proceed = threading.Event(), threading.Event()
+
+    @app.route("/news")
+    @tc.cached(timeout=1, stale_ttl=30)
+    def news() -> str:
+        if version["n"] > 1:
+            entered.set()
+            assert proceed.wait(10)
+        return f"news {version['n']}"
+
+    client = app.test_client()
+    assert client.get("/news").text == "news 1"
+    time.sleep(1.05)
+    version["n"] = 2
+    refreshed: list[Any] = []
+    refresher = threading.Thread(target=lambda: refreshed.append(app.test_client().get("/news")))
+    refresher.start()
+    assert entered.wait(10)
+    stale = client.get("/news")  # the refresher holds the lock: the old page, marked
+    assert (stale.text, xcache(stale)) == ("news 1", "STALE")
+    with app.app_context():
+        assert tc.stats()["stale_served"] >= 1
+    proceed.set()
+    refresher.join(10)
+    assert (refreshed[0].text, xcache(refreshed[0])) == ("news 2", "MISS")
+    fresh = client.get("/news")
+    assert (fresh.text, xcache(fresh)) == ("news 2", "HIT-L1")
+
+
+def test_a_stale_page_whose_refresh_fails_releases_the_lock(make_app: AppFactory) -> None:
+    app, tc = make_app()
+    state = {"fail": False, "n": 0}
+
+    @app.route("/flaky")
+    @tc.cached(timeout=1, stale_ttl=30)
+    def flaky() -> str:
+        state["n"] += 1
+        if state["fail"]:
+            raise RuntimeError("backend down")
+        return f"flaky {state['n']}"
+
+    client = app.test_client()
+    client.get("/flaky")
+    time.sleep(1.05)
+    state["fail"] = True
+    assert client.get("/flaky").status_code == 500
+    state["fail"] = False
+    # The lock is free again: the next request refreshes instead of serving STALE.
+    assert until(lambda: xcache(client.get("/flaky")) in ("MISS", "HIT-L1"), 2.0)
+
+
+# -- guards -------------------------------------------------------------------------------------
+
+
+def test_a_cached_view_of_an_app_without_the_extension_says_so() -> None:
+    tc = TieredCache()
+    app = Flask("bare")
+
+    @app.route("/x")
+    @tc.cached()
+    def x() -> str:
+        return "x"
+
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(RuntimeError, match="init_app"):
+        app.test_client().get("/x")
+
+
+def test_l1_off_still_caches_in_redis(make_app: AppFactory) -> None:
+    app, calls = counting_app(make_app, {"TIERED_CACHE_L1_MAX_ITEMS": 0})
+    client: FlaskClient = app.test_client()
+    client.get("/page")
+    assert (xcache(client.get("/page")), calls["page"]) == ("HIT-L2", 1)
+
+
+def test_flask_session_refreshing_its_cookie_makes_pages_unstorable(make_app: AppFactory) -> None:
+    app, calls = session_app(make_app, flask_session=True)  # its defaults: refresh each time
+    alice = app.test_client()
+    alice.get("/login/alice")
+    for _ in range(2):
+        answer = alice.get("/static-page")
+        assert (xcache(answer), "Set-Cookie" in answer.headers) == ("MISS", True)
+    assert calls["static"] == 2
+
+
+def test_a_list_body_is_stored_with_its_length(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/parts")
+    @tc.cached(public=True)
+    def parts() -> Response:
+        return Response([b"abc", b"def"])
+
+    client = app.test_client()
+    client.get("/parts")
+    hit = client.get("/parts")  # the fast path sends the stored headers as they are
+    assert (hit.data, hit.headers["Content-Length"], xcache(hit)) == (b"abcdef", "6", "HIT-L1")

@@ -1,0 +1,182 @@
+"""Cached responses: how a page is stored in the cache, read back and matched (``Vary``).
+
+A page is stored as one *string*: the serializer-agnostic encoding of the whole response
+(status line, headers, body, ETag, time stored, the ``Vary`` names and a digest of the
+request values it was stored for, and whether the route is public). A string because L1
+hands strings out as they are, with no copy-on-read; a :class:`PageDecoder` then turns
+each distinct string into a prebuilt :class:`Page` once per process, so a hit re-parses
+nothing. Bodies that are not UTF-8 are stored in base64 (json has no bytes).
+
+A route key whose responses carry ``Vary`` holds an *index* instead: the sorted header
+names seen on its responses. Each page then lives under a *variant* key, the route key
+plus a digest of the request's values of those names. The page itself also carries the
+digest of the values of its own ``Vary`` names, checked on every hit, so a page is only
+ever served to a request that matches it, whatever happened to the index meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+ENTRY: Final = "E"
+INDEX: Final = "I"
+_FORMAT: Final = 1
+
+#: Headers a 304 carries from the page it stands for (RFC 9110, section 15.4.5).
+NOT_MODIFIED_HEADERS: Final = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "vary"}
+)
+#: Headers a page does not store: they describe one delivery, and hits set their own.
+UNSTORED_HEADERS: Final = frozenset({"x-cache", "age"})
+
+# The WSGI environ keys of the headers CGI does not prefix with HTTP_.
+_CGI_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """A stored response, prebuilt for serving."""
+
+    status: str
+    """The status line, e.g. ``"200 OK"``."""
+    headers: tuple[tuple[str, str], ...]
+    not_modified: tuple[tuple[str, str], ...]
+    """The headers of a 304 answered for this page."""
+    body: bytes
+    etag: str | None
+    """The unquoted entity tag (weakness is irrelevant to If-None-Match's comparison)."""
+    stored: float
+    """Epoch seconds."""
+    vary: tuple[str, ...]
+    vary_digest: str
+    public: bool
+
+    @property
+    def status_code(self) -> int:
+        """The status code."""
+        return int(self.status.split(None, 1)[0])
+
+    def matches(self, environ: Mapping[str, Any]) -> bool:
+        """Tell whether the request's values of this page's ``Vary`` names are its own."""
+        return not self.vary or vary_digest(self.vary, environ) == self.vary_digest
+
+
+def environ_header(environ: Mapping[str, Any], name: str) -> str:
+    """The value of request header ``name`` (lower case) in a WSGI environ, stripped."""
+    key = _CGI_HEADERS.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    value = environ.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def vary_digest(names: tuple[str, ...], environ: Mapping[str, Any]) -> str:
+    """A digest of the request's values of the header ``names`` (lower case, sorted)."""
+    if not names:
+        return ""
+    text = "\x00".join(f"{name}\x01{environ_header(environ, name)}" for name in names)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def variant_key(key: str, names: tuple[str, ...], environ: Mapping[str, Any]) -> str:
+    """The key of the variant of route key ``key`` that this request selects."""
+    return f"{key}\x00v={vary_digest(names, environ)}"
+
+
+def vary_names(headers: Iterable[str]) -> tuple[str, ...]:
+    """Normalize header names: lower case, stripped, unique, sorted."""
+    return tuple(sorted({name.strip().lower() for name in headers if name.strip()}))
+
+
+def encode_index(names: tuple[str, ...]) -> str:
+    """The stored form of a route key's index of ``Vary`` names."""
+    return INDEX + json.dumps(names, separators=(",", ":"))
+
+
+def encode_page(
+    *,
+    status: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    etag: str | None,
+    stored: float,
+    vary: tuple[str, ...],
+    digest: str,
+    public: bool,
+) -> str:
+    """The stored form of a page."""
+    kept = [[k, v] for k, v in headers if k.lower() not in UNSTORED_HEADERS]
+    if not any(k.lower() == "content-length" for k, _ in kept):  # hits send it as it is
+        kept.append(["Content-Length", str(len(body))])
+    try:
+        text, b64 = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, b64 = base64.b64encode(body).decode("ascii"), True
+    fields = [_FORMAT, status, kept, text, b64, etag, stored, list(vary), digest, public]
+    return ENTRY + json.dumps(fields, separators=(",", ":"))
+
+
+def _decode_page(data: str) -> Page:
+    fmt, status, headers, text, b64, etag, stored, vary, digest, public = json.loads(data)
+    if fmt != _FORMAT:
+        raise ValueError(f"page format {fmt!r}")
+    pairs = tuple((str(k), str(v)) for k, v in headers)
+    body = base64.b64decode(text) if b64 else text.encode("utf-8")
+    return Page(
+        status=str(status),
+        headers=pairs,
+        not_modified=tuple(p for p in pairs if p[0].lower() in NOT_MODIFIED_HEADERS),
+        body=body,
+        etag=etag,
+        stored=float(stored),
+        vary=tuple(vary),
+        vary_digest=str(digest),
+        public=bool(public),
+    )
+
+
+def decode(text: str) -> Page | tuple[str, ...] | None:
+    """A stored page or index; None for anything else (a foreign or older value)."""
+    try:
+        if text.startswith(ENTRY):
+            return _decode_page(text[1:])
+        if text.startswith(INDEX):
+            return tuple(str(name) for name in json.loads(text[1:]))
+    except (ValueError, TypeError, UnicodeError):
+        pass
+    return None
+
+
+class PageDecoder:
+    """Decode stored strings once per process: hits look the prebuilt page up by its text.
+
+    A pure memo (the same text always means the same page), so it needs no invalidation:
+    L1 decides whether a text may be served, this only saves re-parsing it. The lookup is
+    cheap because L1 hands out the very string object it holds, whose hash is cached and
+    whose equality test stops at identity. Bounded; the oldest entries go first.
+
+    :param max_items: how many decoded strings to keep.
+    """
+
+    def __init__(self, max_items: int = 1024) -> None:
+        self._max_items = max_items
+        self._memo: dict[str, Page | tuple[str, ...] | None] = {}
+
+    def get(self, text: Any) -> Page | tuple[str, ...] | None:
+        """The page or index stored as ``text``; None when ``text`` is neither."""
+        if type(text) is not str:
+            return None
+        memo = self._memo
+        try:
+            return memo[text]
+        except KeyError:
+            pass
+        found = memo[text] = decode(text)
+        if len(memo) > self._max_items:
+            with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # racing trims
+                del memo[next(iter(memo))]
+        return found

@@ -1,0 +1,466 @@
+"""``@tc.cached``: whole responses cached in both tiers, shared only where HTTP allows.
+
+How a request to a cached view goes (SPEC section 3):
+
+- Methods other than GET and HEAD run the view untouched. A request with
+  ``Authorization`` to a route that is not ``public``, or one for which ``unless()`` is
+  true, runs the view and is marked ``X-Cache: BYPASS``; nothing is looked up or stored.
+- The key is ``key_prefix`` (default: the request path), plus the sorted query string
+  when ``query_string``, plus the session's user when ``per_user``, in the route's
+  namespace if it has one. The app is not part of the key: every app on the same Redis,
+  prefix and schema version shares the pages (that is how workers share them).
+- A hit (``HIT-L1`` / ``HIT-L2``) is the stored response with its headers, ``Vary``
+  included, plus ``X-Cache`` and ``Age``; with ``etag`` a matching ``If-None-Match`` gets a
+  304 built from the page, and the view does not run. HEAD is answered from the GET page.
+- A miss runs the view; what is stored is decided on the *final* response, in Flask's
+  ``request_finished`` signal (sent by ``finalize_request`` after the ``after_request``
+  hooks and after the session interface saved the session and added its ``Set-Cookie``
+  and ``Vary: Cookie``). A public signal rather than a wrapped ``process_response``: no
+  method of the app is replaced, and it also sees responses made by error handlers.
+  Only GET responses are stored (a view may answer HEAD differently).
+- Never stored: ``Set-Cookie``; ``Cache-Control`` ``private``, ``no-store`` or
+  ``no-cache``; ``Vary: *``; a status outside ``status_codes``; a streamed or
+  ``direct_passthrough`` response.
+
+Sessions. Whether the view read the session is recorded when the view returns, from the
+session's ``accessed`` flag: Flask 3.1 sets it on *every* use of ``flask.session`` (``key
+in session`` included), for its cookie sessions and flask-session's alike; a session
+object without that flag counts as read. The session interface's own reads while saving
+come later and do not count. Reads by ``before_request`` hooks do count (a hook that puts
+the user on ``g`` makes the page depend on the session). A page whose view read the
+session is stored with ``Vary: Cookie`` and keyed by the request's whole ``Cookie``
+header, so it is only ever served to the same cookies. ``per_user=True`` keys the page by
+``session.get("user_id")`` (:data:`USER_KEY`, read without marking the session accessed)
+*and* by the Cookie header: the page depends on the session, so it must vary on Cookie
+for every cache downstream too, and keying ours the same way keeps ``Vary`` honest.
+Anonymous requests without cookies share one page.
+
+``stale_ttl``: a page past ``timeout`` (and within ``stale_ttl``) is refreshed by the
+request that takes the page's cluster-wide flight lock, synchronously (it runs the view:
+``MISS``); every other request meanwhile gets the stale page (``STALE``). A request, not
+a background thread, so the view runs with its real request context, hooks and session.
+
+Pages are stored as strings, decoded once per process (see
+:mod:`tiered_cache._response_entry`). Public routes (without ``per_user`` or ``unless``)
+record where their pages live for the WSGI fast path (:mod:`tiered_cache.wsgi`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from flask import current_app, g, request
+from flask.globals import request_ctx
+from flask.signals import request_finished
+from werkzeug.http import generate_etag, parse_etags, unquote_etag
+
+from ._response_entry import (
+    Page,
+    PageDecoder,
+    encode_index,
+    encode_page,
+    variant_key,
+    vary_digest,
+    vary_names,
+)
+from .flight import release
+from .keys import KeyLayout
+from .redis_tier import UNAVAILABLE
+from .sentinels import MISS
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.typing import ResponseReturnValue
+    from werkzeug.wrappers import Response
+
+    from .cache import Cache
+    from .flask_ext import AppState, TieredCache
+    from .keyspace import Keyspace
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HIT_L1: Final = "HIT-L1"
+HIT_L2: Final = "HIT-L2"
+MISSED: Final = "MISS"
+STALE: Final = "STALE"
+BYPASS: Final = "BYPASS"
+
+USER_KEY: Final = "user_id"
+"""The session key naming the user, for ``per_user`` (until ``tc.sessions`` exists)."""
+KEY_PREFIX: Final = "tc.route:"
+"""Starts every route key, so pages do not collide with the app's own cache keys."""
+REFRESH_LOCK_SECONDS: Final = 30.0
+"""How long a stale page's refresh lock lasts if its holder dies without releasing it."""
+FAST_INDEX_MAX: Final = 10_000
+_PENDING: Final = "_tiered_cache_route"  # on flask.g: the miss this request will store
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RouteOptions:
+    """The options of one ``@tc.cached`` view."""
+
+    timeout: float | None
+    key_prefix: str | None
+    query_string: bool
+    vary: tuple[str, ...]
+    namespace: str | None
+    unless: Callable[[], bool] | None
+    per_user: bool
+    public: bool
+    status_codes: tuple[int, ...]
+    etag: bool
+    stale_ttl: float
+
+    @property
+    def fast(self) -> bool:
+        """Whether the WSGI fast path may serve this route's pages."""
+        return self.public and not self.per_user and self.unless is None
+
+
+@dataclasses.dataclass(slots=True)
+class Lookup:
+    """What a lookup found: a page servable to this request, or where one would go."""
+
+    page: Page | None
+    source: str
+    index: tuple[str, ...] | None
+    """The ``Vary`` names the route key's index held, if it held one."""
+    entry_key: str
+    """The key the page lives (or will live) under."""
+
+
+@dataclasses.dataclass(slots=True)
+class Pending:
+    """A miss whose final response may be stored when the request finishes."""
+
+    routes: Routes
+    options: RouteOptions
+    keyspace: Keyspace
+    key: str
+    index: tuple[str, ...] | None
+    session_read: bool
+    lock: tuple[str, bytes] | None
+
+
+@dataclasses.dataclass(slots=True)
+class FastTarget:
+    """Where the fast path finds the page of one request location."""
+
+    keyspace: Keyspace
+    key: str
+    etag: bool
+
+
+class Routes:
+    """The route cache of one app (``app.extensions["tiered_cache"].extras["routes"]``).
+
+    :param cache: the app's cache.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.pages = PageDecoder()
+        self.fast: dict[tuple[str, str], FastTarget] = {}
+        """(PATH_INFO, QUERY_STRING) -> where a public route keeps that request's page."""
+
+    # -- keys and lookups --------------------------------------------------------------
+
+    def where(self, options: RouteOptions, environ: Mapping[str, Any]) -> tuple[Keyspace, str]:
+        """The keyspace and route key of this request."""
+        path = options.key_prefix if options.key_prefix is not None else environ.get("PATH_INFO")
+        key = KEY_PREFIX + (path or "/")
+        if options.query_string:
+            query = environ.get("QUERY_STRING")
+            if query:
+                key += "?" + "&".join(sorted(part for part in query.split("&") if part))
+        if options.per_user:
+            key += "\x00u=" + _user()
+        if options.namespace is None:
+            return self.cache, key
+        return self.cache.namespace(options.namespace), key
+
+    def lookup(
+        self, keyspace: Keyspace, key: str, environ: Mapping[str, Any], stale_ttl: float
+    ) -> Lookup:
+        """Find the page of route key ``key`` for this request (L1, then Redis)."""
+        value, source = self._read(keyspace, key, stale_ttl)
+        found = self.pages.get(value)
+        index = None
+        entry_key = key
+        if type(found) is tuple:
+            index = found
+            entry_key = variant_key(key, index, environ)
+            value, page_source = self._read(keyspace, entry_key, stale_ttl)
+            found = self.pages.get(value)
+            # A stale index still names the right headers: only the page's age matters.
+            if page_source in (MISSED, STALE):
+                source = page_source
+            elif not (page_source == HIT_L1 and source == HIT_L1):
+                source = HIT_L2
+        if isinstance(found, Page) and found.matches(environ):
+            return Lookup(found, source, index, entry_key)
+        return Lookup(None, MISSED, index, entry_key)
+
+    def _read(self, keyspace: Keyspace, key: str, stale_ttl: float) -> tuple[Any, str]:
+        """The value under ``key`` and where it came from (MISS and ``MISS`` if none)."""
+        local = keyspace._local(key)
+        value = self.cache._l1_value(local)
+        if value is not MISS:
+            return value, HIT_L1
+        return _read_l2(self.cache, local, keyspace._global(key, local), stale_ttl)
+
+    def l1_page(self, target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
+        """The public page L1 holds for this request, for the fast path (no Redis)."""
+        read, local, decode = self.cache._l1_value, target.keyspace._local, self.pages.get
+        found = decode(read(local(target.key)))
+        if type(found) is tuple:
+            found = decode(read(local(variant_key(target.key, found, environ))))
+        if type(found) is Page and found.public and (not found.vary or found.matches(environ)):
+            return found
+        return None
+
+    def remember_fast(
+        self, options: RouteOptions, environ: Mapping[str, Any], ks: Keyspace, key: str
+    ) -> None:
+        """Let the fast path find this request's page (public routes only)."""
+        if not options.fast:
+            return
+        location = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+        if location in self.fast:
+            return
+        self.fast[location] = FastTarget(ks, key, options.etag)
+        if len(self.fast) > FAST_INDEX_MAX:
+            # The oldest location goes; another thread may be trimming too.
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del self.fast[next(iter(self.fast))]
+
+    # -- a request to a cached view ---------------------------------------------------
+
+    def dispatch(self, options: RouteOptions, view: Callable[[], Any]) -> ResponseReturnValue:
+        """Answer a request to a cached view: from the cache, or by running ``view``."""
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method not in {"GET", "HEAD"}:
+            return view()  # type: ignore[no-any-return]
+        authorized = "HTTP_AUTHORIZATION" in environ
+        if (authorized and not options.public) or (options.unless is not None and options.unless()):
+            return _marked(view(), BYPASS)
+        keyspace, key = self.where(options, environ)
+        found = self.lookup(keyspace, key, environ, options.stale_ttl)
+        page, lock = found.page, None
+        if page is not None and authorized and not page.public:
+            page = None  # another, non-public route stored it under the same key
+        if page is not None:
+            if found.source != STALE:
+                self.remember_fast(options, environ, keyspace, key)
+                return self.respond(page, found.source, environ, etag=options.etag)
+            # Only a GET refreshes: a HEAD's response is not stored.
+            lock = self._lock(keyspace, found.entry_key) if method == "GET" else None
+            if lock is None:  # another request (in any worker) is refreshing it
+                self.cache.stale_served += 1
+                return self.respond(page, STALE, environ, etag=options.etag)
+        pending = Pending(self, options, keyspace, key, found.index, False, lock)
+        return self._run(view, pending)
+
+    def _run(self, view: Callable[[], Any], pending: Pending) -> Response:
+        """Run the view on a miss; its final response is judged in :func:`_finished`."""
+        try:
+            rv = view()
+            # Now, before the session interface reads the session to save it.
+            pending.session_read = pending.options.per_user or _session_read()
+        except BaseException:
+            self.unlock(pending)
+            raise
+        response = current_app.make_response(rv)
+        response.headers["X-Cache"] = MISSED
+        setattr(g, _PENDING, pending)
+        return response
+
+    def respond(
+        self, page: Page, source: str, environ: Mapping[str, Any], *, etag: bool
+    ) -> Response:
+        """The response of a hit: the page, or a 304 when ``If-None-Match`` matches it."""
+        make = current_app.response_class
+        delivery = (
+            ("X-Cache", source),
+            ("Age", str(max(0, int(self.cache._clock() - page.stored)))),
+        )
+        if etag and _not_modified(page, environ):
+            return make(status=304, headers=[*page.not_modified, *delivery])
+        # A list body: no Content-Length recomputed (the page has it), nothing re-encoded.
+        return make([page.body], status=page.status, headers=[*page.headers, *delivery])
+
+    # -- storing the final response ----------------------------------------------------
+
+    def store(self, pending: Pending, response: Response) -> None:
+        """Store the final response of a miss when the rules allow it."""
+        options = pending.options
+        if request.method != "GET" or not _storable(options, response):
+            return
+        body = response.get_data()
+        if options.etag and "ETag" not in response.headers:
+            response.set_etag(generate_etag(body))
+        if pending.session_read:
+            response.vary.add("Cookie")
+        for name in options.vary:
+            response.vary.add(name)
+        environ = request.environ
+        names = vary_names(response.vary)
+        text = encode_page(
+            status=response.status,
+            headers=response.headers.to_wsgi_list(),
+            body=body,
+            etag=unquote_etag(response.headers.get("ETag"))[0],
+            stored=self.cache._clock(),
+            vary=names,
+            digest=vary_digest(names, environ),
+            public=options.public,
+        )
+        entry_key = pending.key
+        if names or pending.index:
+            index = vary_names((*names, *(pending.index or ())))
+            if index != pending.index:
+                self._put(pending, pending.key, encode_index(index))
+            entry_key = variant_key(pending.key, index, environ)
+        self._put(pending, entry_key, text)
+        self.pages.get(text)  # the string L1 now holds: hits find it decoded, by identity
+        self.remember_fast(options, environ, pending.keyspace, pending.key)
+        if options.etag and environ.get("HTTP_IF_NONE_MATCH"):
+            response.make_conditional(environ)
+
+    def _put(self, pending: Pending, key: str, text: str) -> None:
+        local, gkey = pending.keyspace._where(key)
+        options = pending.options
+        self.cache._store(local, gkey, text, options.timeout, stale_ttl=options.stale_ttl)
+
+    # -- the refresh lock of a stale page ----------------------------------------------
+
+    def _lock(self, keyspace: Keyspace, key: str) -> tuple[str, bytes] | None:
+        """Take the page's flight lock (cluster-wide); None when someone else holds it."""
+        lock_key = KeyLayout.flight_lock(keyspace._where(key)[1])
+        token = uuid.uuid4().hex.encode()
+        px = math.ceil(REFRESH_LOCK_SECONDS * 1000)
+        taken = self.cache._tier.run("lock", lambda c: c.set(lock_key, token, nx=True, px=px))
+        return (lock_key, token) if taken is not UNAVAILABLE and taken else None
+
+    def unlock(self, pending: Pending) -> None:
+        """Release the refresh lock a miss holds, if any (once)."""
+        lock, pending.lock = pending.lock, None
+        if lock is not None:
+            self.cache._tier.run("unlock", lambda c: release(c, *lock))
+
+
+def _read_l2(cache: Cache, local: Any, gkey: str, stale_ttl: float) -> tuple[Any, str]:
+    """Read a key from Redis; a fresh value fills L1, a stale one is returned as ``STALE``."""
+    with cache._reading() as since:
+        raw = cache._get(gkey)
+        decoded = MISS if raw is UNAVAILABLE or raw is None else cache._decode(gkey, raw)
+        if decoded is MISS:
+            cache.misses += 1
+            return MISS, MISSED
+        frame, value = decoded
+        now = cache._clock()
+        if not frame.fresh_until or now < frame.fresh_until:
+            cache.l2_hits += 1
+            return cache._fill(local, gkey, frame, value, since), HIT_L2
+        if stale_ttl and now < frame.fresh_until + stale_ttl:
+            return value, STALE
+        cache.misses += 1
+        return MISS, MISSED
+
+
+def _storable(options: RouteOptions, response: Response) -> bool:
+    """The rules that keep a response out of the shared cache (SPEC section 3)."""
+    if response.status_code not in options.status_codes:
+        return False
+    if response.is_streamed or response.direct_passthrough or "Set-Cookie" in response.headers:
+        return False
+    control = response.cache_control
+    if control.private or control.no_store or control.no_cache:
+        return False
+    return "*" not in response.vary
+
+
+def _not_modified(page: Page, environ: Mapping[str, Any]) -> bool:
+    """Whether ``If-None-Match`` matches the page's ETag (weak comparison, RFC 9110)."""
+    header = environ.get("HTTP_IF_NONE_MATCH")
+    return bool(header) and page.etag is not None and parse_etags(header).contains_weak(page.etag)
+
+
+def _marked(rv: Any, source: str) -> Response:
+    response = current_app.make_response(rv)
+    response.headers["X-Cache"] = source
+    return response
+
+
+def _session_read() -> bool:
+    """Whether the session was used so far in this request (unknown kinds count as used)."""
+    session = getattr(request_ctx, "_session", None)
+    return session is not None and bool(getattr(session, "accessed", True))
+
+
+def _user() -> str:
+    """The session's user for ``per_user`` keys, read without marking the session used."""
+    session = getattr(request_ctx, "_session", None)
+    if session is None:
+        return "None"
+    accessed = getattr(session, "accessed", None)
+    try:
+        user = session.get(USER_KEY)
+    finally:
+        if accessed is not None:
+            session.accessed = accessed
+    return repr(user)
+
+
+def _finished(sender: Flask, response: Response, **extra: Any) -> None:
+    """``request_finished``: store the final response of a miss, release its lock."""
+    pending: Pending | None = g.pop(_PENDING, None)
+    if pending is None:
+        return
+    routes = pending.routes
+    try:
+        routes.store(pending, response)
+    except Exception as exc:  # the response is made; a page we cannot store is a miss
+        routes.cache._log.warning("routes", "could not cache %s: %r", request.path, exc)
+    finally:
+        routes.unlock(pending)
+
+
+def _teardown(exc: BaseException | None) -> None:
+    """Release the refresh lock of a request that never reached ``request_finished``."""
+    pending: Pending | None = g.pop(_PENDING, None)
+    if pending is not None:
+        pending.routes.unlock(pending)
+
+
+def cached_view(extension: TieredCache, options: RouteOptions) -> Callable[[F], F]:
+    """Return the decorator of one cached view (usable before ``init_app``)."""
+
+    def decorate(fn: F) -> F:
+        is_async = inspect.iscoroutinefunction(fn)
+
+        @functools.wraps(fn)
+        def view(*args: Any, **kwargs: Any) -> ResponseReturnValue:
+            call = current_app.ensure_sync(fn) if is_async else fn
+            routes: Routes = extension.state().extras["routes"]
+            return routes.dispatch(options, lambda: call(*args, **kwargs))
+
+        view.__tiered_cache_route__ = options  # type: ignore[attr-defined]
+        return view  # type: ignore[return-value]
+
+    return decorate
+
+
+def init_app(app: Flask, state: AppState) -> None:
+    """Give ``app`` its route cache and the hook that stores final responses."""
+    state.extras["routes"] = Routes(state.cache)
+    request_finished.connect(_finished, app, weak=False)
+    app.teardown_request(_teardown)

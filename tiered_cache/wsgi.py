@@ -1,0 +1,79 @@
+"""The WSGI fast path: public cached pages served before Flask builds a request context.
+
+``init_app`` wraps ``app.wsgi_app``. For a GET or HEAD whose (``PATH_INFO``,
+``QUERY_STRING``) a ``public=True`` route (without ``per_user`` or ``unless``) has
+answered in this process, the page is looked up in L1 alone (no Redis, no URL matching)
+and, when L1 holds a public page whose ``Vary`` values match the request, served from a
+prebuilt header list: ``X-Cache: HIT-L1``, ``Age``, and a 304 when ``If-None-Match``
+matches the page's ETag. Anything else (a miss, a non-public page, another method) falls
+through to Flask unchanged.
+
+A fast-path hit skips everything Flask would do for the request: URL matching,
+``url_value_preprocessor`` and ``before_request`` hooks, the view, ``after_request`` and
+``teardown_request`` hooks, opening and saving the session (so no sliding session
+refresh and no ``Set-Cookie``), rate limits (``tc.limit`` and the default limits), error
+handlers, the ``request_started``/``request_finished`` signals, and any middleware that
+was wrapped around ``app.wsgi_app`` *before* ``init_app`` (middleware wrapped after it,
+such as ``ProxyFix``, still runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+from werkzeug.http import parse_etags
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask import Flask
+
+    from ._response_entry import Page
+    from .flask_ext import AppState
+    from .routes import Routes
+
+_X_CACHE: Final = ("X-Cache", "HIT-L1")
+_NOT_MODIFIED: Final = "304 Not Modified"
+
+
+def fast_path(inner: WSGIApplication, routes: Routes) -> WSGIApplication:
+    """Wrap ``inner`` (the app's WSGI callable) with the fast path of ``routes``."""
+    locations = routes.fast
+    find = routes.l1_page
+    clock: Callable[[], float] = routes.cache._clock
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if locations:
+            method = environ.get("REQUEST_METHOD")
+            if method in {"GET", "HEAD"}:
+                location = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+                target = locations.get(location)
+                if target is not None:
+                    page = find(target, environ)
+                    if page is not None:
+                        return _serve(page, environ, start_response, clock(), target.etag)
+        return inner(environ, start_response)
+
+    return app
+
+
+def _serve(
+    page: Page, environ: WSGIEnvironment, start_response: StartResponse, now: float, etag: bool
+) -> list[bytes]:
+    """Answer from ``page``: a 304 when ``If-None-Match`` matches, else the page."""
+    age = ("Age", str(max(0, int(now - page.stored))))
+    header = environ.get("HTTP_IF_NONE_MATCH")
+    if header and etag and page.etag is not None and parse_etags(header).contains_weak(page.etag):
+        start_response(_NOT_MODIFIED, [*page.not_modified, _X_CACHE, age])
+        return []
+    start_response(page.status, [*page.headers, _X_CACHE, age])
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [page.body]
+
+
+def init_app(app: Flask, state: AppState) -> None:
+    """Put the fast path in front of ``app`` (after :func:`tiered_cache.routes.init_app`)."""
+    routes: Routes = state.extras["routes"]
+    app.wsgi_app = fast_path(app.wsgi_app, routes)  # type: ignore[method-assign,assignment]
+
+
+__all__ = ["fast_path", "init_app"]
