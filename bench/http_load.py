@@ -51,19 +51,24 @@ def run(ctx: Context) -> Section:
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for worker_class, extra in WORKER_CLASSES.items():
-        results[worker_class] = {}
-        for variant in VARIANTS:
-            with _Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
-                x_cache = server.warm()
-                figures = [load(server.port, duration) for _ in range(repeats)]
-            rps = [f["rps"] for f in figures]
-            errors = sum(f["errors"] for f in figures)
-            results[worker_class][variant] = {
-                "rps": statistics.median(rps),
-                "runs": rps,
-                "errors": errors,
-                "x_cache": x_cache,
+        runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+        x_cache: dict[str, str] = {}
+        # Round-robin: each repetition serves every variant once, so a burst of load
+        # elsewhere on the machine hits all variants alike instead of one of them.
+        for _ in range(repeats):
+            for variant in VARIANTS:
+                with _Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
+                    x_cache[variant] = server.warm()
+                    runs[variant].append(load(server.port, duration))
+        results[worker_class] = {
+            variant: {
+                "rps": statistics.median(f["rps"] for f in figures),
+                "runs": [f["rps"] for f in figures],
+                "errors": sum(f["errors"] for f in figures),
+                "x_cache": x_cache[variant],
             }
+            for variant, figures in runs.items()
+        }
     _report(section, results)
     section.data["results"] = results
     return section
