@@ -3,13 +3,18 @@
 Each variant of :mod:`bench.http_app` runs under ``gunicorn -w 2``, first with sync
 workers, then with gthread workers, on a free loopback port, against the benchmark's own
 redis-server. After a warm-up (both workers' L1 hot), ``wrk`` loads it for 10 s, three
-times, and the median requests/s is the variant's figure (``--quick``: 2 s, once).
+times (after 2 s of load that is not counted: a fresh worker is slower for its first
+second or two), and the median requests/s is the variant's figure (``--quick``: 2 s,
+once).
 Without ``wrk`` on PATH a bounded Python load generator (threads with keep-alive
 connections) stands in, and the output says so: its figures are lower and GIL-bound,
 the ratios still compare like with like.
 
-Load generator, gunicorn and Redis share this machine's cores, so absolute figures are
-the machine's; the ratios are the point.
+On a machine with two cores or more, gunicorn (master and workers) is pinned to the last
+core and the load generator to the first (``taskset``): a load generator that steals the
+server's CPU makes every variant look alike. The server's core is then the bottleneck,
+so requests/s measure what each variant costs per request. Absolute figures are this
+machine's; the ratios are the point.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ NAME = "http"
 TITLE = "7. HTTP: requests/s under gunicorn (2 workers), side by side"
 WORKER_CLASSES: dict[str, list[str]] = {"sync": [], "gthread": ["--threads", "4"]}
 CONNECTIONS = 8
+WARM_UP = 2.0  # seconds of load, discarded, before each measured run
 ROOT = Path(__file__).resolve().parent.parent
+CORES = os.cpu_count() or 1
+PIN = shutil.which("taskset") is not None and CORES >= 2
+
+
+def _pinned(command: list[str], core: int) -> list[str]:
+    return ["taskset", "-c", str(core), *command] if PIN else command
 
 
 def run(ctx: Context) -> Section:
@@ -47,7 +59,8 @@ def run(ctx: Context) -> Section:
     load = _wrk if shutil.which("wrk") else _python_load
     section.note(
         f"load: {'wrk' if load is _wrk else 'Python threads (wrk not installed)'}, "
-        f"{CONNECTIONS} connections, {duration:g} s a run, median of {repeats}"
+        f"{CONNECTIONS} connections, {duration:g} s a run, median of {repeats}; "
+        + (f"gunicorn pinned to core {CORES - 1}, load to core 0" if PIN else "no CPU pinning")
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for worker_class, extra in WORKER_CLASSES.items():
@@ -59,6 +72,7 @@ def run(ctx: Context) -> Section:
             for variant in VARIANTS:
                 with _Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
                     x_cache[variant] = server.warm()
+                    load(server.port, WARM_UP)  # a fresh worker is slower for a second or two
                     runs[variant].append(load(server.port, duration))
         results[worker_class] = {
             variant: {
@@ -130,7 +144,8 @@ class _Gunicorn:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> _Gunicorn:
-        self._process = subprocess.Popen(self._command, env=self._env, cwd=ROOT)
+        command = _pinned(self._command, CORES - 1)
+        self._process = subprocess.Popen(command, env=self._env, cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
