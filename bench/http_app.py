@@ -71,7 +71,9 @@ def _plain(app: Flask, redis_url: str, slow: bool = False) -> None:
 def _tiered(app: Flask, redis_url: str, *, public: bool = False, slow: bool = False) -> None:
     from tiered_cache.flask_ext import TieredCache
 
-    tc = TieredCache(app, redis_url=redis_url, prefix="bench-http")
+    # A prefix per variant: pages are keyed by path, and a page stored by one variant's
+    # (non-public) route must not be what another variant's run serves.
+    tc = TieredCache(app, redis_url=redis_url, prefix=f"bench-http-{os.environ['BENCH_VARIANT']}")
     app.add_url_rule("/item", "item", tc.cached(timeout=600, public=public)(_view(slow)))
 
 
