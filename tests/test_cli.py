@@ -13,6 +13,7 @@ import redis
 from click.testing import Result
 from flask import Flask
 
+from tests.flask_apps import close_app
 from tests.redis_harness import RedisServer
 from tiered_cache.cli import redacted
 from tiered_cache.endpoints import publisher_of
@@ -39,11 +40,7 @@ def app_factory() -> Iterator[Callable[..., Flask]]:
 
     yield make
     for app in made:
-        state = TieredCache.state(app)
-        publisher = publisher_of(state)
-        if publisher is not None:
-            publisher.stop()
-        state.cache.close()
+        close_app(app)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from flask import Flask
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.flask_apps import close_app
 from tests.procs import GroupSync, ProcessGroup, run_in_processes
 from tests.redis_harness import RedisServer
 from tiered_cache import metrics
@@ -35,14 +36,6 @@ def build_app(name: str, url: str, **config: Any) -> tuple[Flask, TieredCache]:
         return str(tc.get("x"))
 
     return app, tc
-
-
-def close_app(app: Flask) -> None:
-    state = TieredCache.state(app)
-    publisher = publisher_of(state)
-    if publisher is not None:
-        publisher.stop()
-    state.cache.close()
 
 
 @pytest.fixture

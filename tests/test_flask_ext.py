@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from tests.flask_apps import close_app
 from tiered_cache import ConfigurationError, TieredCache
 
 MakeApp = Callable[..., Flask]
@@ -27,7 +28,7 @@ def make_app(redis_url: str) -> Iterator[MakeApp]:
 
     yield make
     for app in made:
-        TieredCache.state(app).cache.close()
+        close_app(app)
 
 
 @pytest.mark.parametrize(
