@@ -1,0 +1,48 @@
+"""The engine through Redis Sentinel: the master is found by service name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.redis_harness import RedisServer
+from tests.redis_sentinel import SentinelServer
+from tests.waiting import until
+from tiered_cache import MISS, Cache, CacheUnavailable
+
+
+@pytest.fixture
+def sentinel(redis_server: RedisServer) -> Iterator[SentinelServer]:
+    with SentinelServer(redis_server) as server:
+        yield server
+
+
+def test_caches_find_the_master_through_sentinel(
+    sentinel: SentinelServer, redis_server: RedisServer
+) -> None:
+    writer = Cache(redis_url=sentinel.url, fail_open=False)
+    reader = Cache(redis_url=sentinel.url, fail_open=False)
+    try:
+        assert writer.set("k", {"v": 1})
+        assert reader.get("k") == {"v": 1}
+        # The data really is on the monitored master.
+        assert redis.Redis(port=redis_server.port).exists(writer._layout.data("", 0, "k")) == 1
+        writer.set("k", {"v": 2})
+        assert until(lambda: reader.get("k") == {"v": 2})  # the bus works through it too
+        assert reader.get_or_set("other", lambda: "loaded") == "loaded"
+        assert writer.delete("k") == 1
+        assert until(lambda: reader.get("k", MISS) is MISS)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_an_unknown_service_is_an_outage_not_a_crash(sentinel: SentinelServer) -> None:
+    url = sentinel.url.rsplit("/", 1)[0] + "/no-such-service"
+    with Cache(redis_url=url) as cache:
+        assert cache.set("k", 1) is False  # fail open
+        assert cache.get("k", MISS) is MISS
+    with Cache(redis_url=url, fail_open=False) as cache, pytest.raises(CacheUnavailable):
+        cache.get("k")
