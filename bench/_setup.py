@@ -13,7 +13,17 @@ from tiered_cache import Cache
 
 from ._report import Settings
 
-__all__ = ["Context", "RawSubscriber", "ready_cache", "wait_for_bus"]
+__all__ = ["RECORD", "Context", "RawSubscriber", "ready_cache", "wait_for_bus"]
+
+#: The dict value the micro-benchmarks cache (a small JSON record).
+RECORD: dict[str, Any] = {
+    "id": 4217,
+    "name": "Ada Lovelace",
+    "email": "ada@example.org",
+    "active": True,
+    "score": 9.5,
+    "roles": ["admin", "editor"],
+}
 
 
 def wait_for_bus(cache: Cache, timeout: float = 10.0) -> None:

@@ -20,6 +20,7 @@ from theine import Cache as Theine
 from tiered_cache import Cache
 
 from ._report import Candidate, Section, measure
+from ._setup import RECORD as DICT_VALUE
 from ._setup import Context, ready_cache
 
 NAME = "l1"
@@ -27,14 +28,6 @@ TITLE = "1. L1 hit: Cache.get vs dict / lru_cache / cachetools / theine"
 KEYS = [f"user:{n}" for n in range(1000)]
 KEY = KEYS[417]
 STRING_VALUE = "session 4f1c2a9e, ready"
-DICT_VALUE: dict[str, Any] = {
-    "id": 4217,
-    "name": "Ada Lovelace",
-    "email": "ada@example.org",
-    "active": True,
-    "score": 9.5,
-    "roles": ["admin", "editor"],
-}
 BASELINE = "cachetools.TTLCache c[k]"
 TARGET = 0.6
 

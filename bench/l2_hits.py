@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._report import Candidate, Section, Settings, Timing, measure
+from ._setup import RECORD as DICT_VALUE
 from ._setup import Context, ready_cache
 
 NAME = "l2"
@@ -30,14 +31,6 @@ TITLE = "3. L2 hit (L1 off) vs raw redis-py GET of the same bytes"
 TARGET = 1.3
 SOCKET_TIMEOUT = 0.25  # the Cache's default, used for both clients
 STRING_VALUE = "x" * 64
-DICT_VALUE: dict[str, Any] = {
-    "id": 4217,
-    "name": "Ada Lovelace",
-    "email": "ada@example.org",
-    "active": True,
-    "score": 9.5,
-    "roles": ["admin", "editor"],
-}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

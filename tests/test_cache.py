@@ -13,6 +13,7 @@ import redis
 
 from tests.waiting import until, warm
 from tiered_cache import MISS, Cache, TieredCacheError
+from tiered_cache.keys import KeyLayout
 
 MakeCache = Callable[..., Cache]
 
@@ -323,7 +324,7 @@ def test_get_or_set_loader_error_reaches_caller_and_frees_the_key(
 
     with pytest.raises(LookupError, match="database said no"):
         cache.get_or_set("k", broken)
-    assert plain(redis_url).exists(cache._layout.data("", 0, "k") + "#lock") == 0
+    assert plain(redis_url).exists(KeyLayout.flight_lock(cache._layout.data("", 0, "k"))) == 0
     assert cache.get_or_set("k", lambda: "second try") == "second try"
 
 

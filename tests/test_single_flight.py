@@ -18,6 +18,7 @@ import redis
 from tests.procs import GroupSync, ProcessGroup
 from tests.waiting import until, warm
 from tiered_cache import Cache
+from tiered_cache.keys import KeyLayout
 
 STEP = 20.0  # seconds any barrier may wait: generous, only a broken worker hits it
 
@@ -225,7 +226,7 @@ def test_followers_share_the_leaders_value_or_exception(
 ) -> None:
     cache = make()
     warm(cache)
-    lock_key = cache._layout.data("", 0, "k") + "#lock"
+    lock_key = KeyLayout.flight_lock(cache._layout.data("", 0, "k"))
     raw = redis.Redis.from_url(redis_url)
     error = ValueError("boom")
 
@@ -253,7 +254,7 @@ def test_a_lock_nobody_releases_is_waited_out_after_lock_timeout(
 ) -> None:
     cache = make()
     warm(cache)
-    lock_key = cache._layout.data("", 0, "k") + "#lock"
+    lock_key = KeyLayout.flight_lock(cache._layout.data("", 0, "k"))
     raw = redis.Redis.from_url(redis_url)
     assert raw.set(lock_key, b"someone-else", nx=True, px=60_000)
     started = time.monotonic()

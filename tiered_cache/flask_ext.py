@@ -68,7 +68,7 @@ class TieredCache:
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(f"tiered_cache is already initialised on {app!r}")
-        config, cache_config = ExtensionConfig.resolve(self._overrides, _settings_of(app))
+        config, cache_config = ExtensionConfig.resolve(self._overrides, app.config)
         cache = Cache(**_cache_settings(cache_config, app))
         state = AppState(cache, config, cache_config)
         app.extensions[EXTENSION_KEY] = state
@@ -271,10 +271,6 @@ class TieredCache:
         :raises TypeError: when ``fn`` was not decorated by :meth:`memoize`.
         """
         return self.cache.delete_memoized(self._memoized(fn), *args, **kwargs)
-
-
-def _settings_of(app: Flask) -> Mapping[str, Any]:
-    return app.config
 
 
 def _cache_settings(config: CacheConfig, app: Flask) -> dict[str, Any]:
