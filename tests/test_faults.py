@@ -304,6 +304,23 @@ def test_fail_closed_raises_cache_unavailable(
     assert cache.stats()["redis_errors"] == 2
 
 
+def test_a_call_may_override_fail_open(redis_server: RedisServer, caches: list[Cache]) -> None:
+    """Sessions and rate limits share the breaker but decide for themselves what an
+    outage means: ``run(fail_open=...)`` overrides the cache's setting for one call."""
+    from tiered_cache.redis_tier import UNAVAILABLE
+
+    closed = _make(caches, redis_server, fail_open=False, breaker_failures=100)
+    opened = _make(caches, redis_server, fail_open=True, breaker_failures=100)
+    redis_server.kill()
+
+    assert closed.redis.run("ping", lambda c: c.ping(), fail_open=True) is UNAVAILABLE
+    with pytest.raises(CacheUnavailable):
+        opened.redis.run("ping", lambda c: c.ping(), fail_open=False)
+    with pytest.raises(CacheUnavailable):
+        closed.redis.run("ping", lambda c: c.ping())
+    assert opened.redis.run("ping", lambda c: c.ping()) is UNAVAILABLE
+
+
 # -- 4. The half-open probe --------------------------------------------------------------
 
 

@@ -196,6 +196,20 @@ class Cache(Keyspace):
             timer=self._timer,
         )
 
+    @property
+    def redis(self) -> RedisTier:
+        """The Redis client behind L2 with its breaker and error boundary.
+
+        For the features built on the engine (sessions, rate limits, endpoints): they
+        share its connection pool, short timeouts and circuit breaker.
+        """
+        return self._tier
+
+    @property
+    def layout(self) -> KeyLayout:
+        """The Redis key layout of this cache's prefix and schema version."""
+        return self._layout
+
     def __repr__(self) -> str:
         return f"<Cache prefix={self.config.prefix!r} version={self.config.version}>"
 

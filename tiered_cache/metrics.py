@@ -68,7 +68,7 @@ LABELS: Final = ("host", "pid", "app")
 
 def tier_of(cache: Cache) -> RedisTier:
     """The cache's Redis error boundary; the figures use the cache's client and breaker."""
-    return cache._tier  # the Flask layer shares the engine's connection and breaker
+    return cache.redis
 
 
 def is_closed(cache: Cache) -> bool:
@@ -221,7 +221,7 @@ class StatsPublisher:
 
 def stats_prefix(cache: Cache) -> str:
     """What every stats key of the cache's prefix and schema version starts with."""
-    return cache._layout.stats_prefix
+    return cache.layout.stats_prefix
 
 
 def read_published(cache: Cache) -> list[dict[str, Any]] | None:

@@ -171,17 +171,23 @@ class RedisTier:
         self._log = log
         self.errors = 0
 
-    def run(self, what: str, call: Callable[[Client], T]) -> T | Unavailable:
+    def run(
+        self, what: str, call: Callable[[Client], T], *, fail_open: bool | None = None
+    ) -> T | Unavailable:
         """Call ``call(client)`` unless the breaker is open.
 
         :param what: names the operation in logs and errors.
+        :param fail_open: overrides the tier's own setting for this call (sessions and
+            rate limits decide for themselves what an outage means).
         :returns: its result, or :data:`UNAVAILABLE` when Redis failed and we fail open.
-        :raises CacheUnavailable: when Redis failed and ``fail_open`` is off.
+        :raises CacheUnavailable: when Redis failed and we do not fail open.
         :raises redis.ResponseError: an error reply ``call`` did not handle (a bug of
             ours, not an outage: it does not count against the breaker).
         """
+        if fail_open is None:
+            fail_open = self.fail_open
         if not self.breaker.allow():
-            return self._unavailable(what, None)
+            return self._unavailable(what, None, fail_open)
         try:
             result = call(self.client)
         except redis.ResponseError:
@@ -191,14 +197,14 @@ class RedisTier:
         except REDIS_ERRORS as exc:
             self.breaker.failure()
             self.errors += 1
-            return self._unavailable(what, exc)
+            return self._unavailable(what, exc, fail_open)
         self.breaker.success()
         return result
 
-    def _unavailable(self, what: str, exc: BaseException | None) -> Unavailable:
+    def _unavailable(self, what: str, exc: BaseException | None, fail_open: bool) -> Unavailable:
         """Fail open (log, count, return the sentinel) or raise CacheUnavailable."""
         reason = "circuit breaker open" if exc is None else f"{type(exc).__name__}: {exc}"
-        if not self.fail_open:
+        if not fail_open:
             raise CacheUnavailable(f"Redis unavailable during {what}: {reason}") from exc
         self._log.warning("redis", "Redis unavailable during %s (%s); failing open", what, reason)
         return UNAVAILABLE

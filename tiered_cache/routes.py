@@ -347,14 +347,14 @@ class Routes:
         lock_key = KeyLayout.flight_lock(keyspace._where(key)[1])
         token = uuid.uuid4().hex.encode()
         px = math.ceil(REFRESH_LOCK_SECONDS * 1000)
-        taken = self.cache._tier.run("lock", lambda c: c.set(lock_key, token, nx=True, px=px))
+        taken = self.cache.redis.run("lock", lambda c: c.set(lock_key, token, nx=True, px=px))
         return (lock_key, token) if taken is not UNAVAILABLE and taken else None
 
     def unlock(self, pending: Pending) -> None:
         """Release the refresh lock a miss holds, if any (once)."""
         lock, pending.lock = pending.lock, None
         if lock is not None:
-            self.cache._tier.run("unlock", lambda c: release(c, *lock))
+            self.cache.redis.run("unlock", lambda c: release(c, *lock))
 
 
 def _read_l2(cache: Cache, local: Any, gkey: str, stale_ttl: float) -> tuple[Any, str]:
