@@ -356,3 +356,43 @@ def test_a_forked_worker_publishes_its_own_figures(make_app: MakeApp) -> None:
             break
         time.sleep(0.05)
     assert {os.getpid(), child} <= {w["pid"] for w in workers}
+
+
+_STARTS: list[int] = []
+
+
+def in_forked_child_counting_starts() -> tuple[list[int], list[int]]:
+    """A forked worker: the process-start hooks run again, once, in it."""
+    inherited = list(_STARTS)
+    client = _FORKED_APP[0].test_client()
+    client.get("/public")
+    client.get("/public")
+    return inherited, list(_STARTS)
+
+
+def test_process_start_hooks_run_once_per_process(make_app: MakeApp) -> None:
+    """They run in the WSGI wrapper (fast-path hits included), once in each process:
+    the stats publisher starts there instead of in a per-request before_request hook."""
+    app, tc = make_app()
+    TieredCache.state(app).on_process_start.append(lambda: _STARTS.append(os.getpid()))
+
+    @app.get("/public")
+    @tc.cached(public=True)
+    def public() -> str:
+        return "page"
+
+    client = app.test_client()
+    for _ in range(3):
+        client.get("/public")
+    assert client.get("/public").headers["X-Cache"] == "HIT-L1"  # the fast path
+    assert [os.getpid()] == _STARTS
+    _FORKED_APP[:] = [app]
+    try:
+        [(inherited, after)] = run_in_processes(
+            in_forked_child_counting_starts, [()], timeout=30, start_method="fork"
+        )
+    finally:
+        _FORKED_APP.clear()
+        _STARTS.clear()
+    assert inherited == [os.getpid()]
+    assert len(after) == 2 and after[1] != os.getpid()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, TypeVar, Unpack
 
-import redis
+from redis import ResponseError
 
 from ._log import RateLimitedLog
 from .bus import Bus, Message
@@ -376,13 +376,13 @@ class Cache(Keyspace):
 
     # -- reads ----------------------------------------------------------------------
 
-    def _get(self, gkey: str) -> bytes | redis.ResponseError | Unavailable | None:
+    def _get(self, gkey: str) -> bytes | ResponseError | Unavailable | None:
         """One GET through the error boundary."""
         return self._tier.run("get", lambda client: get_reply(client, gkey))
 
-    def _decode(self, gkey: str, raw: bytes | redis.ResponseError) -> tuple[Frame, Any] | Miss:
+    def _decode(self, gkey: str, raw: bytes | ResponseError) -> tuple[Frame, Any] | Miss:
         """Decode stored bytes; anything that does not decode is a miss and a warning."""
-        if isinstance(raw, redis.ResponseError):
+        if isinstance(raw, ResponseError):
             self.decode_errors += 1
             self._log.warning("decode", "%s is not a string (%s); treated as a miss", gkey, raw)
             return MISS

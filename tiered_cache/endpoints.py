@@ -36,10 +36,9 @@ def init_app(app: Flask, state: AppState) -> None:
     """Set up the stats publisher of ``app`` and, when enabled, its endpoints."""
     publisher = metrics.StatsPublisher(state.cache, app=app.name)
     state.extras[EXTRAS_KEY] = publisher
-    # A pid check per request; starting here rather than in init_app keeps the thread out
-    # of a gunicorn master (preload_app) and of CLI processes. A worker whose requests are
-    # all served by the WSGI fast path has still been through Flask once: L1 starts empty.
-    app.before_request(publisher.ensure_started)
+    # Started by the first request a process serves, not here: that keeps the thread out
+    # of a gunicorn master (preload_app) and of CLI processes.
+    state.on_process_start.append(publisher.ensure_started)
     if state.config.endpoints:
         app.register_blueprint(blueprint)
 

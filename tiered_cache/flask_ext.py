@@ -43,6 +43,10 @@ class AppState:
     cache_config: CacheConfig
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Per-app state of the features built on the cache (route registry, publishers)."""
+    on_process_start: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    """Idempotent callables run when a process serves its first request (see
+    :mod:`tiered_cache.wsgi`): per-worker threads start there, never in a gunicorn
+    master or a CLI process."""
 
 
 class TieredCache:

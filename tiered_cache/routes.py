@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from flask import current_app, g, request
 from flask.globals import request_ctx
 from flask.signals import request_finished
+from werkzeug.datastructures import Headers
 from werkzeug.http import generate_etag, parse_etags, unquote_etag
 
 from ._response_entry import (
@@ -293,9 +294,10 @@ class Routes:
             ("Age", str(max(0, int(self.cache._clock() - page.stored)))),
         )
         if etag and _not_modified(page, environ):
-            return make(status=304, headers=[*page.not_modified, *delivery])
+            return make(status=304, headers=_headers([*page.not_modified, *delivery]))
         # A list body: no Content-Length recomputed (the page has it), nothing re-encoded.
-        return make([page.body], status=page.status, headers=[*page.headers, *delivery])
+        headers = _headers([*page.headers, *delivery])
+        return make([page.body], status=page.status, headers=headers)
 
     # -- storing the final response ----------------------------------------------------
 
@@ -374,6 +376,21 @@ def _read_l2(cache: Cache, local: Any, gkey: str, stale_ttl: float) -> tuple[Any
             return value, STALE
         cache.misses += 1
         return MISS, MISSED
+
+
+def _headers(pairs: list[tuple[str, str]]) -> Headers:
+    """A werkzeug ``Headers`` holding ``pairs`` as they are.
+
+    The pairs are a stored page's, checked by werkzeug when the page was first made, and
+    ``Headers(pairs)`` would check every name and value again on every hit (the largest
+    cost of a hit's response). ``Headers`` keeps its pairs in ``_list``; should a future
+    werkzeug stop doing so, the public constructor is used instead.
+    """
+    headers = Headers()
+    if type(getattr(headers, "_list", None)) is list:
+        headers._list = pairs
+        return headers
+    return Headers(pairs)  # pragma: no cover - a werkzeug without Headers._list
 
 
 def _storable(options: RouteOptions, response: Response) -> bool:

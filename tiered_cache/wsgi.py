@@ -6,7 +6,8 @@ answered in this process, the page is looked up in L1 alone (no Redis, no URL ma
 and, when L1 holds a public page whose ``Vary`` values match the request, served from a
 prebuilt header list: ``X-Cache: HIT-L1``, ``Age``, and a 304 when ``If-None-Match``
 matches the page's ETag. Anything else (a miss, a non-public page, another method) falls
-through to Flask unchanged.
+through to Flask unchanged. The wrapper also runs the extension's per-process start
+hooks (the stats publisher) before the first request each process serves.
 
 A fast-path hit skips everything Flask would do for the request: URL matching,
 ``url_value_preprocessor`` and ``before_request`` hooks, the view, ``after_request`` and
@@ -19,7 +20,8 @@ such as ``ProxyFix``, still runs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from os import getpid
 from typing import TYPE_CHECKING, Final
 
 from werkzeug.http import parse_etags
@@ -36,13 +38,29 @@ _X_CACHE: Final = ("X-Cache", "HIT-L1")
 _NOT_MODIFIED: Final = "304 Not Modified"
 
 
-def fast_path(inner: WSGIApplication, routes: Routes) -> WSGIApplication:
-    """Wrap ``inner`` (the app's WSGI callable) with the fast path of ``routes``."""
+def fast_path(
+    inner: WSGIApplication,
+    routes: Routes,
+    on_process_start: Sequence[Callable[[], None]] = (),
+) -> WSGIApplication:
+    """Wrap ``inner`` (the app's WSGI callable) with the fast path of ``routes``.
+
+    :param on_process_start: idempotent callables run before the first request each
+        process serves (a pid check per request: cheaper than a ``before_request`` hook,
+        and run for fast-path hits too).
+    """
     locations = routes.fast
     find = routes.l1_page
     clock: Callable[[], float] = routes.cache._clock
+    started_in = 0  # the pid that ran on_process_start
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        nonlocal started_in
+        if started_in != getpid():
+            # Concurrent first requests may both run them: they are idempotent.
+            for start in on_process_start:
+                start()
+            started_in = getpid()
         if locations:
             method = environ.get("REQUEST_METHOD")
             if method in {"GET", "HEAD"}:
@@ -73,7 +91,8 @@ def _serve(
 def init_app(app: Flask, state: AppState) -> None:
     """Put the fast path in front of ``app`` (after :func:`tiered_cache.routes.init_app`)."""
     routes: Routes = state.extras["routes"]
-    app.wsgi_app = fast_path(app.wsgi_app, routes)  # type: ignore[method-assign,assignment]
+    wrapped = fast_path(app.wsgi_app, routes, state.on_process_start)
+    app.wsgi_app = wrapped  # type: ignore[method-assign,assignment]
 
 
 __all__ = ["fast_path", "init_app"]
