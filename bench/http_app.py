@@ -35,6 +35,7 @@ VARIANTS = {
     "raw_wsgi": "(f) raw WSGI callable, same bytes",
     "slow_plain": "(g) 20 ms view, uncached",
     "slow_cached": "(g) 20 ms view, @tc.cached",
+    "slow_public": "(g) 20 ms view, @tc.cached(public=True)",
 }
 
 
@@ -95,4 +96,5 @@ _BUILDERS: dict[str, Callable[[Flask, str], None]] = {
     "flask_caching_simple": lambda app, url: _flask_caching(app, url, "SimpleCache"),
     "slow_plain": lambda app, url: _plain(app, url, slow=True),
     "slow_cached": lambda app, url: _tiered(app, url, slow=True),
+    "slow_public": lambda app, url: _tiered(app, url, public=True, slow=True),
 }

@@ -100,6 +100,33 @@ def test_age_counts_seconds_since_stored(make_app: AppFactory) -> None:
     assert int(client.get("/page").headers["Age"]) >= 1
 
 
+@pytest.mark.parametrize("public", [False, True])
+def test_rate_limit_figures_are_never_replayed_from_a_page(
+    make_app: AppFactory, public: bool
+) -> None:
+    """They describe one delivery: a hit through Flask gets its own (the after_request
+    hook runs again); a fast-path hit, which skips limits, carries none."""
+    app, calls = counting_app(make_app, public=public)
+    remaining = iter(range(99, 0, -1))
+
+    @app.after_request
+    def figures(response: Any) -> Any:
+        value = str(next(remaining))
+        response.headers["X-RateLimit-Remaining"] = value
+        response.headers["RateLimit"] = f'"default";r={value};t=60'
+        return response
+
+    client = app.test_client()
+    assert client.get("/page").headers["X-RateLimit-Remaining"] == "99"
+    hit = client.get("/page")
+    assert xcache(hit) == "HIT-L1" and calls["page"] == 1
+    if public:
+        assert "X-RateLimit-Remaining" not in hit.headers and "RateLimit" not in hit.headers
+    else:
+        assert hit.headers.getlist("X-RateLimit-Remaining") == ["98"]
+        assert hit.headers.getlist("RateLimit") == ['"default";r=98;t=60']
+
+
 def test_a_second_app_on_the_same_redis_gets_hit_l2(make_app: AppFactory) -> None:
     first, first_calls = counting_app(make_app)
     second, second_calls = counting_app(make_app)

@@ -32,8 +32,19 @@ _FORMAT: Final = 1
 NOT_MODIFIED_HEADERS: Final = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary"}
 )
-#: Headers a page does not store: they describe one delivery, and hits set their own.
-UNSTORED_HEADERS: Final = frozenset({"x-cache", "age"})
+#: Headers a page does not store: they describe one delivery, and hits set their own
+#: (the rate limit figures of a hit through Flask are the hit's, set by ``tc.limit``).
+UNSTORED_HEADERS: Final = frozenset(
+    {
+        "x-cache",
+        "age",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+    }
+)
 
 # The WSGI environ keys of the headers CGI does not prefix with HTTP_.
 _CGI_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
