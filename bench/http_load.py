@@ -44,6 +44,7 @@ WORKER_CLASSES: dict[str, list[str]] = {"sync": [], "gthread": ["--threads", "4"
 CONNECTIONS = 8
 WARM_UP = 2.0  # seconds of load, discarded, before each measured run
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"  # not the example app's
 CORES = os.cpu_count() or 1
 PIN = shutil.which("taskset") is not None and CORES >= 2
 
@@ -139,7 +140,8 @@ class _Gunicorn:
     def __init__(self, variant: str, redis_url: str, worker_class: str, extra: list[str]) -> None:
         self.port = free_port()
         env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS_URL=redis_url)
-        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, *extra]
+        command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG)]
+        command += ["-w", "2", "-k", worker_class, *extra]
         command += ["-b", f"127.0.0.1:{self.port}", "--log-level", "warning"]
         command += ["bench.http_app:create_app()"]
         self._command, self._env = command, env
