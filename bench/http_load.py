@@ -74,11 +74,16 @@ def run(ctx: Context) -> Section:
                 with _Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
                     x_cache[variant] = server.warm()
                     load(server.port, WARM_UP)  # a fresh worker is slower for a second or two
-                    runs[variant].append(load(server.port, duration))
+                    cpu = server.cpu_seconds()
+                    figures = load(server.port, duration)
+                    cpu = server.cpu_seconds() - cpu
+                    figures["cpu_us"] = cpu / max(1.0, figures["requests"]) * 1e6
+                    runs[variant].append(figures)
         results[worker_class] = {
             variant: {
                 "rps": statistics.median(f["rps"] for f in figures),
                 "runs": [f["rps"] for f in figures],
+                "cpu_us": statistics.median(f["cpu_us"] for f in figures),
                 "errors": sum(f["errors"] for f in figures),
                 "x_cache": x_cache[variant],
             }
@@ -98,12 +103,13 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
                 f"{r['rps']:,.0f}",
                 " / ".join(f"{x:,.0f}" for x in r["runs"]),
                 f"{r['rps'] / base:.2f}x",
+                f"{r['cpu_us']:,.0f}",
                 r["x_cache"] or "-",
                 str(r["errors"]),
             ]
             for variant, r in by_variant.items()
         ]
-        headers = ["variant", "median req/s", "runs", "vs (a)", "X-Cache", "errors"]
+        headers = ["variant", "median req/s", "runs", "vs (a)", "CPU µs/req", "X-Cache", "errors"]
         section.table(f"gunicorn -w 2 -k {worker_class}", headers, rows)
     for worker_class, r in results.items():
         rps = {variant: figures["rps"] for variant, figures in r.items()}
@@ -122,6 +128,12 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
             rps["public"] / rps["raw_wsgi"],
             0.9,
             at_least=True,
+        )
+        cpu = {variant: figures["cpu_us"] for variant, figures in r.items()}
+        section.note(
+            f"{tag} the same ratios from gunicorn's CPU time per request (steadier on a "
+            f"shared machine): (b)/(a) {cpu['plain'] / cpu['cached']:.2f}, "
+            f"(c)/(f) {cpu['raw_wsgi'] / cpu['public']:.2f}"
         )
         for variant, how in (("slow_cached", ""), ("slow_public", ", fast path")):
             ratio = rps[variant] / rps["slow_plain"]
@@ -168,6 +180,12 @@ class _Gunicorn:
             x_cache = headers.get("x-cache", "")
         return x_cache
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the master and its workers."""
+        assert self._process is not None
+        pids = [self._process.pid, *_children(self._process.pid)]
+        return sum(_cpu_seconds(pid) for pid in pids)
+
     def __exit__(self, *exc_info: object) -> None:
         process = self._process
         if process is None:
@@ -178,6 +196,30 @@ class _Gunicorn:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (gunicorn's workers), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _get(port: int) -> tuple[int, dict[str, str]]:
@@ -207,7 +249,8 @@ def _wrk(port: int, duration: float) -> dict[str, float]:
     )
     if socket:
         errors += sum(int(n) for n in socket.groups())
-    return {"rps": rps, "errors": errors}
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "errors": errors, "requests": requests}
 
 
 def _python_load(port: int, duration: float) -> dict[str, float]:
@@ -237,4 +280,5 @@ def _python_load(port: int, duration: float) -> dict[str, float]:
         thread.start()
     for thread in threads:
         thread.join()
-    return {"rps": sum(counts) / (time.monotonic() - started), "errors": sum(errors)}
+    elapsed = time.monotonic() - started
+    return {"rps": sum(counts) / elapsed, "errors": sum(errors), "requests": sum(counts)}
