@@ -27,6 +27,7 @@ from .locks import DistributedLock
 
 if TYPE_CHECKING:
     from .memoize import MemoizedFunction, P
+    from .sessions import SessionManager
 
 EXTENSION_KEY = "tiered_cache"
 T = TypeVar("T")
@@ -231,6 +232,18 @@ class TieredCache:
         )
         return cached_view(self, options)
 
+    # -- sessions ----------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> SessionManager:
+        """The current app's :class:`~tiered_cache.sessions.SessionManager`.
+
+        :raises RuntimeError: when ``TIERED_CACHE_SESSIONS`` is off for the app.
+        """
+        from .sessions import manager_of
+
+        return manager_of(self.state())
+
     # -- memoize, bound to the current app ----------------------------------------------
 
     def memoize(
@@ -290,4 +303,4 @@ def _cache_settings(config: CacheConfig, app: Flask) -> dict[str, Any]:
 
 
 # The modules built on the extension; each has ``init_app(app, state)``, run in this order.
-_FEATURES = ("routes", "wsgi", "cli", "endpoints")
+_FEATURES = ("sessions", "routes", "wsgi", "cli", "endpoints")

@@ -1,0 +1,321 @@
+"""Sessions when Redis fails, when requests race a revocation, across real processes, and
+on a real Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, session
+from redis.cluster import RedisCluster
+from werkzeug.test import TestResponse
+
+from tests.flask_apps import close_app
+from tests.procs import run_in_processes
+from tests.redis_cluster import RedisClusterServers
+from tests.redis_harness import RedisServer
+from tests.session_apps import AppFactory, Clock, interface, logged_in, session_app, set_hook, sid
+from tiered_cache import TieredCache
+from tiered_cache._session_store import user_tag
+
+HANG_GUARD = 1.0  # seconds; the socket timeout is 0.25 s
+
+
+@pytest.fixture
+def make_app() -> Iterator[AppFactory]:
+    made: list[Flask] = []
+
+    def make(url: str, **config: Any) -> tuple[Flask, TieredCache]:
+        app, tc = session_app(url, **config)
+        made.append(app)
+        return app, tc
+
+    yield make
+    for app in made:
+        close_app(app)
+
+
+def timed(call: Callable[[], TestResponse]) -> tuple[TestResponse, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def assert_unavailable(response: TestResponse, elapsed: float) -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "Set-Cookie" not in response.headers
+    assert elapsed < HANG_GUARD
+
+
+# -- Redis down or stalled -----------------------------------------------------------------------
+
+
+def test_redis_killed_503_for_session_users_200_for_the_rest(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    app, _ = make_app(redis_server.url)
+    client = logged_in(app, "alice")
+    redis_server.kill()
+
+    assert_unavailable(*timed(lambda: client.get("/me")))
+    assert_unavailable(*timed(lambda: client.post("/set/a/1")))
+    assert_unavailable(*timed(lambda: client.post("/logout")))
+    assert client.get("/plain").text == "plain"
+    # A new visitor's first write needs Redis only when the response is saved: the
+    # response becomes the 503 rather than a 200 whose session was lost.
+    visitor = app.test_client()
+    assert_unavailable(*timed(lambda: visitor.post("/set/a/1")))
+    assert sid(visitor) is None
+
+
+def test_redis_paused_503_within_a_second_then_the_session_is_intact(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    app, _ = make_app(redis_server.url)
+    client = logged_in(app, "alice")
+    client.post("/set/cart/3-apples")
+    redis_server.pause()
+    try:
+        assert_unavailable(*timed(lambda: client.get("/me")))
+        assert_unavailable(*timed(lambda: client.get("/get/cart")))
+        response, elapsed = timed(lambda: client.get("/plain"))
+        assert response.status_code == 200 and elapsed < HANG_GUARD
+    finally:
+        redis_server.resume()
+    # Not logged out, nothing lost: the outage was an error, never an empty session.
+    assert (client.get("/me").text, client.get("/get/cart").text) == ("alice", "3-apples")
+
+
+def test_an_open_breaker_answers_503_without_calling_redis(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    app, _ = make_app(
+        redis_server.url, TIERED_CACHE_BREAKER_FAILURES=2, TIERED_CACHE_BREAKER_RESET=60
+    )
+    client = logged_in(app, "alice")
+    tier = TieredCache.state(app).cache.redis
+    redis_server.pause()
+    try:
+        for _ in range(2):
+            assert client.get("/me").status_code == 503
+        assert tier.breaker.is_open
+        failed_calls = tier.errors
+        response, elapsed = timed(lambda: client.get("/me"))
+        assert_unavailable(response, elapsed)
+        assert tier.errors == failed_calls  # refused by the breaker: Redis was not asked
+        assert response.headers["Retry-After"] == "60"
+    finally:
+        redis_server.resume()
+
+
+def test_a_failed_load_is_not_retried_within_the_request(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    app, _ = make_app(redis_server.url)
+    attempts: list[int] = []
+
+    def hook() -> None:
+        for _ in range(3):
+            try:
+                session.get("user_id")
+            except Exception:  # the view insists; the session must not retry
+                attempts.append(TieredCache.state(app).cache.redis.errors)
+        session["x"] = 1  # not saved either
+
+    set_hook(app, hook)
+    client = logged_in(app, "alice")
+    redis_server.kill()
+    response, elapsed = timed(lambda: client.post("/hook"))
+    assert response.status_code == 503 or response.text == "hooked"
+    assert attempts == [attempts[0]] * 3 and elapsed < HANG_GUARD
+
+
+# -- a request in flight when its session is revoked ------------------------------------------
+
+
+def revoke_in_another_process(url: str, user: str) -> int:
+    """Revoke ``user`` from an app of its own, in a process of its own."""
+    app, tc = session_app(url)
+    try:
+        with app.app_context():
+            return tc.sessions.revoke_user(user)
+    finally:
+        close_app(app)
+
+
+IN_FLIGHT: dict[str, Callable[[TieredCache], None]] = {
+    "modified": lambda tc: session.__setitem__("cart", "4-apples"),
+    "rotated": lambda tc: tc.sessions.rotate(),
+    "renewed": lambda tc: None,  # unmodified, but past half its life: a renewal is due
+    "read only": lambda tc: None,
+}
+
+
+@pytest.mark.parametrize("action", list(IN_FLIGHT))
+def test_a_session_revoked_in_flight_is_not_written_back(
+    make_app: AppFactory, redis_server: RedisServer, action: str
+) -> None:
+    app, tc = make_app(redis_server.url)
+    clock = Clock()
+    interface(app).clock = clock
+    entered, release = threading.Event(), threading.Event()
+
+    def hook() -> None:
+        assert session.get("user_id") == "alice"  # loaded before the revocation
+        entered.set()
+        assert release.wait(30)
+        IN_FLIGHT[action](tc)
+
+    set_hook(app, hook)
+    client = logged_in(app, "alice")
+    if action == "renewed":
+        clock.advance(3600 * 24 * 20)
+    responses: list[TestResponse] = []
+    request = threading.Thread(target=lambda: responses.append(client.post("/hook")))
+    request.start()
+    try:
+        assert entered.wait(30)
+        assert run_in_processes(revoke_in_another_process, [(redis_server.url, "alice")]) == [1]
+    finally:
+        release.set()
+        request.join(30)
+    [response] = responses
+    assert response.status_code == 200
+    admin = redis_server.client()
+    assert [k for k in admin.keys("session:*")] == []  # nothing brought back, nothing new
+    if action != "read only":
+        assert "Max-Age=0" in response.headers.get("Set-Cookie", "")
+    assert client.get("/me").text == "None"
+    admin.close()
+
+
+# -- real processes --------------------------------------------------------------------------
+
+
+def whoami_in_another_process(url: str, cookie: str) -> str:
+    """``/me`` for ``cookie``, served by an app of this process (+ what it did to the cookie)."""
+    app, _ = session_app(url)
+    try:
+        client = app.test_client()
+        client.set_cookie("session", cookie)
+        response = client.get("/me")
+        if "Set-Cookie" in response.headers:
+            return response.text + (" (cookie deleted)" if sid(client) is None else " (?)")
+        return response.text
+    finally:
+        close_app(app)
+
+
+def test_sessions_are_shared_by_processes(make_app: AppFactory, redis_url: str) -> None:
+    app, tc = make_app(redis_url)
+    alice, bob = logged_in(app, "alice"), logged_in(app, "bob")
+    cookies = [sid(alice), sid(bob)]
+    assert run_in_processes(whoami_in_another_process, [(redis_url, c) for c in cookies]) == [
+        "alice",
+        "bob",
+    ]
+    with app.app_context():
+        tc.sessions.revoke_user("alice")
+    assert run_in_processes(whoami_in_another_process, [(redis_url, c) for c in cookies]) == [
+        "None (cookie deleted)",
+        "bob",
+    ]
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> Iterator[str]:
+    first = redis_cluster.servers[0]
+    admin = RedisCluster(host=first.host, port=first.port)
+    admin.flushall()
+    yield redis_cluster.url
+    admin.close()
+
+
+def test_sessions_on_a_redis_cluster(make_app: AppFactory, cluster_url: str) -> None:
+    app, tc = make_app(cluster_url)
+    admin = TieredCache.state(app).cache.redis.client
+    anonymous = [app.test_client() for _ in range(6)]
+    for n, client in enumerate(anonymous):
+        client.post(f"/set/n/{n}")
+    assert len({admin.keyslot(f"session:{sid(c)}") for c in anonymous}) > 1  # spread out
+
+    before = sid(anonymous[0])
+    anonymous[0].post("/login/alice")  # the old key is in another slot than the new one
+    assert not admin.exists(f"session:{before}")
+    assert anonymous[0].get("/get/n").text == "0"
+    alices = [anonymous[0], *(logged_in(app, "alice") for _ in range(2))]
+    bob = logged_in(app, "bob")
+    slot = admin.keyslot(f"session:{user_tag('alice')}#user:alice")
+    assert {admin.keyslot(f"session:{sid(c)}") for c in alices} == {slot}
+
+    alices[1].post("/rotate")
+    alices[2].post("/set/theme/dark")
+    assert alices[1].get("/me").text == "alice"
+    with app.app_context():
+        assert tc.sessions.revoke_user("alice") == 3
+    assert [c.get("/me").text for c in alices] == ["None"] * 3
+    assert bob.get("/me").text == "bob"
+    assert [c.get("/get/n").text for c in anonymous[1:]] == ["1", "2", "3", "4", "5"]
+    anonymous[1].post("/rotate")
+    assert anonymous[1].get("/get/n").text == "1"
+    bob.post("/logout")
+    assert bob.get("/me").text == "None"
+    carol = logged_in(app, "carol")
+    carol.post("/clear")  # loaded: its index entry goes in the same pipeline
+    assert carol.get("/me").text == "None"
+    assert admin.zcard(f"session:{user_tag('carol')}#user:carol") == 0
+
+
+def test_flask_session_itself_mishandles_a_cluster_client(cluster_url: str) -> None:
+    """Why the interface does not call RedisSessionInterface.__init__."""
+    from flask_session.redis import RedisSessionInterface
+
+    cluster = RedisCluster.from_url(cluster_url.replace("redis+cluster", "redis"))
+    try:
+        with pytest.warns(RuntimeWarning, match="No valid Redis instance"):
+            interface = RedisSessionInterface(Flask(__name__), client=cluster)
+        assert isinstance(interface.client, redis.Redis)  # a localhost client, not ours
+        assert interface.client is not cluster
+    finally:
+        cluster.close()
+
+
+def test_a_renewal_never_overwrites_a_change_made_meanwhile(
+    make_app: AppFactory, redis_url: str
+) -> None:
+    app, _ = make_app(redis_url)
+    clock = Clock()
+    interface(app).clock = clock
+    entered, release = threading.Event(), threading.Event()
+
+    def hook() -> None:  # reads only; its renewal is due when it saves
+        assert session.get("cart") == "3-apples"
+        entered.set()
+        assert release.wait(30)
+
+    set_hook(app, hook)
+    client = logged_in(app, "alice")
+    client.post("/set/cart/3-apples")
+    clock.advance(3600 * 24 * 20)  # past half of the 31-day cookie
+    responses: list[TestResponse] = []
+    slow = threading.Thread(target=lambda: responses.append(client.get("/hook")))
+    slow.start()
+    try:
+        assert entered.wait(30)
+        other_tab = app.test_client()
+        other_tab.set_cookie("session", sid(client) or "")
+        assert other_tab.post("/set/cart/4-apples").headers.get("Set-Cookie")  # renewed too
+    finally:
+        release.set()
+        slow.join(30)
+    assert responses[0].status_code == 200 and "Set-Cookie" not in responses[0].headers
+    assert client.get("/get/cart").text == "4-apples"

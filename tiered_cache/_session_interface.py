@@ -1,0 +1,308 @@
+"""The session interface: flask-session's Redis interface on the extension's connection.
+
+What it changes in flask-session 0.8's ``RedisSessionInterface``, and why:
+
+- The client is the cache's (a ``Redis``, Sentinel master or ``RedisCluster``): flask-session
+  refuses anything that is not a ``redis.Redis`` instance (a ``RedisCluster`` is not one)
+  with a ``RuntimeWarning`` and silently connects to ``localhost:6379`` instead.
+- Every call goes through the cache's breaker with its short timeout and no retries;
+  an outage is a ``503`` with ``Retry-After`` (flask-session answers 500 when Redis is
+  down, and waits forever when it is stalled: redis-py's default has no socket timeout).
+- The session loads lazily (see :mod:`tiered_cache._session_object`), and its bytes are
+  never unpickled (flask-session falls back to ``pickle.loads``).
+- Saving: an unmodified session is not rewritten (its load's ``GETEX`` slid the TTL);
+  an existing one is written with ``SET XX`` and a new one with ``SET NX``, so a session
+  revoked while a request was using it is never written back.
+- The cookie is sent when the session is new, its id changed, or half of the cookie's
+  lifetime has passed (then the stored "issued" time is renewed too); so most responses
+  to a logged-in user carry no ``Set-Cookie``. ``SESSION_REFRESH_EACH_REQUEST`` is not
+  used: the TTL slides on every use without it, and resending the cookie on every
+  response would make every page uncacheable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flask_session.base import (  # type: ignore[import-untyped]
+    Serializer,
+    ServerSideSessionInterface,
+)
+from flask_session.redis.redis import RedisSessionInterface  # type: ignore[import-untyped]
+from itsdangerous import BadSignature
+
+from ._session_object import TieredSession
+from ._session_store import Codec, Record, SessionStore, User, check_user, valid_sid
+from .routes import USER_KEY
+
+if TYPE_CHECKING:
+    from flask import Flask, Request, Response
+
+    from .sessions import SessionUnavailable
+
+
+class SafeSerializer(Serializer):  # type: ignore[misc]
+    """flask-session's serializer interface on :class:`Codec`: no pickle fallback."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    def encode(self, session: Any) -> bytes:
+        """The stored bytes of a session's data."""
+        return self.codec.encode(Record(dict(dict.items(session))))
+
+    def decode(self, serialized_data: bytes) -> dict[str, Any]:
+        """The data in stored bytes.
+
+        :raises tiered_cache._session_store.Undecodable: when they are not a session map.
+        """
+        return self.codec.decode(serialized_data).data
+
+
+class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
+    """flask-session's Redis session interface on the extension's Redis connection.
+
+    :param app: the app (flask-session's interfaces hold it).
+    :param store: the app's :class:`~tiered_cache._session_store.SessionStore`.
+    :param clock: epoch seconds; tests may replace the attribute to move time.
+    """
+
+    session_class = TieredSession
+
+    def __init__(
+        self, app: Flask, store: SessionStore, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        settings = store.settings
+        # Not RedisSessionInterface.__init__: it would replace a cluster client with a
+        # localhost one, and warn (an error under -W error) about SESSION_USE_SIGNER.
+        ServerSideSessionInterface.__init__(
+            self,
+            app,
+            settings.key_prefix,
+            False,
+            settings.permanent,
+            settings.sid_length,
+            settings.serialization_format,
+        )
+        self.use_signer = settings.use_signer
+        self.client = store.tier.client
+        self.serializer = SafeSerializer(store.codec)
+        self.store = store
+        self.clock = clock
+
+    # -- opening: read the cookie, nothing else ---------------------------------------------
+
+    def open_session(self, app: Flask, request: Request) -> TieredSession:
+        """The request's session, loaded from Redis on first use."""
+        value = request.cookies.get(self.get_cookie_name(app))
+        sid = self._cookie_sid(app, value) if value else None
+        if sid is None:
+            session = TieredSession(self.store.new_sid(), loader=None, permanent=self.permanent)
+            session.tc.clear_cookie = bool(value)
+            return session
+        return TieredSession(sid, loader=self._load)
+
+    def _cookie_sid(self, app: Flask, value: str) -> str | None:
+        """The id in a cookie, when it is one we could have issued."""
+        if self.use_signer:
+            try:
+                value = self._unsign(app, value)
+            except BadSignature:
+                return None
+        return value if valid_sid(value) else None
+
+    def _load(self, session: TieredSession) -> None:
+        record = self.store.load(session.sid)
+        if record is None:
+            # Never adopt an id we do not hold (session fixation): start a new one.
+            session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)
+        else:
+            session.fill(record)
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def save_session(self, app: Flask, session: TieredSession, response: Response) -> None:
+        """Write what changed, slide nothing more, send the cookie only when due."""
+        if session.accessed:
+            response.vary.add("Cookie")
+        if not isinstance(session, TieredSession) or not session.loaded:
+            return  # never used in this request: nothing to write, no cookie to send
+        from .sessions import SessionUnavailable
+
+        try:
+            self._save(session)
+        except SessionUnavailable as exc:
+            _unavailable(response, exc)
+            return
+        if session.tc.cookie_due and session.has_data():
+            self._set_cookie(app, session, response)
+        elif session.tc.clear_cookie:
+            self._delete_cookie(app, response)
+
+    def _save(self, session: TieredSession) -> None:
+        """The Redis side of saving; sets ``cookie_due`` / ``clear_cookie``."""
+        state = session.tc
+        if not session.has_data():
+            if state.stored and session.modified:  # emptied: flask-session deletes it
+                self.store.delete(session.sid, state.user)
+                session.reset(self.store.new_sid(), permanent=False, clear_cookie=True)
+            return
+        now = self.clock()
+        if not state.stored:
+            self._written(session, self.store.create(session.sid, session.record(now)), now)
+            state.cookie_due = state.stored
+        elif self._renewal_due(session, now):
+            loaded = None if session.modified else state.raw
+            found = self.store.renew(session.sid, session.record(now), loaded=loaded, now=now)
+            if found is True:  # changed by another request: the next one renews it
+                return
+            raw = found or None
+            self._written(session, raw, now)
+            state.cookie_due = state.cookie_due or (raw is not None and session.is_permanent())
+            state.clear_cookie = raw is None
+        elif session.modified:
+            raw = self.store.update(session.sid, session.record(state.issued))
+            self._written(session, raw, state.issued)
+            state.clear_cookie = raw is None
+
+    @staticmethod
+    def _written(session: TieredSession, raw: bytes | None, issued: float | None) -> None:
+        state = session.tc
+        if raw is None:  # gone (revoked in flight): the cookie must not be renewed
+            state.stored = state.cookie_due = False
+            return
+        state.stored, state.raw, state.issued = True, raw, issued
+        session.modified = False
+
+    def _renewal_due(self, session: TieredSession, now: float) -> bool:
+        """Half of the cookie's lifetime has passed: reissue it, renew the index entry.
+
+        Nothing is due for an anonymous non-permanent session: its cookie has no expiry
+        date and it is in no index.
+        """
+        state = session.tc
+        if state.user is None and not session.is_permanent():
+            return False
+        return state.issued is None or now - state.issued >= self.store.ttl / 2
+
+    def _set_cookie(self, app: Flask, session: TieredSession, response: Response) -> None:
+        issued = session.tc.issued
+        expires = None
+        if session.is_permanent() and issued is not None:
+            expires = datetime.datetime.fromtimestamp(issued + self.store.ttl, datetime.UTC)
+        response.set_cookie(
+            self.get_cookie_name(app),
+            self._sign(app, session.sid) if self.use_signer else session.sid,
+            expires=expires,
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            partitioned=self.get_cookie_partitioned(app),
+        )
+        response.vary.add("Cookie")
+
+    def _delete_cookie(self, app: Flask, response: Response) -> None:
+        response.delete_cookie(
+            self.get_cookie_name(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            partitioned=self.get_cookie_partitioned(app),
+            samesite=self.get_cookie_samesite(app),
+            httponly=self.get_cookie_httponly(app),
+        )
+        response.vary.add("Cookie")
+
+    # -- login, rotate, logout ----------------------------------------------------------------
+
+    def login(self, session: TieredSession, user_id: User) -> None:
+        """Rotate ``session`` to a new id under ``user_id``, keeping its data.
+
+        :raises SessionUnavailable: on an outage (nothing changed).
+        """
+        user = check_user(user_id)
+        session.get(USER_KEY)  # loads it (or raises) and marks it used
+        now = self.clock()
+        data = dict(dict.items(session))
+        data[USER_KEY] = user
+        record = Record(data, now, user)
+        old = session.sid if session.tc.stored else None
+        new = self.store.new_sid(user)
+        # A login is a new authentication: it succeeds even if the old session was
+        # revoked meanwhile (unlike rotate).
+        raw = self.store.rotate(old, new, record, keep_only_if_alive=False, now=now)
+        if raw is None:
+            raise RuntimeError("a freshly drawn session id was taken; try again")
+        session.moved(new, record, raw)
+
+    def rotate(self, session: TieredSession) -> None:
+        """Give ``session`` a new id, same data; a session revoked meanwhile stays dead."""
+        session.get(USER_KEY)
+        state = session.tc
+        new = self.store.new_sid(state.user)
+        if not state.stored:
+            session.sid = new
+            return
+        now = self.clock()
+        record = session.record(now)
+        raw = self.store.rotate(session.sid, new, record, keep_only_if_alive=True, now=now)
+        if raw is None:
+            session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)
+            return
+        session.moved(new, record, raw)
+
+    def regenerate(self, session: TieredSession) -> None:
+        """flask-session's name for :meth:`rotate`."""
+        self.rotate(session)
+
+    def logout(self, session: TieredSession) -> None:
+        """Destroy the stored session; the response clears the cookie."""
+        if session.tc.failure is not None:
+            raise session.tc.failure
+        if not session.loaded:  # unread: the cookie's id is all there is to delete
+            self.store.delete(session.sid, None)
+        elif session.tc.stored:
+            self.store.delete(session.sid, session.tc.user)
+        session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)
+        session.accessed = True
+
+    def revoke_user(self, user_id: User) -> int:
+        """Destroy every session of ``user_id``; how many were alive."""
+        return self.store.revoke(check_user(user_id))
+
+    # -- flask-session's storage methods, on the store --------------------------------------
+
+    def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
+        record = self.store.load(self._sid_of(store_id))
+        return None if record is None else record.data
+
+    def _delete_session(self, store_id: str) -> None:
+        self.store.delete(self._sid_of(store_id), None)
+
+    def _upsert_session(self, session_lifetime: Any, session: Any, store_id: str) -> None:
+        record = Record(dict(dict.items(session)), self.clock())
+        sid = self._sid_of(store_id)
+        if self.store.update(sid, record) is None:
+            self.store.create(sid, record)
+
+    def _sid_of(self, store_id: str) -> str:
+        return store_id.removeprefix(self.store.settings.key_prefix)
+
+
+def _unavailable(response: Response, exc: SessionUnavailable) -> None:
+    """Turn the response into the 503 of ``exc``: its session changes were not saved."""
+    body = response.response
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+    response.status_code = exc.code or 503
+    response.headers.clear()
+    for name, value in exc.get_headers():
+        response.headers.add(name, value)
+    response.direct_passthrough = False
+    response.set_data(exc.get_body())

@@ -1,0 +1,440 @@
+"""Where sessions live in Redis: settings, key layout, safe encoding, every Redis call.
+
+Keys (``SESSION_KEY_PREFIX`` keeps flask-session's meaning and default, ``session:``):
+
+- ``{prefix}{sid}``: one session, a msgpack (or JSON) map, with a TTL of
+  ``PERMANENT_SESSION_LIFETIME``. An anonymous session's id is a random token
+  (``secrets.token_urlsafe(SESSION_ID_LENGTH)``); a logged-in session's id starts with its
+  user's hash tag, ``{xxxx}`` (16 bits of a BLAKE2b digest of the user id), so that on a
+  Redis Cluster all of a user's sessions and their index share one slot. The tag is in
+  the cookie; it only says which of 65,536 buckets the user falls in.
+- ``{prefix}{xxxx}#user:{user}``: the user's index, a sorted set of session ids scored by
+  the time after which that session is surely dead.
+
+The index stays small: an entry is scored two lifetimes after its cookie was issued
+(a session outlives that time by at most half a lifetime plus its last TTL, since the
+first request past half the cookie's lifetime renews both cookie and entry); every write
+to the index prunes what is past its score and raises the index's TTL to two lifetimes,
+so it expires with the last of its sessions.
+
+On a Redis Cluster, a login from an anonymous session moves it to the user's slot: the
+old key is deleted first, by a call of its own, then the new one is written and indexed
+by one script. Everything else about one session, and ``revoke_user``, is one script or
+one pipeline on one slot.
+
+Neither lives under the cache's ``{prefix}:{version}:``: ``flask tiered-cache clear`` and a
+schema version bump do not log anyone out.
+
+The stored map is the session's data plus one reserved key, :data:`META_KEY`, holding
+``{"t": when the cookie was last issued (epoch seconds), "u": the user given to login}``;
+the session object never shows it. Bytes are decoded by msgspec (the configured format,
+then the other one, so a change of ``SESSION_SERIALIZATION_FORMAT`` keeps sessions) and
+never by pickle.
+
+Every call goes through the cache's :class:`~tiered_cache.redis_tier.RedisTier`: its short
+socket timeout, no retries, and its circuit breaker. An outage raises
+:class:`~tiered_cache.sessions.SessionUnavailable` (a 503).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any, Final, TypeVar
+
+import msgspec
+import redis
+
+from ._log import RateLimitedLog
+from .errors import CacheUnavailable, ConfigurationError
+from .keys import encode_key
+from .redis_tier import UNAVAILABLE, RedisTier
+from .sessions import SessionUnavailable
+
+T = TypeVar("T")
+User = str | int
+
+META_KEY: Final = "__tiered_cache__"
+"""The reserved key of the stored map that holds the session's bookkeeping."""
+
+MIN_SID_BYTES: Final = 16
+# A logged-in id is "{xxxx}" + token; a token is token_urlsafe's alphabet. Anything else
+# in a cookie is not one of our ids: it is ignored rather than looked up.
+_SID = re.compile(r"(?:\{[0-9a-f]{4}\})?[A-Za-z0-9_-]{16,400}")
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSettings:
+    """flask-session's ``SESSION_*`` keys and Flask's lifetime, validated at ``init_app``."""
+
+    key_prefix: str = "session:"
+    permanent: bool = True
+    sid_length: int = 32
+    serialization_format: str = "msgpack"
+    use_signer: bool = False
+    lifetime: int = 31 * 24 * 3600
+    """``PERMANENT_SESSION_LIFETIME`` in whole seconds: the TTL and the cookie's age."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, has_secret: bool) -> SessionSettings:
+        """Read and check the settings.
+
+        :param config: ``app.config``.
+        :param has_secret: whether the app has a ``SECRET_KEY`` (needed by the signer).
+        :raises ConfigurationError: naming the first bad key and its value.
+        """
+        _check_backend(config)
+        d = cls()
+        settings = cls(
+            key_prefix=_read(config, "SESSION_KEY_PREFIX", d.key_prefix, _key_prefix),
+            permanent=_read(config, "SESSION_PERMANENT", d.permanent, _flag),
+            sid_length=_read(config, "SESSION_ID_LENGTH", d.sid_length, _sid_length),
+            serialization_format=_read(
+                config, "SESSION_SERIALIZATION_FORMAT", d.serialization_format, _format
+            ),
+            use_signer=_read(config, "SESSION_USE_SIGNER", d.use_signer, _flag),
+            lifetime=_read(config, "PERMANENT_SESSION_LIFETIME", d.lifetime, _lifetime),
+        )
+        if settings.use_signer and not has_secret:
+            raise ConfigurationError("SESSION_USE_SIGNER", True, "it needs SECRET_KEY")
+        return settings
+
+
+def _check_backend(config: Mapping[str, Any]) -> None:
+    """Refuse flask-session settings that would pick another store than ours."""
+    kind = config.get("SESSION_TYPE")
+    if kind is not None and str(kind).lower() != "redis":
+        raise ConfigurationError(
+            "SESSION_TYPE", kind, "TIERED_CACHE_SESSIONS stores sessions in Redis; remove it"
+        )
+    if config.get("SESSION_REDIS") is not None:
+        raise ConfigurationError(
+            "SESSION_REDIS",
+            config["SESSION_REDIS"],
+            "sessions use the extension's connection (TIERED_CACHE_REDIS_URL); remove it",
+        )
+
+
+def _read(config: Mapping[str, Any], key: str, default: T, parse: Callable[[Any], T]) -> T:
+    if key not in config:
+        return default
+    try:
+        return parse(config[key])
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(key, config[key], str(exc)) from None
+
+
+def _key_prefix(value: Any) -> str:
+    if not isinstance(value, str) or "{" in value or "}" in value:
+        raise ValueError("expected a string without '{' or '}' (the hash tags are ours)")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected a boolean")
+
+
+def _sid_length(value: Any) -> int:
+    if isinstance(value, bool) or int(value) < MIN_SID_BYTES:
+        raise ValueError(f"expected at least {MIN_SID_BYTES} (bytes of randomness)")
+    return int(value)
+
+
+def _format(value: Any) -> str:
+    if value not in ("msgpack", "json"):
+        raise ValueError("expected 'msgpack' or 'json'")
+    return str(value)
+
+
+def _lifetime(value: Any) -> int:
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds < 1:
+        raise ValueError("expected at least one second (a timedelta or seconds)")
+    return int(seconds)
+
+
+# -- ids and keys ---------------------------------------------------------------------------
+
+
+def user_tag(user: User) -> str:
+    """The hash tag shared by a user's session ids and index: ``{xxxx}``."""
+    digest = hashlib.blake2b(str(user).encode("utf-8", "surrogatepass"), digest_size=2)
+    return "{" + digest.hexdigest() + "}"
+
+
+def check_user(user: Any) -> User:
+    """A user id as login and revoke take it: a string or an int.
+
+    :raises TypeError: for anything else (it is stored in the session and names the index).
+    """
+    if isinstance(user, bool) or not isinstance(user, str | int):
+        raise TypeError(f"a user id is a str or an int, not {type(user).__name__}: {user!r}")
+    return user
+
+
+def valid_sid(sid: str) -> bool:
+    """Whether ``sid`` has the shape of an id we issue (cookies are client input)."""
+    return _SID.fullmatch(sid) is not None
+
+
+# -- the stored form --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Record:
+    """A session as stored: its data, when its cookie was issued, its user, its bytes."""
+
+    data: dict[str, Any]
+    issued: float | None = None
+    user: User | None = None
+    raw: bytes = b""
+
+
+class Undecodable(Exception):
+    """Bytes under a session key that are not a session of ours."""
+
+
+class Codec:
+    """msgspec msgpack or JSON, both ways; nothing here can run code while decoding."""
+
+    def __init__(self, fmt: str) -> None:
+        msgpack, json = msgspec.msgpack, msgspec.json
+        self._encode = msgpack.Encoder().encode if fmt == "msgpack" else json.Encoder().encode
+        decoders = (msgpack.Decoder().decode, json.Decoder().decode)
+        self._decoders = decoders if fmt == "msgpack" else decoders[::-1]
+
+    def encode(self, record: Record) -> bytes:
+        """The stored bytes of ``record`` (its ``raw`` is not used).
+
+        :raises TypeError: when the data holds a value the format cannot encode.
+        """
+        meta = {"t": record.issued, "u": record.user}
+        odd = next((key for key in record.data if not isinstance(key, str)), None)
+        if odd is not None:  # it would be written, then refused by every read
+            raise TypeError(f"session keys are strings, not {type(odd).__name__}: {odd!r}")
+        try:
+            return self._encode({**record.data, META_KEY: meta})
+        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+            raise TypeError(f"the session cannot be stored: {exc}") from exc
+
+    def decode(self, raw: bytes) -> Record:
+        """The record in ``raw``.
+
+        :raises Undecodable: when ``raw`` is not a map with string keys in either format.
+        """
+        for decode in self._decoders:
+            try:
+                data = decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(data, dict) and all(isinstance(key, str) for key in data):
+                return _record(data, raw)
+            break
+        raise Undecodable(f"{len(raw)} bytes that are not a session map")
+
+
+def _record(data: dict[str, Any], raw: bytes) -> Record:
+    meta = data.pop(META_KEY, None)
+    if not isinstance(meta, dict):  # written by flask-session itself, say
+        return Record(data, raw=raw)
+    issued, user = meta.get("t"), meta.get("u")
+    issued = float(issued) if isinstance(issued, int | float) else None
+    user = user if isinstance(user, str | int) and not isinstance(user, bool) else None
+    return Record(data, issued, user, raw)
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+def _script(name: str) -> str:
+    return (resources.files(__package__) / "lua" / name).read_text(encoding="utf-8")
+
+
+class SessionStore:
+    """Every Redis operation on sessions, through the cache's error boundary.
+
+    :param tier: the cache's Redis tier (client, short timeouts, breaker).
+    :param settings: the app's session settings.
+    :param retry_after: seconds for ``Retry-After`` when Redis is unavailable.
+    """
+
+    def __init__(self, tier: RedisTier, settings: SessionSettings, *, retry_after: int) -> None:
+        self.tier = tier
+        self.settings = settings
+        self.codec = Codec(settings.serialization_format)
+        self.retry_after = retry_after
+        self._log = RateLimitedLog()
+        self.ttl = settings.lifetime
+        # The longest a session can live after the cookie was last issued: the cookie is
+        # reissued (and the index renewed) by the first request past half its lifetime,
+        # and that request's own access slides the TTL once more: 1.5 lifetimes, plus margin.
+        self.index_ttl = 2 * settings.lifetime
+        client = tier.client
+        self._cluster = hasattr(client, "keyslot")
+        self._rotate = client.register_script(_script("session_rotate.lua"))
+        self._store = client.register_script(_script("session_store.lua"))
+        self._revoke = client.register_script(_script("session_revoke.lua"))
+
+    # -- naming ---------------------------------------------------------------------------
+
+    def new_sid(self, user: User | None = None) -> str:
+        """A fresh random id; a user's ids carry the user's hash tag."""
+        token = secrets.token_urlsafe(self.settings.sid_length)
+        return token if user is None else user_tag(user) + token
+
+    def key(self, sid: str) -> str:
+        """The Redis key of session ``sid``."""
+        return self.settings.key_prefix + sid
+
+    def index(self, user: User) -> str:
+        """The Redis key of ``user``'s index (``encode_key`` keeps braces out of it)."""
+        return f"{self.settings.key_prefix}{user_tag(user)}#user:{encode_key(str(user))}"
+
+    # -- the calls ------------------------------------------------------------------------
+
+    def run(self, what: str, call: Callable[[Any], T]) -> T:
+        """``call(client)`` through the breaker; an outage is a 503.
+
+        :raises SessionUnavailable: when Redis fails or the breaker is open.
+        """
+        try:
+            result = self.tier.run(what, call, fail_open=False)
+        except CacheUnavailable as exc:
+            raise SessionUnavailable(retry_after=self.retry_after) from exc
+        if result is UNAVAILABLE:  # pragma: no cover - fail_open=False raises instead
+            raise SessionUnavailable(retry_after=self.retry_after)
+        return result
+
+    def load(self, sid: str) -> Record | None:
+        """Read session ``sid`` and slide its TTL, in one ``GETEX``.
+
+        :returns: its record, or None when it does not exist or is not a session of ours
+            (logged as a warning: foreign, truncated or tampered bytes).
+        :raises SessionUnavailable: on an outage.
+        """
+        key, ttl = self.key(sid), self.ttl
+
+        def getex(client: Any) -> bytes | redis.ResponseError | None:
+            try:
+                return client.getex(key, ex=ttl)  # type: ignore[no-any-return]
+            except redis.ResponseError as exc:  # the key holds a list, say
+                return exc
+
+        raw = self.run("session load", getex)
+        if raw is None:
+            return None
+        try:
+            if isinstance(raw, redis.ResponseError):
+                raise Undecodable(str(raw))
+            return self.codec.decode(raw)
+        except Undecodable as exc:
+            self._log.warning(
+                "session-decode", "session %s is not readable (%s): ignored", key, exc
+            )
+            return None
+
+    def create(self, sid: str, record: Record) -> bytes | None:
+        """Store a new session (``SET NX``).
+
+        :returns: the stored bytes, or None when the id was taken.
+        """
+        raw, key = self.codec.encode(record), self.key(sid)
+        written = self.run("session create", lambda c: c.set(key, raw, nx=True, ex=self.ttl))
+        return raw if written else None
+
+    def update(self, sid: str, record: Record) -> bytes | None:
+        """Rewrite an existing session (``SET XX``): a revoked one is never brought back.
+
+        :returns: the stored bytes, or None when the session is gone.
+        """
+        raw, key = self.codec.encode(record), self.key(sid)
+        written = self.run("session save", lambda c: c.set(key, raw, xx=True, ex=self.ttl))
+        return raw if written else None
+
+    def renew(self, sid: str, record: Record, *, loaded: bytes | None, now: float) -> bytes | bool:
+        """Rewrite a session with a new cookie time, renewing its index entry.
+
+        :param loaded: for an unmodified session, the bytes it was loaded from: the write
+            only happens if they are still there.
+        :returns: the stored bytes; else False when the session is gone (revoked,
+            logged out, expired), True when another request changed it meanwhile.
+        """
+        raw = self.codec.encode(record)
+        keys, score = [self.key(sid)], ""
+        if record.user is not None:
+            keys.append(self.index(record.user))
+            score = str(int(now) + self.index_ttl)
+        args = [raw, self.ttl, loaded or b"", score, sid, int(now), self.index_ttl]
+        done = self.run("session renew", lambda c: self._store(keys, args, client=c))
+        return raw if done == 1 else done == -1
+
+    def rotate(
+        self, old: str | None, new: str, record: Record, *, keep_only_if_alive: bool, now: float
+    ) -> bytes | None:
+        """Write ``record`` under ``new`` and delete ``old`` in the same step.
+
+        :param old: the id to retire (None: the session was never stored).
+        :param keep_only_if_alive: write nothing when ``old`` no longer exists.
+        :returns: the stored bytes, or None when nothing was written.
+        """
+        raw, new_key = self.codec.encode(record), self.key(new)
+        keys, score = [new_key], ""
+        if record.user is not None:
+            keys.append(self.index(record.user))
+            score = str(int(now) + self.index_ttl)
+        old_key = None if old is None else self.key(old)
+        if old_key is not None and self._cluster and not self._same_slot(old_key, new_key):
+            # Another slot: delete it first, on its own; a failure after this is a 503
+            # with the old id already dead, never a fixation window.
+            existed = self.run("session rotate", lambda c: c.delete(old_key))
+            if not existed and keep_only_if_alive:
+                return None
+            old_key, keep_only_if_alive = None, False
+        if old_key is not None:
+            keys.append(old_key)
+        args = [raw, self.ttl, new, old or "", score, int(now)]
+        args += ["0" if old_key is None else "1", "1" if keep_only_if_alive else "0"]
+        args.append(self.index_ttl)
+        done = self.run("session rotate", lambda c: self._rotate(keys, args, client=c))
+        return raw if done == 1 else None
+
+    def delete(self, sid: str, user: User | None) -> None:
+        """Destroy session ``sid`` (and its entry in ``user``'s index, when known)."""
+        key = self.key(sid)
+        if user is None:
+            self.run("session delete", lambda c: c.delete(key))
+            return
+        index = self.index(user)
+
+        def both(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.delete(key)
+            pipe.zrem(index, sid)
+            pipe.execute()
+
+        self.run("session delete", both)
+
+    def revoke(self, user: User) -> int:
+        """Destroy every session of ``user`` in one script call; how many there were."""
+        keys, args = [self.index(user)], [self.settings.key_prefix]
+        return int(self.run("session revoke", lambda c: self._revoke(keys, args, client=c)))
+
+    def _same_slot(self, a: str, b: str) -> bool:
+        client = self.tier.client
+        return bool(client.keyslot(a) == client.keyslot(b))

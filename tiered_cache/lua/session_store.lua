@@ -1,0 +1,40 @@
+-- Rewrite an existing session and renew its entry in the user's index: the write of a
+-- session whose cookie is reissued (past half of its lifetime).
+--
+-- KEYS[1]  the session key
+-- KEYS[2]  the user's index (sorted set of session ids), when ARGV[4] ~= ''
+--
+-- ARGV[1]  the encoded session
+-- ARGV[2]  the session TTL (seconds)
+-- ARGV[3]  the bytes the request loaded, when the session is unmodified: the write only
+--          happens if they are still there (another request's change is never
+--          overwritten by a mere renewal); '' for a modified session (last write wins)
+-- ARGV[4]  the index score of this session id (epoch seconds), or '' (no user, no index)
+-- ARGV[5]  the session id (the index member)
+-- ARGV[6]  now (epoch seconds): index entries scored before it are pruned
+-- ARGV[7]  the index TTL (seconds)
+--
+-- Returns 1 when written, 0 when the session is gone (revoked, logged out, expired: it is
+-- never brought back), -1 when a renewal found it changed by another request meanwhile.
+
+if ARGV[3] ~= '' then
+    local current = redis.call('GET', KEYS[1])
+    if not current then
+        return 0
+    end
+    if current ~= ARGV[3] then
+        return -1
+    end
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EX', ARGV[2]) then
+    return 0
+end
+if ARGV[4] ~= '' then
+    local index = KEYS[2]
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. ARGV[6])
+    redis.call('ZADD', index, ARGV[4], ARGV[5])
+    if redis.call('TTL', index) < tonumber(ARGV[7]) then
+        redis.call('EXPIRE', index, ARGV[7])
+    end
+end
+return 1
