@@ -94,7 +94,7 @@ STALE: Final = "STALE"
 BYPASS: Final = "BYPASS"
 
 USER_KEY: Final = "user_id"
-"""The session key naming the user, for ``per_user`` (until ``tc.sessions`` exists)."""
+"""The session key naming the user, for ``per_user``; ``tc.sessions.login`` sets it."""
 KEY_PREFIX: Final = "tc.route:"
 """Starts every route key, so pages do not collide with the app's own cache keys."""
 REFRESH_LOCK_SECONDS: Final = 30.0
