@@ -31,6 +31,7 @@ from . import (
     l2_hits,
     memoize_hits,
     propagation,
+    ratelimit_load,
     single_flight,
 )
 from ._report import Section, Settings, write_json
@@ -44,6 +45,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     single_flight,
     byte_budget,
     http_load,
+    ratelimit_load,
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 

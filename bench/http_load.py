@@ -147,15 +147,28 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
 
 
 class _Gunicorn:
-    """One gunicorn master with two workers serving one variant."""
+    """One gunicorn master with two workers serving one variant.
 
-    def __init__(self, variant: str, redis_url: str, worker_class: str, extra: list[str]) -> None:
+    ``app`` and ``path`` let another benchmark serve its own app (``bench.ratelimit_load``).
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        redis_url: str,
+        worker_class: str,
+        extra: list[str],
+        *,
+        app: str = "bench.http_app:create_app()",
+        path: str = "/item",
+    ) -> None:
         self.port = free_port()
+        self.path = path
         env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS_URL=redis_url)
         command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG)]
         command += ["-w", "2", "-k", worker_class, *extra]
         command += ["-b", f"127.0.0.1:{self.port}", "--log-level", "warning"]
-        command += ["bench.http_app:create_app()"]
+        command += [app]
         self._command, self._env = command, env
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -165,7 +178,7 @@ class _Gunicorn:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if _get(self.port)[0] == 200:
+                if _get(self.port, self.path)[0] == 200:
                     return self
             except OSError:
                 time.sleep(0.1)
@@ -176,7 +189,7 @@ class _Gunicorn:
         """Fill both workers' L1; return the X-Cache header the variant answers with."""
         x_cache = ""
         for _ in range(40):
-            _, headers = _get(self.port)
+            _, headers = _get(self.port, self.path)
             x_cache = headers.get("x-cache", "")
         return x_cache
 
@@ -222,10 +235,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _get(port: int) -> tuple[int, dict[str, str]]:
+def _get(port: int, path: str = "/item") -> tuple[int, dict[str, str]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        connection.request("GET", "/item")
+        connection.request("GET", path)
         response = connection.getresponse()
         response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}
@@ -233,13 +246,13 @@ def _get(port: int) -> tuple[int, dict[str, str]]:
         connection.close()
 
 
-def _wrk(port: int, duration: float) -> dict[str, float]:
+def _wrk(port: int, duration: float, path: str = "/item") -> dict[str, float]:
     command = [
         "wrk",
         "-t2",
         f"-c{CONNECTIONS}",
         f"-d{duration:g}s",
-        f"http://127.0.0.1:{port}/item",
+        f"http://127.0.0.1:{port}{path}",
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
@@ -253,7 +266,7 @@ def _wrk(port: int, duration: float) -> dict[str, float]:
     return {"rps": rps, "errors": errors, "requests": requests}
 
 
-def _python_load(port: int, duration: float) -> dict[str, float]:
+def _python_load(port: int, duration: float, path: str = "/item") -> dict[str, float]:
     """Keep-alive GETs from CONNECTIONS threads for ``duration`` seconds."""
     counts = [0] * CONNECTIONS
     errors = [0] * CONNECTIONS
@@ -263,7 +276,7 @@ def _python_load(port: int, duration: float) -> dict[str, float]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         while time.monotonic() < deadline:
             try:
-                connection.request("GET", "/item")
+                connection.request("GET", path)
                 response = connection.getresponse()
                 response.read()
                 counts[index] += 1

@@ -27,6 +27,7 @@ from .locks import DistributedLock
 
 if TYPE_CHECKING:
     from .memoize import MemoizedFunction, P
+    from .ratelimit.limiter import RateLimiter
     from .sessions import SessionManager
 
 EXTENSION_KEY = "tiered_cache"
@@ -232,7 +233,51 @@ class TieredCache:
         )
         return cached_view(self, options)
 
-    # -- sessions ----------------------------------------------------------------------
+    # -- rate limits and sessions ------------------------------------------------------
+
+    def limit(
+        self,
+        limits: str,
+        *,
+        key: Callable[[], str] | None = None,
+        strategy: str | None = None,
+        cost: int | Callable[[], int] = 1,
+        methods: tuple[str, ...] | None = None,
+        exempt_when: Callable[[], bool] | None = None,
+        scope: str | None = None,
+    ) -> Callable[[F], F]:
+        """Rate-limit a view (SPEC section 6); see :mod:`tiered_cache.limiting`.
+
+        :param limits: ``"10/second;1000/hour"``: every limit is checked in one round trip.
+        :param key: called per request for the client's key (default: its address).
+        :param strategy: one of :data:`~tiered_cache.ratelimit.limits.STRATEGIES`
+            (default: ``TIERED_CACHE_RATELIMIT_STRATEGY``).
+        :param cost: how much one request spends, or a callable giving it per request.
+        :param methods: the HTTP methods counted (default: all).
+        :param exempt_when: called per request; true skips the limit.
+        :param scope: a name shared by the routes that share these limits (default: the
+            view's endpoint, so each route counts on its own).
+        :raises ValueError: when ``limits`` or ``strategy`` is not valid (at decoration).
+        """
+        from .limiting import LimitOptions, limited_view
+
+        options = LimitOptions.parse(
+            limits,
+            key=key,
+            strategy=strategy,
+            cost=cost,
+            methods=methods,
+            exempt_when=exempt_when,
+            scope=scope,
+        )
+        return limited_view(options)
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The current app's :class:`~tiered_cache.ratelimit.limiter.RateLimiter`."""
+        from .limiting import limiter_of
+
+        return limiter_of(self.state())
 
     @property
     def sessions(self) -> SessionManager:
@@ -303,4 +348,4 @@ def _cache_settings(config: CacheConfig, app: Flask) -> dict[str, Any]:
 
 
 # The modules built on the extension; each has ``init_app(app, state)``, run in this order.
-_FEATURES = ("sessions", "routes", "wsgi", "cli", "endpoints")
+_FEATURES = ("sessions", "limiting", "routes", "wsgi", "cli", "endpoints")

@@ -1,0 +1,160 @@
+"""Benchmark 8: what one rate-limit check costs under gunicorn, beside Flask-Limiter 4.
+
+Each variant of :mod:`bench.ratelimit_app` (the same trivial view, unlimited, under
+``@tc.limit("1000000/hour")`` with the default sliding-window-log and with gcra, and
+under Flask-Limiter 4 with its Redis storage and ``moving-window``, headers off (its
+default) and on) runs under ``gunicorn -w 2`` (sync workers) on the benchmark's own
+redis-server, with the runner and load generator of :mod:`bench.http_load`: round-robin
+repetitions, discarded warm-up load, gunicorn and the load generator on separate cores.
+
+Redis commands per request are counted on a separate, exact batch of requests per
+variant (``INFO commandstats`` before and after): ``EVALSHA`` per request, every
+command the app *sent* per request, and every command Redis *ran* per request, those
+inside scripts included (``commandstats`` counts both; a command is taken as run inside
+a script when its name appears in the variant's Lua scripts, ours or those of the
+``limits`` package Flask-Limiter uses).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+from importlib import resources
+from typing import Any
+
+import redis
+
+from ._report import Section
+from ._setup import Context
+from .http_load import CONNECTIONS, CORES, PIN, _get, _Gunicorn, _python_load, _wrk
+from .ratelimit_app import LIMIT, PATH, VARIANTS
+
+NAME = "ratelimit"
+TITLE = "8. Rate limits: one limit check per request under gunicorn (2 workers), side by side"
+APP = "bench.ratelimit_app:create_app()"
+COUNTED = 200  # requests per variant whose Redis commands are counted
+BASELINE = "fl_moving"
+OURS = ("tc_log", "tc_gcra")
+# What a new connection or our own measuring sends: not per request.
+_NOT_PER_REQUEST = frozenset({"info", "hello", "client|setinfo", "flushall"})
+
+
+def run(ctx: Context) -> Section:
+    """Serve every variant; compare requests/s, CPU and Redis commands per request."""
+    section = Section(NAME, TITLE)
+    # whole seconds: wrk takes no fractions
+    duration, repeats, warm_up = (2.0, 1, 1.0) if ctx.settings.quick else (4.0, 3, 2.0)
+    load = _wrk if shutil.which("wrk") else _python_load
+    section.note(
+        f"limit {LIMIT!r} (every request admitted); load: "
+        f"{'wrk' if load is _wrk else 'Python threads (wrk not installed)'}, "
+        f"{CONNECTIONS} connections, {duration:g} s a run after {warm_up:g} s discarded, "
+        f"median of {repeats}; "
+        + (f"gunicorn pinned to core {CORES - 1}, load to core 0" if PIN else "no CPU pinning")
+    )
+    runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+    counts: dict[str, dict[str, Any]] = {}
+    with redis.Redis.from_url(ctx.redis_url) as client:
+        for _ in range(repeats):
+            for variant in VARIANTS:
+                client.flushall()  # every run starts from empty limits
+                with _Gunicorn(variant, ctx.redis_url, "sync", [], app=APP, path=PATH) as server:
+                    server.warm()
+                    if variant not in counts:
+                        counts[variant] = _count_commands(client, server.port, variant)
+                    load(server.port, warm_up, PATH)
+                    cpu = server.cpu_seconds()
+                    figures = load(server.port, duration, PATH)
+                    cpu = server.cpu_seconds() - cpu
+                    figures["cpu_us"] = cpu / max(1.0, figures["requests"]) * 1e6
+                    runs[variant].append(figures)
+    results = {
+        variant: {
+            "rps": statistics.median(f["rps"] for f in figures),
+            "runs": [f["rps"] for f in figures],
+            "cpu_us": statistics.median(f["cpu_us"] for f in figures),
+            "errors": sum(f["errors"] for f in figures),
+            **counts[variant],
+        }
+        for variant, figures in runs.items()
+    }
+    _report(section, results)
+    section.data["results"] = results
+    return section
+
+
+def _count_commands(client: redis.Redis, port: int, variant: str) -> dict[str, Any]:
+    """Redis commands per request over :data:`COUNTED` sequential requests."""
+    before = _command_calls(client)
+    answers = [_get(port, PATH) for _ in range(COUNTED)]
+    after = _command_calls(client)
+    delta = {name: n - before.get(name, 0) for name, n in after.items()}
+    delta = {name: n for name, n in delta.items() if n and name not in _NOT_PER_REQUEST}
+    inside = _SCRIPT_COMMANDS["tc" if variant.startswith("tc") else "limits"]
+    return {
+        "evalsha": delta.get("evalsha", 0) / COUNTED,
+        "sent": sum(n for name, n in delta.items() if name not in inside) / COUNTED,
+        "ran": sum(delta.values()) / COUNTED,
+        "statuses": sorted({status for status, _ in answers}),
+        "headers": all("x-ratelimit-remaining" in h for _, h in answers),
+    }
+
+
+def _command_calls(client: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def _script_commands(package: str, folder: str) -> frozenset[str]:
+    """The command names the Lua scripts in ``package/folder`` call."""
+    found: set[str] = set()
+    for entry in (resources.files(package) / folder).iterdir():
+        if entry.name.endswith(".lua"):
+            text = entry.read_text(encoding="utf-8")
+            found.update(m.lower() for m in re.findall(r"redis\.call\(\s*['\"](\w+)", text))
+    return frozenset(found)
+
+
+_SCRIPT_COMMANDS = {
+    "tc": _script_commands("tiered_cache.ratelimit", "scripts"),
+    "limits": _script_commands("limits", "resources/redis/lua_scripts"),
+}
+
+
+def _report(section: Section, results: dict[str, dict[str, Any]]) -> None:
+    base = results[BASELINE]
+    rows = [
+        [
+            VARIANTS[variant],
+            f"{r['rps']:,.0f}",
+            " / ".join(f"{x:,.0f}" for x in r["runs"]),
+            f"{r['rps'] / base['rps']:.2f}x",
+            f"{r['cpu_us']:,.0f}",
+            f"{r['evalsha']:.2f}",
+            f"{r['sent']:.2f}",
+            f"{r['ran']:.2f}",
+            str(r["errors"]),
+        ]
+        for variant, r in results.items()
+    ]
+    headers = ["variant", "median req/s", "runs", "vs (d)", "CPU µs/req", "EVALSHA/req"]
+    headers += ["cmds sent/req", "cmds run/req", "errors"]
+    section.table(f"gunicorn -w 2 -k sync, GET {PATH}", headers, rows)
+    section.note(
+        "cmds sent: what the app sent to Redis per request; cmds run: what Redis executed "
+        "per request, the commands inside Lua scripts included"
+    )
+    for variant in OURS:
+        r = results[variant]
+        label = f"{VARIANTS[variant]} / {VARIANTS[BASELINE]}"
+        section.target(f"{label}, req/s", r["rps"] / base["rps"], 1.0, at_least=True)
+        section.note(f"{label}, from CPU per request: {base['cpu_us'] / r['cpu_us']:.2f}")
+        section.check(
+            f"{VARIANTS[variant]}: one Redis command per admitted request",
+            r["sent"] == 1.0 and r["evalsha"] == 1.0,
+            f"{r['sent']:.2f} sent ({r['evalsha']:.2f} EVALSHA) per request, "
+            f"statuses {r['statuses']}, rate-limit headers on every answer: {r['headers']}",
+        )
+    errors = sum(r["errors"] for r in results.values())
+    section.check("no failed requests", errors == 0, f"{errors} non-2xx or socket errors")

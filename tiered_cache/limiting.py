@@ -1,0 +1,391 @@
+"""Rate limits on Flask routes (SPEC sections 3 and 6): ``@tc.limit`` and the default limits.
+
+How a request is checked:
+
+- ``@tc.limit(...)`` only records :class:`LimitOptions` on the view (a thin wrapper of
+  it); the check runs in a ``before_request`` hook, so it comes before ``@tc.cached`` can
+  serve a hit, whichever order the decorators are in. (The WSGI fast path of ``public=True`` cached
+  routes answers before Flask runs and so skips limits by design: see
+  :mod:`tiered_cache.wsgi`.)
+- A route with ``@tc.limit`` is checked against its own limits only; every other route
+  against ``TIERED_CACHE_RATELIMIT_DEFAULT``, counted per route. A route's own limits
+  replace the defaults (as in Flask-Limiter), so a route can be looser than the default
+  as well as stricter; write ``"1000/hour;10/minute"`` to keep both. The extension's own
+  ``/_tiered_cache/*`` endpoints, static files and requests that match no route (404s)
+  get no default limits.
+- All limits of one ``@tc.limit`` are checked in one Redis round trip, all or nothing.
+  Stacked ``@tc.limit`` decorators are checked one after the other (one round trip each,
+  in the order they are listed); a refusal stops there, and what earlier ones spent stays
+  spent.
+- The key is ``key()`` or the client address as Flask sees it (``request.remote_addr``:
+  put werkzeug's ``ProxyFix`` in front of the app behind a proxy; ``X-Forwarded-For`` is
+  never read by itself). ``scope`` (default: the endpoint) separates counts: routes that
+  name the same scope share them. ``methods`` filters what is counted, ``exempt_when()``
+  true skips the check, ``cost`` (an int or a callable) is what one request spends; a
+  cost of 0 makes the request free (not checked, no headers).
+
+Answers:
+
+- Refused: ``429`` with ``Retry-After`` (whole seconds, rounded up) and the JSON body
+  ``{"error": "rate_limited", "limit": "<limit>", "retry_after": <seconds>}``, raised as
+  :class:`RateLimited` (a :class:`~tiered_cache.RateLimitExceeded` and a werkzeug
+  ``TooManyRequests``), so ``app.errorhandler(429)`` can reshape it.
+- Checked responses (the 429 included) carry ``X-RateLimit-Limit``,
+  ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (epoch seconds, by the Redis
+  server's clock) of the most restrictive limit (the refusing one, else the one with the
+  fewest units left), and the IETF fields ``RateLimit-Policy`` and ``RateLimit`` for every
+  limit checked. ``X-RateLimit-Reset`` and the ``t`` of ``RateLimit`` say when that limit
+  next has one more unit (for a fixed window, when the window ends).
+- The headers are set after the response is made (``after_this_request``, registered
+  by the check, so unchecked requests pay nothing). The route cache never stores them
+  (:data:`tiered_cache._response_entry.UNSTORED_HEADERS`): a hit through Flask carries
+  the figures of its own check, and a fast-path hit, which is not checked, none.
+- Redis down or the breaker open: with ``TIERED_CACHE_RATELIMIT_FAIL_OPEN`` (the default)
+  requests are admitted, without rate-limit headers (there are no figures to give);
+  failing closed, they get ``503`` with ``Retry-After`` (the breaker's cool-down) and
+  ``{"error": "rate_limit_unavailable", "retry_after": <seconds>}``: not a 429, since the
+  client did nothing wrong. Never a 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from flask import after_this_request, request
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
+
+from .errors import CacheUnavailable, RateLimitExceeded
+from .ratelimit.decision import Decision, LimitState
+from .ratelimit.limiter import RateLimiter
+from .ratelimit.limits import STRATEGIES, Limit, parse_limits
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from werkzeug.wrappers import Response
+
+    from .flask_ext import AppState
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ATTRIBUTE: Final = "__tiered_cache_limits__"
+"""On a view function: the tuple of :class:`LimitOptions` of its ``@tc.limit`` decorators."""
+EXTRAS_KEY: Final = "ratelimit"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitOptions:
+    """The options of one ``@tc.limit`` (or of the default limits); see :meth:`parse`."""
+
+    limits: tuple[Limit, ...]
+    key: Callable[[], str] | None = None
+    strategy: str | None = None
+    cost: int | Callable[[], int] = 1
+    methods: frozenset[str] | None = None
+    exempt_when: Callable[[], bool] | None = None
+    scope: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        limits: str,
+        *,
+        key: Callable[[], str] | None = None,
+        strategy: str | None = None,
+        cost: int | Callable[[], int] = 1,
+        methods: Iterable[str] | None = None,
+        exempt_when: Callable[[], bool] | None = None,
+        scope: str | None = None,
+    ) -> LimitOptions:
+        """Validate the arguments of ``@tc.limit`` (at decoration time).
+
+        :raises ValueError: naming the limit string, strategy, cost, methods or scope
+            that is not valid.
+        """
+        try:
+            parsed = parse_limits(limits)
+        except ValueError as exc:
+            raise ValueError(f"@tc.limit({limits!r}): {exc}") from None
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ValueError(
+                f"unknown rate limit strategy {strategy!r}: expected one of {STRATEGIES}"
+            )
+        for name, value in (("key", key), ("exempt_when", exempt_when)):
+            if value is not None and not callable(value):
+                raise ValueError(f"@tc.limit {name}= must be callable, not {value!r}")
+        if not callable(cost):
+            _check_cost(cost)
+        if scope is not None and (not isinstance(scope, str) or not scope):
+            raise ValueError(f"@tc.limit scope= must be a non-empty string, not {scope!r}")
+        return cls(parsed, key, strategy, cost, _methods(methods), exempt_when, scope)
+
+
+def _methods(methods: Iterable[str] | None) -> frozenset[str] | None:
+    if methods is None:
+        return None
+    names = (methods,) if isinstance(methods, str) else tuple(methods)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"@tc.limit methods= must be HTTP method names, not {methods!r}")
+    return frozenset(name.upper() for name in names)
+
+
+def _check_cost(cost: object) -> int:
+    if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
+        raise ValueError(f"a rate limit cost is an integer >= 0, not {cost!r}")
+    return cost
+
+
+def limited_view(options: LimitOptions) -> Callable[[F], F]:
+    """The decorator of ``@tc.limit`` (usable before ``init_app``).
+
+    It returns a thin wrapper carrying ``options`` (stacked decorators add up) rather than
+    marking ``fn`` itself: one function registered on two routes under different limits
+    must not carry both.
+    """
+
+    def decorate(fn: F) -> F:
+        async def async_view(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **kwargs)
+
+        def sync_view(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        # Flask runs a coroutine view through ensure_sync: the wrapper must stay one.
+        view = async_view if inspect.iscoroutinefunction(fn) else sync_view
+        functools.update_wrapper(view, fn)
+        setattr(view, ATTRIBUTE, (*getattr(fn, ATTRIBUTE, ()), options))
+        return view  # type: ignore[return-value]
+
+    return decorate
+
+
+class RateLimited(RateLimitExceeded, TooManyRequests):  # type: ignore[misc]
+    """The 429 of a refused request: JSON body, ``Retry-After`` in whole seconds.
+
+    :ivar limit: the text of the limit that refused.
+    :ivar retry_after: whole seconds (rounded up) until the request could be admitted.
+    :ivar decision: the limiter's decision.
+    """
+
+    def __init__(self, decision: Decision) -> None:
+        limit = "" if decision.refused_by is None else str(decision.refused_by)
+        super().__init__(limit, decision.retry_after_seconds)
+        self.retry_after = decision.retry_after_seconds  # TooManyRequests reset it
+        self.decision = decision
+
+    def get_body(self, *args: Any, **kwargs: Any) -> str:
+        body = {"error": "rate_limited", "limit": self.limit, "retry_after": self.retry_after}
+        return json.dumps(body)
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("Retry-After", str(self.retry_after))]
+
+
+class RateLimitUnavailable(CacheUnavailable, ServiceUnavailable):
+    """The 503 of a request refused because Redis is down and limits fail closed."""
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__("rate limits are unavailable (Redis cannot be reached)")
+        self.retry_after = seconds
+
+    def get_body(self, *args: Any, **kwargs: Any) -> str:
+        return json.dumps({"error": "rate_limit_unavailable", "retry_after": self.retry_after})
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("Retry-After", str(self.retry_after))]
+
+
+class Limiting:
+    """The rate limits of one app (``app.extensions["tiered_cache"].extras["ratelimit"]``).
+
+    :param app: the app whose views carry ``@tc.limit`` options.
+    :param state: the app's extension state.
+    """
+
+    def __init__(self, app: Flask, state: AppState) -> None:
+        config = state.config
+        self.limiter = RateLimiter(
+            state.cache, strategy=config.ratelimit_strategy, fail_open=config.ratelimit_fail_open
+        )
+        default = config.ratelimit_default
+        self.default = None if default is None else LimitOptions.parse(default)
+        self._app = app
+        self._views = app.view_functions
+        self._groups: dict[str, tuple[LimitOptions, ...]] = {}
+        self._first = True
+
+    def groups(self, endpoint: str) -> tuple[LimitOptions, ...]:
+        """The limits that apply to ``endpoint`` (found once per endpoint)."""
+        found = self._groups.get(endpoint)
+        if found is None:
+            found = _options_of(self._views.get(endpoint))
+            if not found and self.default is not None and not _exempt_endpoint(endpoint):
+                found = (self.default,)
+            self._groups[endpoint] = found
+        return found
+
+    def before_request(self) -> None:
+        """Check the current request; raise the 429 (or 503) that refuses it."""
+        if self._first and not self._needed():
+            return
+        endpoint = request.endpoint
+        if endpoint is None:
+            return
+        groups = self.groups(endpoint)
+        if not groups:
+            return
+        decisions: list[Decision] = []
+        after_this_request(functools.partial(_set_figures, decisions))
+        for options in groups:
+            decision = self._check(options, endpoint)
+            if decision is None:
+                continue
+            decisions.append(decision)
+            if not decision.admitted:
+                if not decision.available:
+                    raise RateLimitUnavailable(decision.retry_after)
+                raise RateLimited(decision)
+
+    def _needed(self) -> bool:
+        """On the first request: an app without any limit drops this hook for good.
+
+        Its routes are all known by then (Flask refuses new ones after the first
+        request), and a hook costs every request some microseconds. The list is replaced,
+        not changed in place, so a request iterating it in another thread is not disturbed.
+        """
+        self._first = False
+        if self.default is not None or any(map(_options_of, self._views.values())):
+            return True
+        hooks = self._app.before_request_funcs
+        hooks[None] = [hook for hook in hooks.get(None, []) if hook != self.before_request]
+        return False
+
+    def _check(self, options: LimitOptions, endpoint: str) -> Decision | None:
+        """One group's decision, or None when it does not apply to this request."""
+        if options.methods is not None and request.method not in options.methods:
+            return None
+        if options.exempt_when is not None and options.exempt_when():
+            return None
+        cost = _check_cost(options.cost() if callable(options.cost) else options.cost)
+        if cost == 0:
+            return None
+        key = options.key() if options.key is not None else request.remote_addr or ""
+        return self.limiter.hit(
+            options.limits,
+            str(key),
+            strategy=options.strategy,
+            cost=cost,
+            scope=options.scope or endpoint,
+        )
+
+
+def _options_of(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
+    """The ``@tc.limit`` options of a view, looking through wrappers (``__wrapped__``)."""
+    seen = 0
+    while view is not None and seen < 32:
+        found: tuple[LimitOptions, ...] = getattr(view, ATTRIBUTE, ())
+        if found:
+            return found
+        view = getattr(view, "__wrapped__", None)
+        seen += 1
+    return ()
+
+
+def _exempt_endpoint(endpoint: str) -> bool:
+    """Endpoints the default limits leave alone: ours, and static files."""
+    return (
+        endpoint == "static" or endpoint.endswith(".static") or endpoint.startswith("tiered_cache.")
+    )
+
+
+# -- headers ----------------------------------------------------------------------------
+
+
+def _set_figures(decisions: list[Decision], response: Response) -> Response:
+    """After a checked request: the rate-limit headers of the decisions it got."""
+    states = [state for decision in decisions for state in decision.states]
+    if not states:
+        return response  # not checked, or Redis could not be asked: no figures to give
+    last = decisions[-1]
+    tightest = None if last.admitted else last.tightest
+    if tightest is None:
+        tightest = min(states, key=lambda s: (s.remaining, -s.reset_after))
+    headers = response.headers
+    headers["X-RateLimit-Limit"] = str(tightest.limit.amount)
+    headers["X-RateLimit-Remaining"] = str(tightest.remaining)
+    headers["X-RateLimit-Reset"] = str(math.ceil(tightest.reset_at))
+    for name, value in ietf_fields(states):
+        headers[name] = value
+    return response
+
+
+def ietf_fields(states: list[LimitState]) -> list[tuple[str, str]]:
+    """``RateLimit-Policy`` and ``RateLimit`` for ``states``.
+
+    Syntax of draft-ietf-httpapi-ratelimit-headers-11 (unchanged since -08): Structured
+    Field Lists whose items are policy names (SF Strings) with parameters, ``q`` (quota)
+    and ``w`` (window, seconds) for the policy, ``r`` (remaining quota) and ``t`` (seconds
+    until more quota is available) for the current limit, e.g.
+    ``RateLimit-Policy: "20/minute";q=20;w=60`` and ``RateLimit: "20/minute";r=19;t=60``.
+    Policies are named by their limit text (made unique within the response).
+    """
+    names: list[str] = []
+    for state in states:
+        name = _sf_string(state.limit.text)
+        while name in names:
+            name = name[:-1] + '#"'
+        names.append(name)
+    policy = ", ".join(
+        f"{name};q={state.limit.amount};w={state.limit.period}"
+        for name, state in zip(names, states, strict=True)
+    )
+    current = ", ".join(
+        f"{name};r={state.remaining};t={math.ceil(state.reset_after)}"
+        for name, state in zip(names, states, strict=True)
+    )
+    return [("RateLimit-Policy", policy), ("RateLimit", current)]
+
+
+def _sf_string(text: str) -> str:
+    """An RFC 8941 String: printable ASCII, with ``\\`` and ``"`` escaped."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# -- the extension's hooks ----------------------------------------------------------------
+
+
+def limiter_of(state: AppState) -> RateLimiter:
+    """The app's :class:`~tiered_cache.ratelimit.RateLimiter`.
+
+    :raises RuntimeError: before :func:`init_app` ran for the app.
+    """
+    limiting = state.extras.get(EXTRAS_KEY)
+    if not isinstance(limiting, Limiting):
+        raise RuntimeError("the rate limits of this app are not set up (init_app not run)")
+    return limiting.limiter
+
+
+def init_app(app: Flask, state: AppState) -> None:
+    """Give ``app`` its rate limiter and the hook that checks limits."""
+    limiting = Limiting(app, state)
+    state.extras[EXTRAS_KEY] = limiting
+    app.before_request(limiting.before_request)
+
+
+__all__ = [
+    "LimitOptions",
+    "Limiting",
+    "RateLimitUnavailable",
+    "RateLimited",
+    "ietf_fields",
+    "init_app",
+    "limited_view",
+    "limiter_of",
+]

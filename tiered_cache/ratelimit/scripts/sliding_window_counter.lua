@@ -1,0 +1,68 @@
+-- sliding-window-counter: approximate, O(1) memory. Time is cut into windows of one
+-- period (aligned on the epoch); a hash per limit holds the current window's number
+-- (w), its count (c) and the previous window's count (p). The estimate of the units
+-- spent over the last period is p * (time left in the current window) / period + c.
+-- From a fresh start (p = 0) it is exact: the first `amount` units are admitted, no more.
+--
+-- KEYS[i]     the hash of limit i (all keys in one hash slot)
+-- ARGV[1]     cost;  ARGV[2] "1" to spend, "0" to look;  ARGV[3] unused here
+-- ARGV[2+2i]  amount of limit i;  ARGV[3+2i]  its period in microseconds
+-- Reply: {admitted, retry_after_us, now_us, then remaining, reset_after_us, wait_us per limit}
+
+local function wait_for(s, cost)
+  -- Microseconds until `cost` more units fit, from the estimate's formula. Compared as
+  -- products, not quotients, so a fresh window (p = 0) is decided exactly.
+  if cost > s.amount then
+    return s.period
+  end
+  local spent = s.prev * (s.period - s.elapsed) + (s.curr + cost) * s.period
+  if spent <= s.amount * s.period then
+    return 0
+  end
+  if s.curr + cost <= s.amount then
+    -- in this window, once the previous window's weight has fallen far enough
+    local at = s.period - (s.amount - s.curr - cost) * s.period / s.prev
+    return math.max(1, math.ceil(at - s.elapsed))
+  end
+  -- not before the next window, where this window's count becomes the previous one
+  local at = s.period - (s.amount - cost) * s.period / s.curr
+  return (s.period - s.elapsed) + math.max(0, math.ceil(at))
+end
+
+local function figure(s)
+  local left = s.amount * s.period - s.curr * s.period - s.prev * (s.period - s.elapsed)
+  s.remaining = math.min(s.amount, math.max(0, math.floor(left / s.period)))
+  if s.remaining >= s.amount then
+    s.reset = 0
+  else
+    s.reset = wait_for(s, s.remaining + 1)
+  end
+end
+
+local function inspect(key, amount, period, cost, now)
+  local window = math.floor(now / period)
+  local stored = redis.call("HMGET", key, "w", "c", "p")
+  local w, c = tonumber(stored[1]), tonumber(stored[2]) or 0
+  local s = {amount = amount, period = period, window = window,
+    elapsed = now - window * period, moved = w ~= window, prev = 0, curr = 0}
+  if w == window then
+    s.curr = c
+    s.prev = tonumber(stored[3]) or 0
+  elseif w == window - 1 then
+    s.prev = c
+  end
+  figure(s)
+  s.wait = wait_for(s, cost)
+  return s
+end
+
+local function commit(key, s, cost, now, token)
+  if s.moved then
+    redis.call("HSET", key, "w", as_integer(s.window), "c", cost, "p", s.prev)
+  else
+    redis.call("HINCRBY", key, "c", cost)
+  end
+  redis.call("PEXPIRE", key, math.ceil(2 * s.period / 1000))
+  s.curr = s.curr + cost
+  figure(s)
+end
