@@ -57,9 +57,9 @@ def run(ctx: Context) -> Section:
     """Serve every variant with each worker class; compare requests/s."""
     section = Section(NAME, TITLE)
     duration, repeats = (2.0, 1) if ctx.settings.quick else (10.0, 3)
-    load = _wrk if shutil.which("wrk") else _python_load
+    load = wrk_load if shutil.which("wrk") else python_load
     section.note(
-        f"load: {'wrk' if load is _wrk else 'Python threads (wrk not installed)'}, "
+        f"load: {'wrk' if load is wrk_load else 'Python threads (wrk not installed)'}, "
         f"{CONNECTIONS} connections, {duration:g} s a run, median of {repeats}; "
         + (f"gunicorn pinned to core {CORES - 1}, load to core 0" if PIN else "no CPU pinning")
     )
@@ -71,7 +71,7 @@ def run(ctx: Context) -> Section:
         # elsewhere on the machine hits all variants alike instead of one of them.
         for _ in range(repeats):
             for variant in VARIANTS:
-                with _Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
+                with Gunicorn(variant, ctx.redis_url, worker_class, extra) as server:
                     x_cache[variant] = server.warm()
                     load(server.port, WARM_UP)  # a fresh worker is slower for a second or two
                     cpu = server.cpu_seconds()
@@ -146,7 +146,7 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
     section.check("no failed requests", errors == 0, f"{errors} non-2xx or socket errors")
 
 
-class _Gunicorn:
+class Gunicorn:
     """One gunicorn master with two workers serving one variant.
 
     ``app`` and ``path`` let another benchmark serve its own app (``bench.ratelimit_load``).
@@ -172,13 +172,13 @@ class _Gunicorn:
         self._command, self._env = command, env
         self._process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> _Gunicorn:
+    def __enter__(self) -> Gunicorn:
         command = _pinned(self._command, CORES - 1)
         self._process = subprocess.Popen(command, env=self._env, cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if _get(self.port, self.path)[0] == 200:
+                if get_page(self.port, self.path)[0] == 200:
                     return self
             except OSError:
                 time.sleep(0.1)
@@ -189,7 +189,7 @@ class _Gunicorn:
         """Fill both workers' L1; return the X-Cache header the variant answers with."""
         x_cache = ""
         for _ in range(40):
-            _, headers = _get(self.port, self.path)
+            _, headers = get_page(self.port, self.path)
             x_cache = headers.get("x-cache", "")
         return x_cache
 
@@ -235,7 +235,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _get(port: int, path: str = "/item") -> tuple[int, dict[str, str]]:
+def get_page(port: int, path: str = "/item") -> tuple[int, dict[str, str]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request("GET", path)
@@ -246,7 +246,7 @@ def _get(port: int, path: str = "/item") -> tuple[int, dict[str, str]]:
         connection.close()
 
 
-def _wrk(port: int, duration: float, path: str = "/item") -> dict[str, float]:
+def wrk_load(port: int, duration: float, path: str = "/item") -> dict[str, float]:
     command = [
         "wrk",
         "-t2",
@@ -266,7 +266,7 @@ def _wrk(port: int, duration: float, path: str = "/item") -> dict[str, float]:
     return {"rps": rps, "errors": errors, "requests": requests}
 
 
-def _python_load(port: int, duration: float, path: str = "/item") -> dict[str, float]:
+def python_load(port: int, duration: float, path: str = "/item") -> dict[str, float]:
     """Keep-alive GETs from CONNECTIONS threads for ``duration`` seconds."""
     counts = [0] * CONNECTIONS
     errors = [0] * CONNECTIONS

@@ -27,7 +27,7 @@ import redis
 
 from ._report import Section
 from ._setup import Context
-from .http_load import CONNECTIONS, CORES, PIN, _get, _Gunicorn, _python_load, _wrk
+from .http_load import CONNECTIONS, CORES, PIN, Gunicorn, get_page, python_load, wrk_load
 from .ratelimit_app import LIMIT, PATH, VARIANTS
 
 NAME = "ratelimit"
@@ -45,10 +45,10 @@ def run(ctx: Context) -> Section:
     section = Section(NAME, TITLE)
     # whole seconds: wrk takes no fractions
     duration, repeats, warm_up = (2.0, 1, 1.0) if ctx.settings.quick else (4.0, 3, 2.0)
-    load = _wrk if shutil.which("wrk") else _python_load
+    load = wrk_load if shutil.which("wrk") else python_load
     section.note(
         f"limit {LIMIT!r} (every request admitted); load: "
-        f"{'wrk' if load is _wrk else 'Python threads (wrk not installed)'}, "
+        f"{'wrk' if load is wrk_load else 'Python threads (wrk not installed)'}, "
         f"{CONNECTIONS} connections, {duration:g} s a run after {warm_up:g} s discarded, "
         f"median of {repeats}; "
         + (f"gunicorn pinned to core {CORES - 1}, load to core 0" if PIN else "no CPU pinning")
@@ -59,7 +59,7 @@ def run(ctx: Context) -> Section:
         for _ in range(repeats):
             for variant in VARIANTS:
                 client.flushall()  # every run starts from empty limits
-                with _Gunicorn(variant, ctx.redis_url, "sync", [], app=APP, path=PATH) as server:
+                with Gunicorn(variant, ctx.redis_url, "sync", [], app=APP, path=PATH) as server:
                     server.warm()
                     if variant not in counts:
                         counts[variant] = _count_commands(client, server.port, variant)
@@ -87,7 +87,7 @@ def run(ctx: Context) -> Section:
 def _count_commands(client: redis.Redis, port: int, variant: str) -> dict[str, Any]:
     """Redis commands per request over :data:`COUNTED` sequential requests."""
     before = _command_calls(client)
-    answers = [_get(port, PATH) for _ in range(COUNTED)]
+    answers = [get_page(port, PATH) for _ in range(COUNTED)]
     after = _command_calls(client)
     delta = {name: n - before.get(name, 0) for name, n in after.items()}
     delta = {name: n for name, n in delta.items() if n and name not in _NOT_PER_REQUEST}
