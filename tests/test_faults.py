@@ -228,6 +228,40 @@ def test_paused_redis_costs_one_timeout_per_call_then_nothing(
         assert plain.exists(cache._layout.data("", 0, "after")) == 1
 
 
+def test_a_stalled_redis_costs_a_thread_one_timeout_not_one_per_call(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    """A request makes several Redis calls (namespace version, page, store...): after
+    one times out, the thread's next calls fail at once for one socket timeout, before
+    the breaker (here out of reach) would have opened. Other threads still try."""
+    cache = _make(caches, redis_server, breaker_failures=1000)
+    assert cache.set("warm", 1)
+    redis_server.pause()
+    try:
+        started = time.perf_counter()
+        assert cache.get("x") is None
+        first = time.perf_counter() - started
+        errors = cache.stats()["redis_errors"]
+        started = time.perf_counter()
+        for i in range(10):
+            assert cache.get(f"k{i}") is None
+            assert cache.set(f"k{i}", i) is False
+            assert cache.namespace("n").get("k") is None
+        rest = time.perf_counter() - started
+        assert first >= 0.2  # it did wait for Redis once
+        assert rest < 0.2, f"30 calls took {rest:.2f} s: each waited for the stalled Redis"
+        assert cache.stats()["redis_errors"] == errors  # none of them reached Redis
+
+        other = threading.Thread(target=lambda: cache.get("y"))
+        other.start()
+        other.join()
+        assert cache.stats()["redis_errors"] == errors + 1  # its own attempt, its own timeout
+    finally:
+        redis_server.resume()
+    time.sleep(0.3)  # past the window: this thread tries Redis again
+    assert cache.set("after", 1) is True
+
+
 def test_paused_redis_from_many_threads(redis_server: RedisServer, caches: list[Cache]) -> None:
     cache = _make(caches, redis_server, socket_timeout=0.25, breaker_failures=3, breaker_reset=0.5)
     assert cache.set("warm", 1) is True

@@ -142,7 +142,14 @@ class Cache(Keyspace):
         self._owns_client = redis is None
         client = redis or client_from_url(config.redis_url, socket_timeout=config.socket_timeout)
         breaker = Breaker(config.breaker_failures, config.breaker_reset, timer)
-        self._tier = RedisTier(client, breaker=breaker, fail_open=config.fail_open, log=self._log)
+        self._tier = RedisTier(
+            client,
+            breaker=breaker,
+            fail_open=config.fail_open,
+            log=self._log,
+            quiet=config.socket_timeout,
+            timer=timer,
+        )
         self._cluster = hasattr(client, "mget_nonatomic")
         self._namespaces: dict[str, Namespace] = {}
         self._versions_current: dict[str, int] = {}
@@ -174,7 +181,7 @@ class Cache(Keyspace):
         self._l1_value = self._l1_reader(lambda _local, _default: MISS)
         # The default namespace's get: the hit path itself, shadowing Keyspace.get.
         self.get = self._l1_reader(self._get_after_l1)  # type: ignore[method-assign,assignment]
-        self._tier.breaker.reset()
+        self._tier.reset()
         self._log.after_fork()
         self._reset_counters()
 

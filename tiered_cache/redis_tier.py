@@ -160,21 +160,42 @@ class Breaker:
 
 
 class RedisTier:
-    """The error boundary around one Redis client."""
+    """The error boundary around one Redis client.
+
+    Besides the breaker, which counts failures across the process, a thread whose Redis
+    call has just timed out does not try another for ``quiet`` seconds: its calls fail at
+    once. A request runs in one thread, so a stalled Redis costs it about one socket
+    timeout in all, not one per call it would have made (the namespace version, the page,
+    the store, the session, the rate limit...), even before the breaker opens. Fast
+    failures (connection refused) are left to the breaker: trying again costs little.
+
+    :param quiet: seconds a thread skips Redis after a timeout (the socket timeout).
+    """
 
     def __init__(
-        self, client: Client, *, breaker: Breaker, fail_open: bool, log: RateLimitedLog
+        self,
+        client: Client,
+        *,
+        breaker: Breaker,
+        fail_open: bool,
+        log: RateLimitedLog,
+        quiet: float = 0.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.breaker = breaker
         self.fail_open = fail_open
         self._log = log
+        self._quiet = quiet
+        self._timer = timer
+        self._failed = threading.local()
         self.errors = 0
 
     def run(
         self, what: str, call: Callable[[Client], T], *, fail_open: bool | None = None
     ) -> T | Unavailable:
-        """Call ``call(client)`` unless the breaker is open.
+        """Call ``call(client)`` unless the breaker is open (or this thread's last call
+        timed out less than ``quiet`` seconds ago).
 
         :param what: names the operation in logs and errors.
         :param fail_open: overrides the tier's own setting for this call (sessions and
@@ -186,8 +207,12 @@ class RedisTier:
         """
         if fail_open is None:
             fail_open = self.fail_open
+        failed = self._failed
+        until = getattr(failed, "until", 0.0)
+        if until and until > self._timer():
+            return self._unavailable(what, None, fail_open, "a call just failed in this thread")
         if not self.breaker.allow():
-            return self._unavailable(what, None, fail_open)
+            return self._unavailable(what, None, fail_open, "circuit breaker open")
         try:
             result = call(self.client)
         except redis.ResponseError:
@@ -197,13 +222,23 @@ class RedisTier:
         except REDIS_ERRORS as exc:
             self.breaker.failure()
             self.errors += 1
+            if isinstance(exc, redis.TimeoutError | TimeoutError):
+                failed.until = self._timer() + self._quiet
             return self._unavailable(what, exc, fail_open)
         self.breaker.success()
         return result
 
-    def _unavailable(self, what: str, exc: BaseException | None, fail_open: bool) -> Unavailable:
+    def reset(self) -> None:
+        """Forget past failures: the breaker's and every thread's (after a fork)."""
+        self.breaker.reset()
+        self._failed = threading.local()
+
+    def _unavailable(
+        self, what: str, exc: BaseException | None, fail_open: bool, reason: str = ""
+    ) -> Unavailable:
         """Fail open (log, count, return the sentinel) or raise CacheUnavailable."""
-        reason = "circuit breaker open" if exc is None else f"{type(exc).__name__}: {exc}"
+        if exc is not None:
+            reason = f"{type(exc).__name__}: {exc}"
         if not fail_open:
             raise CacheUnavailable(f"Redis unavailable during {what}: {reason}") from exc
         self._log.warning("redis", "Redis unavailable during %s (%s); failing open", what, reason)
