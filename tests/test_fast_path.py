@@ -10,6 +10,7 @@ from flask import Flask, Response, request
 from tests import test_routes
 from tests.test_routes import AppFactory, xcache
 from tests.waiting import until
+from tiered_cache.flask_ext import TieredCache
 
 make_app = test_routes.make_app  # the app factory fixture, shared
 
@@ -188,3 +189,29 @@ def test_other_methods_fall_through(make_app: AppFactory) -> None:
     client.get("/public")
     assert client.post("/public").status_code == 405
     assert calls["before_request"] == 2
+
+
+def test_the_fast_path_never_waits_on_redis_for_a_namespace_version(
+    make_app: AppFactory,
+) -> None:
+    """A version this process cannot vouch for (as after a bus reconnect) sends the
+    request on to Flask, which asks Redis: the fast path itself makes no Redis call."""
+    app, calls = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/catalogue")
+    assert xcache(client.get("/catalogue")) == "HIT-L1"
+    state = TieredCache.state(app)
+    state.cache._versions.clear()
+    asked: list[str] = []
+    tier = state.cache.redis
+    real = tier.run
+    tier.run = lambda what, call, **kw: asked.append(what) or real(what, call, **kw)  # type: ignore[method-assign]
+
+    routes = state.extras["routes"]
+    target = routes.fast[("/catalogue", "")]
+    assert routes.l1_page(target, {"REQUEST_METHOD": "GET", "PATH_INFO": "/catalogue"}) is None
+    assert asked == []
+    before = calls["before_request"]
+    response = client.get("/catalogue")
+    assert response.text == "catalogue 1" and calls["before_request"] == before + 1
+    assert "namespace version" in asked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections import Counter
@@ -577,6 +578,36 @@ def test_namespace_invalidation_drops_pages(make_app: AppFactory) -> None:
     with app.app_context():
         tc.invalidate_namespace("catalogue")
     assert client.get("/catalogue").text == "catalogue 2"
+
+
+def test_a_page_made_before_an_invalidation_is_not_served_after_it(
+    make_app: AppFactory,
+) -> None:
+    """The miss reads the data, a write invalidates the namespace, then the miss stores
+    what it read: stored under the version it looked up, that page is never served."""
+    app, tc = make_app()
+    price = ["old"]
+    read, release = threading.Event(), threading.Event()
+
+    @app.route("/product")
+    @tc.cached(namespace="products")
+    def product() -> str:
+        seen = price[0]
+        read.set()
+        release.wait(10)
+        return f"price {seen}"
+
+    client = app.test_client()
+    slow = concurrent.futures.ThreadPoolExecutor(1).submit(lambda: client.get("/product").text)
+    assert read.wait(10)
+    price[0] = "new"  # the write, then its invalidation, while the miss is in flight
+    with app.app_context():
+        tc.invalidate_namespace("products")
+    release.set()
+    assert slow.result(10) == "price old"  # that request answers what it read
+    response = client.get("/product")
+    assert (xcache(response), response.text) == ("MISS", "price new")
+    assert xcache(client.get("/product")) == "HIT-L1"
 
 
 def test_timeout_expires_pages(make_app: AppFactory) -> None:

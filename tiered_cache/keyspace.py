@@ -36,6 +36,23 @@ class Keyspace:
             return key
         return (_NS_MARK, self._ns, self._cache._versions.get(self._ns), key)
 
+    def _local_if_trusted(self, key: str) -> Hashable | None:
+        """The L1 key of ``key`` without asking Redis; None when the namespace's version
+        is not known well enough here (for paths that must not wait on Redis)."""
+        if self._ns is None:
+            return key
+        version = self._cache._versions.cached(self._ns)
+        return None if version is None else (_NS_MARK, self._ns, version, key)
+
+    def _pinned(self) -> Keyspace:
+        """This keyspace with its namespace version read once, now, and kept.
+
+        What a miss reads and what it then stores must be keyed by one version: stored
+        under a version read later, a value computed before an invalidation would
+        survive it.
+        """
+        return self
+
     def _global(self, key: str, local: Hashable) -> str:
         """The Redis key of ``key`` whose L1 key is ``local``."""
         layout = self._cache._layout
@@ -167,3 +184,24 @@ class Namespace(Keyspace):
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name!r} of {self._cache!r}>"
+
+    def _pinned(self) -> Keyspace:
+        assert self._ns is not None
+        return _PinnedNamespace(self, self._cache._versions.get(self._ns))
+
+
+class _PinnedNamespace(Namespace):
+    """A namespace at one version: an invalidation after the pin makes its keys stale."""
+
+    def __init__(self, namespace: Namespace, version: int) -> None:
+        # Not Namespace.__init__: the name is encoded already.
+        self._cache = namespace._cache
+        self.name = namespace.name
+        self._ns = namespace._ns
+        self._version = version
+
+    def _local(self, key: str) -> Hashable:
+        return (_NS_MARK, self._ns, self._version, key)
+
+    def _pinned(self) -> Keyspace:
+        return self

@@ -183,9 +183,13 @@ class Routes:
                 key += "?" + "&".join(sorted(part for part in query.split("&") if part))
         if options.per_user:
             key += "\x00u=" + _user()
+        return self._keyspace(options), key
+
+    def _keyspace(self, options: RouteOptions) -> Keyspace:
+        """The live keyspace of a route's pages (its namespace's current version)."""
         if options.namespace is None:
-            return self.cache, key
-        return self.cache.namespace(options.namespace), key
+            return self.cache
+        return self.cache.namespace(options.namespace)
 
     def lookup(
         self, keyspace: Keyspace, key: str, environ: Mapping[str, Any], stale_ttl: float
@@ -219,24 +223,30 @@ class Routes:
 
     def l1_page(self, target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
         """The public page L1 holds for this request, for the fast path (no Redis)."""
-        read, local, decode = self.cache._l1_value, target.keyspace._local, self.pages.get
-        found = decode(read(local(target.key)))
+        # Namespace versions as this process knows them: the fast path never waits on
+        # Redis, and a version it cannot vouch for sends the request on to Flask.
+        read, local, decode = (
+            self.cache._l1_value,
+            target.keyspace._local_if_trusted,
+            self.pages.get,
+        )
+        where = local(target.key)
+        found = None if where is None else decode(read(where))
         if type(found) is tuple:
-            found = decode(read(local(variant_key(target.key, found, environ))))
+            where = local(variant_key(target.key, found, environ))
+            found = None if where is None else decode(read(where))
         if type(found) is Page and found.public and (not found.vary or found.matches(environ)):
             return found
         return None
 
-    def remember_fast(
-        self, options: RouteOptions, environ: Mapping[str, Any], ks: Keyspace, key: str
-    ) -> None:
+    def remember_fast(self, options: RouteOptions, environ: Mapping[str, Any], key: str) -> None:
         """Let the fast path find this request's page (public routes only)."""
         if not options.fast:
             return
         location = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
         if location in self.fast:
             return
-        self.fast[location] = FastTarget(ks, key, options.etag)
+        self.fast[location] = FastTarget(self._keyspace(options), key, options.etag)
         if len(self.fast) > FAST_INDEX_MAX:
             # The oldest location goes; another thread may be trimming too.
             with contextlib.suppress(KeyError, RuntimeError, StopIteration):
@@ -253,14 +263,17 @@ class Routes:
         authorized = "HTTP_AUTHORIZATION" in environ
         if (authorized and not options.public) or (options.unless is not None and options.unless()):
             return _marked(view(), BYPASS)
-        keyspace, key = self.where(options, environ)
+        live, key = self.where(options, environ)
+        # One namespace version from lookup to store: a page a view made before an
+        # invalidation is stored under the version it invalidated, where nobody reads.
+        keyspace = live._pinned()
         found = self.lookup(keyspace, key, environ, options.stale_ttl)
         page, lock = found.page, None
         if page is not None and authorized and not page.public:
             page = None  # another, non-public route stored it under the same key
         if page is not None:
             if found.source != STALE:
-                self.remember_fast(options, environ, keyspace, key)
+                self.remember_fast(options, environ, key)
                 return self.respond(page, found.source, environ, etag=options.etag)
             # Only a GET refreshes: a HEAD's response is not stored.
             lock = self._lock(keyspace, found.entry_key) if method == "GET" else None
@@ -333,7 +346,7 @@ class Routes:
             entry_key = variant_key(pending.key, index, environ)
         self._put(pending, entry_key, text)
         self.pages.get(text)  # the string L1 now holds: hits find it decoded, by identity
-        self.remember_fast(options, environ, pending.keyspace, pending.key)
+        self.remember_fast(options, environ, pending.key)
         if options.etag and environ.get("HTTP_IF_NONE_MATCH"):
             response.make_conditional(environ)
 
