@@ -19,9 +19,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check tiered_cache tests bench
-	$(BIN)/ruff format --check tiered_cache tests bench
-	$(BIN)/mypy --strict tiered_cache
+	$(BIN)/ruff check tiered_cache tests bench example_app gunicorn.conf.py
+	$(BIN)/ruff format --check tiered_cache tests bench example_app gunicorn.conf.py
+	$(BIN)/mypy --strict tiered_cache example_app
+
+# The example app under gunicorn, 4 workers, on http://127.0.0.1:8000/ (PORT=... to move it).
+run: $(STAMP)
+	$(BIN)/gunicorn -c gunicorn.conf.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

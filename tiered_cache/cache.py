@@ -222,6 +222,17 @@ class Cache(Keyspace):
 
     # -- the bus ---------------------------------------------------------------------
 
+    def connect(self) -> None:
+        """Connect now rather than on first use: ping Redis, start the invalidation listener.
+
+        For servers that fork workers (see :mod:`tiered_cache.gunicorn`): a worker then
+        hears other workers' writes before its first request. Fails open: with Redis
+        unreachable it returns after about one socket timeout for the ping and two for the
+        listener, which keeps trying in the background.
+        """
+        self._tier.run("connect", lambda client: client.ping(), fail_open=True)
+        self._ensure_bus()
+
     def _ensure_bus(self) -> None:
         """Start the listener in this process on first use of Redis (fork-friendly)."""
         if not self._bus.started:

@@ -1,0 +1,63 @@
+"""The example app's pieces without gunicorn: its database and its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from example_app import create_app
+from example_app.db import Catalogue, seed_products
+from tests.flask_apps import close_app
+from tests.procs import run_in_processes
+from tiered_cache import TieredCache
+
+
+def _create(path: str) -> int:
+    Catalogue(path, delay_ms=0).create()
+    return len(Catalogue(path, delay_ms=0).all())
+
+
+def test_four_workers_can_create_the_database_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "catalogue.sqlite3")
+    assert run_in_processes(_create, [(path,)] * 4) == [36] * 4
+    assert Catalogue(path, delay_ms=0).all() == seed_products()
+
+
+def test_updates_survive_seeding_again(tmp_path: Path) -> None:
+    catalogue = Catalogue(str(tmp_path / "catalogue.sqlite3"), delay_ms=0)
+    catalogue.create()
+    changed = {"id": 1, "name": "Cheap chair", "price": 1.5}
+    assert catalogue.update(1, {"price": 1.5, "name": "Cheap chair"}) == changed
+    catalogue.create()  # the next start: existing rows are kept
+    assert catalogue.get(1) == changed
+    assert catalogue.update(999, {"price": 1}) is None
+    with pytest.raises(ValueError, match="only name and price"):
+        catalogue.update(1, {"price = 0 --": 1})
+
+
+def test_search_takes_the_text_literally(tmp_path: Path) -> None:
+    catalogue = Catalogue(str(tmp_path / "catalogue.sqlite3"), delay_ms=0)
+    catalogue.create()
+    assert [p["name"] for p in catalogue.search("oak c")] == ["Oak chair"]
+    assert [p["id"] for p in catalogue.search("CLAY")] == list(range(31, 37))
+    assert catalogue.search("%") == catalogue.search("_") == []
+
+
+def test_settings_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERED_CACHE_PREFIX", "shop")
+    monkeypatch.setenv("TIERED_CACHE_L1_MAX_ITEMS", "123")
+    monkeypatch.setenv("EXAMPLE_DB_PATH", str(tmp_path / "env.sqlite3"))
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    app = create_app({"TIERED_CACHE_PREFIX": "given"})  # arguments beat the environment
+    try:
+        state = TieredCache.state(app)
+        assert state.cache.config.prefix == "given"
+        assert state.cache.config.l1_max_items == 123
+        assert state.config.endpoints and state.config.sessions  # the example's defaults
+        assert (tmp_path / "env.sqlite3").exists()
+        assert app.config["SECRET_KEY"]  # made up when none is given
+    finally:
+        close_app(app)
