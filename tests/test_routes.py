@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 
 from tests.waiting import until
 from tiered_cache.flask_ext import TieredCache
+from tiered_cache.http import etag
 
 AppFactory = Callable[..., tuple[Flask, TieredCache]]
 
@@ -705,6 +706,61 @@ def test_a_stale_page_whose_refresh_fails_releases_the_lock(make_app: AppFactory
     state["fail"] = False
     # The lock is free again: the next request refreshes instead of serving STALE.
     assert until(lambda: xcache(client.get("/flaky")) in ("MISS", "HIT-L1"), 2.0)
+
+
+def test_a_refresh_that_never_reaches_request_finished_releases_the_lock(
+    make_app: AppFactory,
+) -> None:
+    """An after_request hook that fails, and fails again on the error page: Flask logs it
+    and never sends request_finished. The extension's WSGI wrapper lets the lock go."""
+    app, tc = make_app()
+    state = {"broken": False, "n": 0}
+
+    @app.route("/fragile")
+    @tc.cached(timeout=1, stale_ttl=30)
+    def fragile() -> str:
+        state["n"] += 1
+        return f"fragile {state['n']}"
+
+    @app.after_request
+    def hook(response: Response) -> Response:
+        if state["broken"]:
+            raise RuntimeError("hook broken")
+        return response
+
+    client = app.test_client()
+    client.get("/fragile")
+    time.sleep(1.05)
+    state["broken"] = True
+    assert client.get("/fragile").status_code == 500  # it held the refresh lock
+    state["broken"] = False
+    response = client.get("/fragile")  # not STALE: the lock is free, this one refreshes
+    assert (xcache(response), response.text) == ("MISS", "fragile 3")
+
+
+def test_the_get_that_checks_a_put_precondition_releases_the_refresh_lock(
+    make_app: AppFactory,
+) -> None:
+    """tiered_cache.http runs the GET view in a request context of its own to learn the
+    current ETag; a stale page's refresh started there lets its lock go."""
+    app, tc = make_app()
+    state = {"n": 0}
+
+    @app.route("/doc", methods=["GET", "PUT"])
+    @etag
+    @tc.cached(timeout=1, stale_ttl=30)
+    def doc() -> str:
+        if request.method == "PUT":
+            return "written"
+        state["n"] += 1
+        return f"doc {state['n']}"
+
+    client = app.test_client()
+    client.get("/doc")
+    time.sleep(1.05)
+    assert client.put("/doc", headers={"If-Match": "*"}).text == "written"
+    response = client.get("/doc")
+    assert xcache(response) == "MISS"
 
 
 # -- guards -------------------------------------------------------------------------------------

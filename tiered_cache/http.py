@@ -354,6 +354,8 @@ def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
             response = app.make_response(app.dispatch_request())
         except HTTPException:  # 404, 405: nothing to compare with
             return None, None
+        finally:
+            _release_route_lock(environ)
         if not 200 <= response.status_code < 300:
             return None, None
         if "ETag" in response.headers:
@@ -361,6 +363,15 @@ def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
         if response.is_streamed:
             raise PreconditionFailed("The current representation cannot be compared.")
         return generate_etag(response.get_data()), False
+
+
+def _release_route_lock(environ: dict[str, Any]) -> None:
+    """A ``@tc.cached`` GET run here never reaches ``request_finished``: let go of the
+    page's refresh lock it may hold (no-op for apps without the extension)."""
+    from .routes import PENDING, release_leftover
+
+    if PENDING in environ:
+        release_leftover(environ)
 
 
 # -- Last-Modified ----------------------------------------------------------------------

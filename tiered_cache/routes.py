@@ -53,10 +53,10 @@ import functools
 import inspect
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from flask import current_app, g, request
+from flask import current_app, request
 from flask.globals import request_ctx
 from flask.signals import request_finished
 from werkzeug.datastructures import Headers
@@ -100,7 +100,8 @@ KEY_PREFIX: Final = "tc.route:"
 REFRESH_LOCK_SECONDS: Final = 30.0
 """How long a stale page's refresh lock lasts if its holder dies without releasing it."""
 FAST_INDEX_MAX: Final = 10_000
-_PENDING: Final = "_tiered_cache_route"  # on flask.g: the miss this request will store
+PENDING: Final = "tiered_cache.route"
+"""In a request's WSGI environ: the miss this request will store (a :class:`Pending`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -294,7 +295,7 @@ class Routes:
             raise
         response = current_app.make_response(rv)
         response.headers["X-Cache"] = MISSED
-        setattr(g, _PENDING, pending)
+        request.environ[PENDING] = pending
         return response
 
     def respond(
@@ -452,7 +453,7 @@ def _user() -> str:
 
 def _finished(sender: Flask, response: Response, **extra: Any) -> None:
     """``request_finished``: store the final response of a miss, release its lock."""
-    pending: Pending | None = g.pop(_PENDING, None)
+    pending: Pending | None = request.environ.pop(PENDING, None)
     if pending is None:
         return
     routes = pending.routes
@@ -464,10 +465,16 @@ def _finished(sender: Flask, response: Response, **extra: Any) -> None:
         routes.unlock(pending)
 
 
-def _teardown(exc: BaseException | None) -> None:
-    """Release the refresh lock of a request that never reached ``request_finished``."""
-    pending: Pending | None = g.pop(_PENDING, None)
-    if pending is not None:
+def release_leftover(environ: MutableMapping[str, Any]) -> None:
+    """Release the refresh lock of a miss that never reached ``request_finished``.
+
+    Run by the extension's WSGI wrapper after every request (an error while finishing
+    the response skips the signal) and by :mod:`tiered_cache.http` after the GET it runs
+    in a request context of its own. Cheaper than a ``teardown_request`` hook, which
+    every request would pay for.
+    """
+    pending = environ.pop(PENDING, None)
+    if isinstance(pending, Pending):
         pending.routes.unlock(pending)
 
 
@@ -493,4 +500,3 @@ def init_app(app: Flask, state: AppState) -> None:
     """Give ``app`` its route cache and the hook that stores final responses."""
     state.extras["routes"] = Routes(state.cache)
     request_finished.connect(_finished, app, weak=False)
-    app.teardown_request(_teardown)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Final
 
 from werkzeug.http import parse_etags
 
+from .routes import PENDING, release_leftover
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from flask import Flask
@@ -70,7 +72,11 @@ def fast_path(
                     page = find(target, environ)
                     if page is not None:
                         return _serve(page, environ, start_response, clock(), target.etag)
-        return inner(environ, start_response)
+        try:
+            return inner(environ, start_response)
+        finally:
+            if PENDING in environ:
+                release_leftover(environ)
 
     return app
 
