@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, Response, g, request, session
+from flask import Flask, Response, g, request, request_finished, session
 from flask.testing import FlaskClient
 
 from tests.waiting import until
@@ -761,6 +761,51 @@ def test_the_get_that_checks_a_put_precondition_releases_the_refresh_lock(
     assert client.put("/doc", headers={"If-Match": "*"}).text == "written"
     response = client.get("/doc")
     assert xcache(response) == "MISS"
+
+
+def test_misses_are_stored_by_a_receiver_connected_only_while_they_are_in_flight(
+    make_app: AppFactory,
+) -> None:
+    """Hits pay nothing for request_finished; two overlapping misses are both stored,
+    whichever finishes first."""
+    app, tc = make_app()
+
+    def listening(app: Flask) -> bool:  # has_receivers_for stays true after a disconnect
+        return any(True for _ in request_finished.receivers_for(app))
+
+    finishing, proceed = threading.Event(), threading.Event()
+
+    @app.route("/slow")
+    @tc.cached()
+    def slow() -> str:
+        return "slow page"
+
+    @app.route("/quick")
+    @tc.cached()
+    def quick() -> str:
+        return "quick page"
+
+    @app.after_request
+    def hold_the_slow_one(response: Response) -> Response:
+        if request.path == "/slow" and not proceed.is_set():
+            finishing.set()  # its view has returned: the miss is counted
+            assert proceed.wait(10)
+        return response
+
+    client = app.test_client()
+    assert not listening(app)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    slow_miss = pool.submit(lambda: app.test_client().get("/slow"))
+    assert finishing.wait(10)
+    assert listening(app)
+    assert xcache(client.get("/quick")) == "MISS"  # starts and ends inside the slow one
+    assert listening(app)  # the slow one still needs it
+    proceed.set()
+    assert xcache(slow_miss.result(10)) == "MISS"
+    assert not listening(app)
+    assert xcache(client.get("/slow")) == "HIT-L1"
+    assert xcache(client.get("/quick")) == "HIT-L1"
+    assert not listening(app)
 
 
 # -- guards -------------------------------------------------------------------------------------

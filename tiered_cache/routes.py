@@ -52,6 +52,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import threading
 import uuid
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -163,14 +164,24 @@ class FastTarget:
 class Routes:
     """The route cache of one app (``app.extensions["tiered_cache"].extras["routes"]``).
 
+    Misses are stored from Flask's ``request_finished`` signal, whose receiver is
+    connected only while a miss is in flight (hits, nearly every request of a hot page,
+    then pay nothing for it). Connecting and disconnecting happen under a lock with the
+    count of misses in flight, and a miss is counted as soon as its view has returned,
+    before Flask finishes the request, so every miss's signal finds the receiver connected.
+
     :param cache: the app's cache.
+    :param app: the app (the signal's sender).
     """
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, app: Flask) -> None:
         self.cache = cache
         self.pages = PageDecoder()
         self.fast: dict[tuple[str, str], FastTarget] = {}
         """(PATH_INFO, QUERY_STRING) -> where a public route keeps that request's page."""
+        self._app = app
+        self._misses = 0
+        self._misses_lock = threading.Lock()
 
     # -- keys and lookups --------------------------------------------------------------
 
@@ -290,11 +301,12 @@ class Routes:
             rv = view()
             # Now, before the session interface reads the session to save it.
             pending.session_read = pending.options.per_user or _session_read()
+            response = current_app.make_response(rv)
         except BaseException:
             self.unlock(pending)
             raise
-        response = current_app.make_response(rv)
         response.headers["X-Cache"] = MISSED
+        self._count_miss(+1)
         request.environ[PENDING] = pending
         return response
 
@@ -365,6 +377,22 @@ class Routes:
         px = math.ceil(REFRESH_LOCK_SECONDS * 1000)
         taken = self.cache.redis.run("lock", lambda c: c.set(lock_key, token, nx=True, px=px))
         return (lock_key, token) if taken is not UNAVAILABLE and taken else None
+
+    def settle(self, pending: Pending) -> None:
+        """The end of a miss, stored or not: release its lock, stop counting it."""
+        try:
+            self.unlock(pending)
+        finally:
+            self._count_miss(-1)
+
+    def _count_miss(self, delta: int) -> None:
+        """Count misses in flight; ``request_finished`` is connected while there are any."""
+        with self._misses_lock:
+            self._misses += delta
+            if delta > 0 and self._misses == 1:
+                request_finished.connect(_finished, self._app, weak=False)
+            elif delta < 0 and self._misses == 0:
+                request_finished.disconnect(_finished, self._app)
 
     def unlock(self, pending: Pending) -> None:
         """Release the refresh lock a miss holds, if any (once)."""
@@ -462,7 +490,7 @@ def _finished(sender: Flask, response: Response, **extra: Any) -> None:
     except Exception as exc:  # the response is made; a page we cannot store is a miss
         routes.cache._log.warning("routes", "could not cache %s: %r", request.path, exc)
     finally:
-        routes.unlock(pending)
+        routes.settle(pending)
 
 
 def release_leftover(environ: MutableMapping[str, Any]) -> None:
@@ -475,7 +503,7 @@ def release_leftover(environ: MutableMapping[str, Any]) -> None:
     """
     pending = environ.pop(PENDING, None)
     if isinstance(pending, Pending):
-        pending.routes.unlock(pending)
+        pending.routes.settle(pending)
 
 
 def cached_view(extension: TieredCache, options: RouteOptions) -> Callable[[F], F]:
@@ -497,6 +525,6 @@ def cached_view(extension: TieredCache, options: RouteOptions) -> Callable[[F], 
 
 
 def init_app(app: Flask, state: AppState) -> None:
-    """Give ``app`` its route cache and the hook that stores final responses."""
-    state.extras["routes"] = Routes(state.cache)
-    request_finished.connect(_finished, app, weak=False)
+    """Give ``app`` its route cache (it connects ``request_finished`` while misses are
+    in flight)."""
+    state.extras["routes"] = Routes(state.cache, app)
