@@ -2,7 +2,8 @@
 
 ``gunicorn "bench.http_app:create_app()"`` with ``BENCH_VARIANT`` set to one of
 :data:`VARIANTS` and ``BENCH_REDIS_URL`` to the benchmark's own redis-server. Every
-variant answers ``GET /item`` with the same 2 KB JSON document.
+variant answers ``GET /item`` with the same 2 KB JSON document, except Flask's floor: a
+view returning one byte, the least any request through Flask's request cycle costs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ VARIANTS = {
     "slow_plain": "(g) 20 ms view, uncached",
     "slow_cached": "(g) 20 ms view, @tc.cached",
     "slow_public": "(g) 20 ms view, @tc.cached(public=True)",
+    "flask_floor": "Flask's floor: a view returning 1 byte, no extension",
 }
 
 
@@ -97,4 +99,5 @@ _BUILDERS: dict[str, Callable[[Flask, str], None]] = {
     "slow_plain": lambda app, url: _plain(app, url, slow=True),
     "slow_cached": lambda app, url: _tiered(app, url, slow=True),
     "slow_public": lambda app, url: _tiered(app, url, public=True, slow=True),
+    "flask_floor": lambda app, url: app.add_url_rule("/item", "item", lambda: b"x"),
 }

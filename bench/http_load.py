@@ -135,6 +135,10 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
             f"shared machine): (b)/(a) {cpu['plain'] / cpu['cached']:.2f}, "
             f"(c)/(f) {cpu['raw_wsgi'] / cpu['public']:.2f}"
         )
+        section.note(
+            f"{tag} the most any page served through Flask's request cycle can reach here: "
+            f"Flask's floor / (g) uncached = {rps['flask_floor'] / rps['slow_plain']:.1f}x"
+        )
         for variant, how in (("slow_cached", ""), ("slow_public", ", fast path")):
             ratio = rps[variant] / rps["slow_plain"]
             what = f"{tag} (g) 20 ms view cached{how} / uncached"
