@@ -39,14 +39,12 @@ repository root is put on ``sys.path`` (which ``spawn`` hands to its children).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +56,8 @@ from multiprocessing.synchronize import Barrier, Event, Semaphore
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
+
+from tiered_cache._embedded import can_die_with_parent, die_with_parent
 
 __all__ = [
     "GroupSync",
@@ -72,7 +72,6 @@ __all__ = [
 
 StartMethod = Literal["spawn", "fork"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_PR_SET_PDEATHSIG = 1
 _GRACE = 2.0
 
 
@@ -87,36 +86,6 @@ class WorkerError(AssertionError):
 
 class WorkerTimeout(WorkerError):
     """A worker was still running at the deadline; all workers were killed."""
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's prctl, resolved in the parent: a freshly forked child must not load libraries."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        # The interpreter already links libc, so there is nothing to search for.
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-def can_die_with_parent() -> bool:
-    """True if a child forked from this thread can be tied to it with PDEATHSIG.
-
-    The kernel signals the child when the forking *thread* exits, so only the main
-    thread (which lives as long as the process) qualifies.
-    """
-    return _PRCTL is not None and threading.current_thread() is threading.main_thread()
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL the calling process when its parent dies (Linux only)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass(frozen=True)

@@ -103,19 +103,31 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _tie_to(parent: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die with ``parent``, where that is possible.
+def can_die_with_parent() -> bool:
+    """True if a child forked from this thread can be tied to it with PDEATHSIG.
 
-    The kernel signals the child when the *thread* that forked it exits, so only a child
-    forked from the main thread (which lives as long as the process) is tied.
+    The kernel signals the child when the *thread* that forked it exits, so only the main
+    thread (which lives as long as the process) qualifies.
     """
-    prctl = _PRCTL
-    if prctl is None or threading.current_thread() is not threading.main_thread():
+    return _PRCTL is not None and threading.current_thread() is threading.main_thread()
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL the calling process when its parent dies (Linux only).
+
+    Safe between fork and exec: a libc call resolved before the fork, no lock taken.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _tie_to(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with ``parent``, where that is possible."""
+    if not can_die_with_parent():
         return None
 
     def tie() -> None:
-        # Safe between fork and exec: a libc call resolved before the fork, no lock taken.
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        die_with_parent()
         if os.getppid() != parent:  # the parent died before the tie was made
             os._exit(1)
 
