@@ -17,7 +17,10 @@ How a request to a cached view goes (SPEC section 3):
   hooks and after the session interface saved the session and added its ``Set-Cookie``
   and ``Vary: Cookie``). A public signal rather than a wrapped ``process_response``: no
   method of the app is replaced, and it also sees responses made by error handlers.
-  Only GET responses are stored (a view may answer HEAD differently).
+  Only GET responses are stored (a view may answer HEAD differently), under the
+  namespace version the lookup used: a page built before an invalidation of its
+  namespace lands where nobody reads. The signal's receiver is connected only while
+  misses are in flight (:class:`Routes`).
 - Never stored: ``Set-Cookie``; ``Cache-Control`` ``private``, ``no-store`` or
   ``no-cache``; ``Vary: *``; a status outside ``status_codes``; a streamed or
   ``direct_passthrough`` response.
