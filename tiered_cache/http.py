@@ -368,10 +368,9 @@ def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
 def _release_route_lock(environ: dict[str, Any]) -> None:
     """A ``@tc.cached`` GET run here never reaches ``request_finished``: let go of the
     page's refresh lock it may hold (no-op for apps without the extension)."""
-    from .routes import PENDING, release_leftover
+    from .routes import release_leftover
 
-    if PENDING in environ:
-        release_leftover(environ)
+    release_leftover(environ)
 
 
 # -- Last-Modified ----------------------------------------------------------------------
