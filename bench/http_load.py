@@ -153,8 +153,10 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
     for one in PASSES:
         rps = {variant: figures["rps"] for variant, figures in results[one.label].items()}
         tag = f"[{one.label}]"
-        if one.pinned:
+        if "plain" in rps:
             _cost_targets(section, tag, results[one.label])
+        if "slow_plain" not in rps:
+            continue
         section.note(
             f"{tag} the most any page served through Flask's request cycle can reach: "
             f"Flask's floor / (g) uncached = {rps['flask_floor'] / rps['slow_plain']:.1f}x"
