@@ -398,8 +398,12 @@ class Cache(Keyspace):
         """One GET through the error boundary."""
         return self._tier.run("get", lambda client: get_reply(client, gkey))
 
-    def _decode(self, gkey: str, raw: bytes | ResponseError) -> tuple[Frame, Any] | Miss:
-        """Decode stored bytes; anything that does not decode is a miss and a warning."""
+    def _decode(
+        self, gkey: str, raw: bytes | ResponseError | Unavailable | None
+    ) -> tuple[Frame, Any] | Miss:
+        """Decode a GET reply: no value, no Redis, or bytes that do not decode (warned): MISS."""
+        if raw is None or raw is UNAVAILABLE:
+            return MISS
         if isinstance(raw, ResponseError):
             self.decode_errors += 1
             self._log.warning("decode", "%s is not a string (%s); treated as a miss", gkey, raw)
@@ -428,11 +432,7 @@ class Cache(Keyspace):
             return self._read_once(local, gkey, since, decode=decode)
 
     def _read_once(self, local: Hashable, gkey: str, since: int, *, decode: bool) -> Any:
-        raw = self._get(gkey)
-        if raw is UNAVAILABLE or raw is None:
-            self.misses += 1
-            return MISS
-        decoded = self._decode(gkey, raw)
+        decoded = self._decode(gkey, self._get(gkey))
         if decoded is MISS or _expired(decoded[0], self._clock()):
             self.misses += 1
             return MISS
@@ -451,8 +451,7 @@ class Cache(Keyspace):
             raws = self._tier.run("get_many", lambda c: getattr(c, mget)(gkeys))
             now = self._clock()
             for n, i in enumerate(missing):
-                raw = None if raws is UNAVAILABLE else raws[n]
-                decoded = MISS if raw is None else self._decode(where[i][1], raw)
+                decoded = self._decode(where[i][1], raws if raws is UNAVAILABLE else raws[n])
                 if decoded is MISS or _expired(decoded[0], now):
                     self.misses += 1
                     results[i] = default

@@ -111,8 +111,8 @@ class Loading:
         cache = self._cache
         with cache._reading() as since:
             raw = cache._get(load.gkey)
-            if raw is UNAVAILABLE or raw is None:
-                return MISS if raw is None else raw
+            if raw is UNAVAILABLE:
+                return raw
             decoded = cache._decode(load.gkey, raw)
             if decoded is MISS:
                 return MISS
@@ -178,8 +178,6 @@ class Loading:
 
     def _fresh(self, gkey: str, raw: Any) -> tuple[Frame, Any] | Miss:
         """Decode ``raw`` when it is a fresh value, else MISS."""
-        if raw is None or raw is UNAVAILABLE:
-            return MISS
         decoded = self._cache._decode(gkey, raw)
         if decoded is MISS:
             return MISS
@@ -246,8 +244,7 @@ class Loading:
             result = cache._tier.run("lock", _lock_and_read(load, token))
             if result is UNAVAILABLE or not result[0]:
                 return  # another worker is refreshing it, or Redis is away
-            raw = result[1]
-            decoded = MISS if raw is None else cache._decode(load.gkey, raw)
+            decoded = cache._decode(load.gkey, result[1])
             if decoded is not MISS and decoded[0].fresh_until != seen:
                 cache._tier.run("unlock", _release(load, token))  # refreshed meanwhile
                 return

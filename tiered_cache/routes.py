@@ -407,8 +407,7 @@ class Routes:
 def _read_l2(cache: Cache, local: Any, gkey: str, stale_ttl: float) -> tuple[Any, str]:
     """Read a key from Redis; a fresh value fills L1, a stale one is returned as ``STALE``."""
     with cache._reading() as since:
-        raw = cache._get(gkey)
-        decoded = MISS if raw is UNAVAILABLE or raw is None else cache._decode(gkey, raw)
+        decoded = cache._decode(gkey, cache._get(gkey))
         if decoded is MISS:
             cache.misses += 1
             return MISS, MISSED
