@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_harness import RedisServer
@@ -35,6 +36,14 @@ def redis_url(shared_redis: RedisServer) -> str:
         shared_redis.start()
     shared_redis.flushall()
     return shared_redis.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the shared server, to look at what the code under test wrote."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(params=["lru", "cachetools"])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, session
 from flask.testing import FlaskClient
 
+from tests.flask_apps import close_app
 from tests.redis_harness import RedisServer
 from tiered_cache import TieredCache
 from tiered_cache._session_interface import TieredSessionInterface
@@ -32,6 +34,28 @@ def session_app(redis_url: str, **config: Any) -> tuple[Flask, TieredCache]:
     tc = TieredCache(app)
     add_routes(app, tc)
     return app, tc
+
+
+@contextlib.contextmanager
+def made_apps(default_url: str | None = None, **defaults: Any) -> Iterator[AppFactory]:
+    """A factory of session apps, ``make(url=default_url, **config)``, each closed on exit.
+
+    :param defaults: app configuration every app starts from (``config`` overrides it).
+    """
+    made: list[Flask] = []
+
+    def make(url: str | None = None, **config: Any) -> tuple[Flask, TieredCache]:
+        target = url or default_url
+        assert target is not None, "no Redis URL for this session app"
+        app, tc = session_app(target, **{**defaults, **config})
+        made.append(app)
+        return app, tc
+
+    try:
+        yield make
+    finally:
+        for app in made:
+            close_app(app)
 
 
 def add_routes(app: Flask, tc: TieredCache) -> None:

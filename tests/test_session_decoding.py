@@ -15,15 +15,14 @@ import pytest
 import redis
 from flask import Flask
 
-from tests.flask_apps import close_app
 from tests.redis_harness import RedisServer
 from tests.session_apps import (
     AppFactory,
     command_calls,
     cookie_deleted,
     logged_in,
+    made_apps,
     quiet_app,
-    session_app,
     set_cookies,
     sid,
 )
@@ -34,23 +33,8 @@ from tiered_cache._session_store import META_KEY, Codec, Record
 @pytest.fixture
 def make_app(redis_url: str) -> Iterator[AppFactory]:
     """Session apps on the shared Redis; closed after the test."""
-    made: list[Flask] = []
-
-    def make(url: str = redis_url, **config: Any) -> tuple[Flask, TieredCache]:
-        app, tc = session_app(url, **config)
-        made.append(app)
-        return app, tc
-
-    yield make
-    for app in made:
-        close_app(app)
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+    with made_apps(redis_url) as make:
+        yield make
 
 
 # -- decoding: never pickle ----------------------------------------------------------------------

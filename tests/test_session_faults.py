@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -19,7 +18,16 @@ from tests.flask_apps import close_app
 from tests.procs import run_in_processes
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_harness import RedisServer
-from tests.session_apps import AppFactory, Clock, interface, logged_in, session_app, set_hook, sid
+from tests.session_apps import (
+    AppFactory,
+    Clock,
+    interface,
+    logged_in,
+    made_apps,
+    session_app,
+    set_hook,
+    sid,
+)
 from tiered_cache import TieredCache
 from tiered_cache._session_store import user_tag
 
@@ -29,16 +37,9 @@ QUIET = 0.3  # a thread whose Redis call timed out skips Redis for one socket ti
 
 @pytest.fixture
 def make_app() -> Iterator[AppFactory]:
-    made: list[Flask] = []
-
-    def make(url: str, **config: Any) -> tuple[Flask, TieredCache]:
-        app, tc = session_app(url, **config)
-        made.append(app)
-        return app, tc
-
-    yield make
-    for app in made:
-        close_app(app)
+    """Session apps on the Redis each test names; closed after the test."""
+    with made_apps() as make:
+        yield make
 
 
 def timed(call: Callable[[], TestResponse]) -> tuple[TestResponse, float]:

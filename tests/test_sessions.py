@@ -23,8 +23,8 @@ from tests.session_apps import (
     cookie_deleted,
     interface,
     logged_in,
+    made_apps,
     quiet_app,
-    session_app,
     set_cookies,
     sid,
 )
@@ -38,24 +38,8 @@ LIFETIME = 3600
 @pytest.fixture
 def make_app(redis_url: str) -> Iterator[AppFactory]:
     """Session apps on the shared Redis; closed after the test."""
-    made: list[Flask] = []
-
-    def make(url: str = redis_url, **config: Any) -> tuple[Flask, TieredCache]:
-        config.setdefault("PERMANENT_SESSION_LIFETIME", LIFETIME)
-        app, tc = session_app(url, **config)
-        made.append(app)
-        return app, tc
-
-    yield make
-    for app in made:
-        close_app(app)
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+    with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=LIFETIME) as make:
+        yield make
 
 
 # -- login, rotate, logout ---------------------------------------------------------------------
