@@ -205,6 +205,29 @@ def test_incr_evicts_other_l1_copies(make_cache: MakeCache) -> None:
     assert until(lambda: reader.get("n") == 2)
 
 
+def test_a_failing_bus_listener_does_not_stop_invalidation(
+    make_cache: MakeCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, reader = make_cache(), make_cache()
+    heard: list[object] = []
+
+    def broken(message: object) -> None:
+        heard.append(message)
+        raise RuntimeError("a feature's bug")
+
+    reader._listen(broken)
+    warm(reader)
+    reader.set("k", 1)
+    assert reader.get("k") == 1
+    writer.set("k", 2)
+    assert until(lambda: reader.get("k") == 2)
+    assert None in heard  # told of the subscription, when messages may have been missed
+    assert any(getattr(m, "keys", ()) for m in heard)  # and of the write
+    assert any("a feature's bug" in r.getMessage() for r in caplog.records)
+    writer.set("k", 3)
+    assert until(lambda: reader.get("k") == 3)  # still listening
+
+
 # -- many --------------------------------------------------------------------------------
 
 

@@ -31,6 +31,8 @@ from tests.gunicorn_proc import (
 )
 from tests.redis_harness import RedisServer
 from tests.waiting import until
+from tiered_cache import Cache
+from tiered_cache.ratelimit import RateLimiter
 
 HIT_L1 = "HIT-L1"
 MAX_SWEEP = 600  # requests: a hang guard, far above what reaching 4 workers takes
@@ -278,6 +280,24 @@ def test_search_is_rate_limited_across_workers(gunicorn: GunicornServer) -> None
     body = refused[0].json()
     assert body["error"] == "rate_limited" and body["retry_after"] > 0
     assert int(refused[0].headers["Retry-After"]) > 0
+
+
+def test_a_reset_frees_the_client_in_every_worker(
+    gunicorn: GunicornServer, redis_server: RedisServer
+) -> None:
+    with Cache(redis_url=redis_server.url) as cache:  # the example's prefix: an admin's view
+        limiter = RateLimiter(cache)
+        limiter.reset()
+        answers = [gunicorn.request("GET", "/search?q=oak") for _ in range(40)]
+        refusing = {r.pid for r in answers if r.status == 429}
+        assert len(refusing) > 1  # several workers now hold the refusal in memory
+        assert limiter.reset("127.0.0.1") >= 1
+        # Within the bus's delivery time every worker admits the client again, instead
+        # of refusing it from memory for the rest of the minute.
+        assert until(lambda: gunicorn.request("GET", "/search?q=oak").status == 200)
+        after = [gunicorn.request("GET", "/search?q=oak") for _ in range(12)]
+        assert [r.status for r in after] == [200] * 12, {r.pid: r.status for r in after}
+        limiter.reset()
 
 
 def test_the_home_page_links_the_routes_and_endpoints(gunicorn: GunicornServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -15,8 +16,9 @@ from tests.procs import run_in_processes
 from tests.ratelimit_support import CallCounter, CommandCounter, ManualTimer
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_harness import RedisServer
-from tests.waiting import until
+from tests.waiting import until, warm
 from tiered_cache import Cache, CacheUnavailable
+from tiered_cache.bus import Message
 from tiered_cache.ratelimit import STRATEGIES, Decision, RateLimiter, parse_limits
 
 MakeLimiter = Callable[..., RateLimiter]
@@ -315,6 +317,88 @@ def test_reset_by_key_by_scope_and_all(
     assert limiter.reset() == 4
     assert rl_keys(own_redis) == [] and len(limiter.deny_cache) == 0
     assert own_redis.get("tc:1:other") == b"x" and own_redis.get("tc:1:#rl-not-ours") == b"x"
+
+
+@pytest.fixture
+def bus_limiters(redis_server: RedisServer) -> Iterator[tuple[RateLimiter, RateLimiter]]:
+    """Two limiters on caches with the invalidation bus on, as in two worker processes
+    (each cache is its own sender on the bus), on a server of the test's own."""
+    caches = [Cache(redis_url=redis_server.url) for _ in range(2)]
+    for cache in caches:
+        warm(cache)
+    yield RateLimiter(caches[0]), RateLimiter(caches[1])
+    for cache in caches:
+        cache.close()
+
+
+def hold_refusal(limiter: RateLimiter, key: str, scope: str = "") -> None:
+    limiter.hit("1/minute", key, scope=scope)
+    assert not limiter.hit("1/minute", key, scope=scope).admitted  # refused by Redis: held
+    assert limiter.hit("1/minute", key, scope=scope).local
+
+
+def test_a_reset_frees_the_client_in_the_other_processes_too(
+    bus_limiters: tuple[RateLimiter, RateLimiter],
+) -> None:
+    worker, admin = bus_limiters
+    for key, scope in (("a", "s1"), ("a", "s2"), ("b", "s1")):
+        hold_refusal(worker, key, scope)
+    assert len(worker.deny_cache) == 3
+
+    assert admin.reset("a", scope="s1") == 1
+    assert until(lambda: len(worker.deny_cache) == 2), "the reset never reached the worker"
+    decision = worker.hit("1/minute", "a", scope="s1")
+    assert decision.admitted and not decision.local
+    assert worker.hit("1/minute", "a", scope="s2").local  # not covered: still held
+    assert worker.hit("1/minute", "b", scope="s1").local
+
+    assert admin.reset(scope="s2") == 1
+    assert until(lambda: not worker.hit("1/minute", "a", scope="s2").local)
+    assert worker.hit("1/minute", "b", scope="s1").local
+
+    assert admin.reset() >= 1
+    assert until(lambda: len(worker.deny_cache) == 0)
+    assert worker.hit("1/minute", "b", scope="s1").admitted
+
+
+def test_a_refusal_from_a_check_that_overlapped_a_reset_is_not_held(
+    make_limiter: MakeLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = make_limiter()
+    limiter.hit("1/minute", "k")
+    checked = limiter._call
+
+    def reset_meanwhile(*args: Any, **options: Any) -> Decision | None:
+        decision = checked(*args, **options)  # Redis refuses...
+        limiter.reset("k")  # ...and an admin resets before the refusal is held
+        return decision
+
+    monkeypatch.setattr(limiter, "_call", reset_meanwhile)
+    refused = limiter.hit("1/minute", "k")
+    assert not refused.admitted and len(limiter.deny_cache) == 0
+    monkeypatch.undo()
+    admitted = limiter.hit("1/minute", "k")
+    assert admitted.admitted and not admitted.local
+
+
+def test_refusals_are_forgotten_when_the_bus_may_have_missed_a_reset(
+    bus_limiters: tuple[RateLimiter, RateLimiter], redis_server: RedisServer
+) -> None:
+    worker, _ = bus_limiters
+    hold_refusal(worker, "k")
+    with redis_server.client() as client:
+        assert client.client_kill_filter(_type="pubsub") >= 1  # both listeners drop
+    assert until(lambda: len(worker.deny_cache) == 0, 5.0)
+    assert not worker.hit("1/minute", "k").local  # asked Redis (which still refuses)
+
+
+def test_reset_messages_on_the_bus() -> None:
+    message = Message("me", resets=(("{ab}", None), (None, "s"), (None, None)))
+    assert Message.decode(message.encode()) == message
+    for bad in ([["{ab}"]], [[1, None]], ["{ab}:s"]):
+        body = json.dumps({"s": "other", "r": bad}).encode()
+        with pytest.raises(ValueError, match="not a rate limit reset"):
+            Message.decode(body)
 
 
 def test_client_keys_are_hashed_and_cannot_pick_a_slot(

@@ -28,6 +28,9 @@ from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from ._log import RateLimitedLog
 from .redis_tier import Client
 
+Reset = tuple[str | None, str | None]
+"""A rate limit reset: the client's hash tag and the scope's key part; None matches any."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Message:
@@ -42,6 +45,8 @@ class Message:
     """Everything under the prefix was cleared."""
     aborted: tuple[str, ...] = ()
     """Data keys whose loader failed: wake waiters so one of them takes over."""
+    resets: tuple[Reset, ...] = ()
+    """Rate limits reset: drop the refusals they cover from local deny caches."""
 
     def encode(self) -> bytes:
         """Return the wire form (compact JSON)."""
@@ -54,6 +59,8 @@ class Message:
             body["f"] = 1
         if self.aborted:
             body["a"] = self.aborted
+        if self.resets:
+            body["r"] = self.resets
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -71,7 +78,18 @@ class Message:
             namespaces=tuple(str(n) for n in body.get("n", ())),
             flush=bool(body.get("f")),
             aborted=tuple(str(k) for k in body.get("a", ())),
+            resets=tuple(_reset(r) for r in body.get("r", ())),
         )
+
+
+def _reset(item: Any) -> Reset:
+    """One ``(client tag, scope part)`` pair off the wire (None: any)."""
+    if not isinstance(item, list) or len(item) != 2:
+        raise ValueError(f"not a rate limit reset: {item!r}")
+    tag, part = item
+    if not all(x is None or isinstance(x, str) for x in (tag, part)):
+        raise ValueError(f"not a rate limit reset: {item!r}")
+    return tag, part
 
 
 class BusDown(Exception):

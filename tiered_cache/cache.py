@@ -88,6 +88,11 @@ class CacheSettings(TypedDict, total=False):
     breaker_reset: float
 
 
+Listener = Callable[[Message | None], None]
+"""Called in the listener thread with every message from another process, and with None
+after every (re)subscription, when messages may have been missed."""
+
+
 class L1Reader(Protocol):
     """The L1 hit path: the value of ``local``, or what the miss handler returns."""
 
@@ -153,6 +158,7 @@ class Cache(Keyspace):
         self._cluster = hasattr(client, "mget_nonatomic")
         self._namespaces: dict[str, Namespace] = {}
         self._versions_current: dict[str, int] = {}
+        self._listeners: list[Listener] = []
         self._reset_process_state()
         _live_caches.add(self)
 
@@ -259,12 +265,29 @@ class Cache(Keyspace):
         for name in message.namespaces:
             self._versions.forget(name)
         self._loading.waiters.wake(message.keys + message.aborted)
+        self._tell_listeners(message)
 
     def _on_subscribed(self) -> None:
         """After a (re)subscription messages may have been missed: forget local state."""
         self._l1.clear()
         self._versions.clear()
         self._loading.waiters.wake_all()
+        self._tell_listeners(None)
+
+    def _listen(self, listener: Listener) -> None:
+        """Let a feature built on the engine hear the bus too (see :data:`Listener`)."""
+        self._listeners.append(listener)
+
+    def _tell_listeners(self, message: Message | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(message)
+            except Exception as exc:  # one feature's bug must not stop invalidation
+                self._log.warning("bus-listener", "%r failed on %r: %r", listener, message, exc)
+
+    def _announce(self, what: str, **news: Any) -> bool:
+        """Announce ``news`` (:class:`Message` fields) alone; False if Redis is unavailable."""
+        return self._write(what, lambda pipe: None, **news) is not UNAVAILABLE
 
     def _write(
         self,
@@ -609,7 +632,7 @@ class Cache(Keyspace):
         """
         self._ensure_bus()
         deleted = self._tier.run("clear", self._unlink_all)
-        self._write("clear", lambda pipe: None, flush=True)
+        self._announce("clear", flush=True)
         self._l1.clear()
         return 0 if deleted is UNAVAILABLE else deleted
 

@@ -7,8 +7,11 @@ without asking Redis: a flood from one client costs Redis one command per worker
 reset, not one per request. A cheaper request goes to Redis, since it may fit sooner.
 
 The one thing that can make a client admissible early is an admin's
-:meth:`~tiered_cache.ratelimit.RateLimiter.reset`: it clears this process's deny cache,
-while other workers keep refusing until their entries expire (at most the retry time).
+:meth:`~tiered_cache.ratelimit.RateLimiter.reset`. It drops the covered entries here and,
+over the invalidation bus, in every other process. A check that was in flight during a
+reset must not put its older refusal back: :attr:`DenyCache.epoch` counts removals, and
+:meth:`DenyCache.put` ignores a refusal from a check that began before the last one (as
+L1 ignores a fill that raced an invalidation).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class DenyCache:
         self._timer = timer
         self._entries: dict[Hashable, Denial] = {}
         self._lock = threading.Lock()
+        self.epoch = 0
+        """Bumped by every :meth:`discard` and :meth:`clear`: read it before a check."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -64,13 +69,21 @@ class DenyCache:
             return None
         return denial if cost >= denial.cost else None
 
-    def put(self, key: Hashable, retry_after: float, cost: int, decision: Decision) -> None:
-        """Refuse requests of ``cost`` or more for ``key`` during ``retry_after`` seconds."""
+    def put(
+        self, key: Hashable, retry_after: float, cost: int, decision: Decision, *, since: int
+    ) -> None:
+        """Refuse requests of ``cost`` or more for ``key`` during ``retry_after`` seconds.
+
+        :param since: :attr:`epoch` as read before the check that refused: a refusal
+            older than the last removal (a reset) is not held.
+        """
         if self.max_items <= 0 or retry_after <= 0:
             return
         now = self._timer()
         denial = Denial(now + retry_after, cost, decision, now)
         with self._lock:
+            if since != self.epoch:
+                return
             self._entries.pop(key, None)  # re-inserted last: the newest is evicted last
             if len(self._entries) >= self.max_items:
                 self._make_room(now)
@@ -85,6 +98,7 @@ class DenyCache:
     def discard(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop the entries whose key satisfies ``predicate``; return how many."""
         with self._lock:
+            self.epoch += 1
             keys = [key for key in self._entries if predicate(key)]
             for key in keys:
                 del self._entries[key]
@@ -93,6 +107,7 @@ class DenyCache:
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
+            self.epoch += 1
             self._entries.clear()
 
     def after_fork(self) -> None:

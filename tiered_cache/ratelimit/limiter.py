@@ -44,6 +44,7 @@ from .deny_cache import Denial, DenyCache
 from .limits import STRATEGIES, Limit, parse_limits
 
 if TYPE_CHECKING:
+    from ..bus import Message, Reset
     from ..cache import Cache
 
 Limits = str | Limit | Sequence[Limit]
@@ -103,6 +104,7 @@ class RateLimiter:
         self._plans: dict[tuple[Any, str], _Plan] = {}
         self._timer = timer
         self._new_tokens()
+        cache._listen(self._heard)
         _live_limiters.add(self)
 
     def _new_tokens(self) -> None:
@@ -147,12 +149,14 @@ class RateLimiter:
         if denial is not None:
             self.cache.ratelimit_refusals += 1
             return self._from_memory(denial)
+        self.cache._ensure_bus()  # a process that holds refusals must hear resets
+        since = self.deny_cache.epoch  # before the check: a reset may overtake it
         decision = self._call(plan, prefix, cost, spend=True)
         if decision is None:
             return self._unavailable()
         if not decision.admitted:
             self.cache.ratelimit_refusals += 1
-            self.deny_cache.put(deny_key, decision.retry_after, cost, decision)
+            self.deny_cache.put(deny_key, decision.retry_after, cost, decision, since=since)
         return decision
 
     def status(
@@ -182,30 +186,48 @@ class RateLimiter:
         """Forget what was spent: by ``key`` (every scope, or one), every client of a
         ``scope``, or everything under this prefix and schema version (no arguments).
 
-        Deletes with SCAN + UNLINK (never KEYS) and clears the matching entries of this
-        process's deny cache; other workers' deny caches expire on their own, within
-        the retry time they were given.
+        Deletes with SCAN + UNLINK (never KEYS), then drops the refusals it covers from
+        the deny cache of this process and, over the invalidation bus, of every other
+        process (with ``invalidation`` off, theirs expire within the retry time they gave).
 
         :returns: how many Redis keys were deleted.
         :raises CacheUnavailable: when Redis cannot be asked.
         """
         root = _glob(self._root)
-        if key is None and scope is None:
+        tag = None if key is None else "{" + _digest(key) + "}"
+        part = None if scope is None else _scope_part(scope)
+        if tag is None and part is None:
             pattern = root + "*"
-            self.deny_cache.clear()
         else:
-            tag = None if key is None else "{" + _digest(key) + "}"
-            part = None if scope is None else _scope_part(scope)
             # "{*}" stops at the one "}" of a key: the scope is matched where it stands.
             pattern = root + ("{*}" if tag is None else _glob(tag))
             pattern += ":" + ("*" if part is None else _glob(part)) + ":*"
-            self.deny_cache.discard(lambda k: _reset_covers(k, self._root, tag, part))
         deleted = self._tier.run(
             "rate limit reset", lambda c: _unlink_matching(c, pattern), fail_open=False
         )
         if deleted is UNAVAILABLE:  # not with fail_open=False; this narrows the type
             raise CacheUnavailable("the rate limits could not be reset")
+        # After the deletion: a refusal held from before it is dropped, and one from a
+        # check that overlapped it is refused by the deny cache's epoch.
+        self._forget((tag, part))
+        self.cache._announce("rate limit reset", resets=((tag, part),))
         return deleted
+
+    def _heard(self, message: Message | None) -> None:
+        """The bus: another process reset limits, or messages may have been missed."""
+        if message is None:
+            self.deny_cache.clear()
+            return
+        for reset in message.resets:
+            self._forget(reset)
+
+    def _forget(self, reset: Reset) -> None:
+        """Drop the deny cache's refusals that ``reset`` covers."""
+        tag, part = reset
+        if tag is None and part is None:
+            self.deny_cache.clear()
+        else:
+            self.deny_cache.discard(lambda k: _reset_covers(k, self._root, tag, part))
 
     # -- the script call ----------------------------------------------------------------
 
