@@ -36,8 +36,9 @@ APP = "bench.ratelimit_app:create_app()"
 COUNTED = 200  # requests per variant whose Redis commands are counted
 BASELINE = "fl_moving"
 OURS = ("tc_log", "tc_gcra")
-# What a new connection or our own measuring sends: not per request.
-_NOT_PER_REQUEST = frozenset({"info", "hello", "client|setinfo", "flushall"})
+# What a new connection or our own measuring sends, and each worker's invalidation bus
+# (its subscription, and its liveness PING every few seconds): not per request.
+_NOT_PER_REQUEST = frozenset({"info", "hello", "client|setinfo", "flushall", "subscribe", "ping"})
 
 
 def run(ctx: Context) -> Section:
