@@ -223,6 +223,47 @@ def test_other_methods_run_the_view_untouched(make_app: AppFactory) -> None:
     assert client.get("/page").text == "page 1"
 
 
+def test_a_hit_s_headers_are_what_werkzeug_would_send(make_app: AppFactory) -> None:
+    """Hits skip werkzeug's second check of their headers, never its fixes."""
+    app, tc = make_app()
+
+    class AppResponse(Response):
+        pass
+
+    app.response_class = AppResponse
+    classes: list[type] = []
+
+    @app.get("/page")
+    @tc.cached(timeout=60)
+    def page() -> str:
+        return "body"
+
+    @app.after_request
+    def hook(response: Response) -> Response:
+        classes.append(type(response))
+        if request.args.get("moved"):
+            response.headers["Location"] = "/ünïcode"  # werkzeug makes it a URI
+        if request.args.get("empty"):
+            response.status_code = 204  # werkzeug drops Content-Length
+        return response
+
+    client = app.test_client()
+    miss = client.get("/page")
+    hit = client.get("/page")
+    assert hit.headers["X-Cache"] == "HIT-L1" and hit.data == b"body"
+    assert sorted(hit.headers.keys()) == sorted([*miss.headers.keys(), "Age"])
+    assert hit.headers["Content-Length"] == "4"
+    assert all(issubclass(c, AppResponse) for c in classes)  # the app's class, for hooks
+
+    client.get("/page?moved=1")
+    moved = client.get("/page?moved=1")
+    assert moved.headers["X-Cache"] == "HIT-L1"
+    assert moved.headers["Location"] == "/%C3%BCn%C3%AFcode"
+    client.get("/page?empty=1")
+    empty = client.get("/page?empty=1")
+    assert empty.status_code == 204 and "Content-Length" not in empty.headers
+
+
 # -- what is never stored -----------------------------------------------------------------
 
 

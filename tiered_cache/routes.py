@@ -81,6 +81,7 @@ from .redis_tier import UNAVAILABLE
 from .sentinels import MISS
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
     from flask import Flask
     from flask.typing import ResponseReturnValue
     from werkzeug.wrappers import Response
@@ -317,7 +318,7 @@ class Routes:
         self, page: Page, source: str, environ: Mapping[str, Any], *, etag: bool
     ) -> Response:
         """The response of a hit: the page, or a 304 when ``If-None-Match`` matches it."""
-        make = current_app.response_class
+        make = _hit_class(current_app.response_class)
         delivery = (
             ("X-Cache", source),
             ("Age", str(max(0, int(self.cache._clock() - page.stored)))),
@@ -435,6 +436,44 @@ def _headers(pairs: list[tuple[str, str]]) -> Headers:
         headers._list = pairs
         return headers
     return Headers(pairs)  # pragma: no cover - a werkzeug without Headers._list
+
+
+def _hit_class(base: type[Response]) -> type[Response]:
+    """``base`` (the app's response class) for hits, whose headers are not checked twice.
+
+    werkzeug's ``get_wsgi_headers`` copies the headers through ``Headers(headers)``,
+    which checks every name and value again, then fixes what needs fixing: a
+    ``Location`` or ``Content-Location`` made a URI, ``Content-Length`` dropped or
+    computed. A hit's headers were checked when its page was first made (and by
+    ``Headers`` itself, for any an ``after_request`` hook added), so when none of those
+    fixes applies they are handed out as they are; otherwise werkzeug's method runs.
+    """
+    found = _HIT_CLASSES.get(base)
+    if found is not None:
+        return found
+
+    class HitResponse(base):  # type: ignore[valid-type,misc]
+        def get_wsgi_headers(self, environ: WSGIEnvironment) -> Headers:
+            headers: Headers = self.headers
+            if _as_they_are(headers, self.status_code):
+                return headers
+            fixed: Headers = super().get_wsgi_headers(environ)
+            return fixed
+
+    HitResponse.__name__ = HitResponse.__qualname__ = f"Hit{base.__name__}"
+    return _HIT_CLASSES.setdefault(base, HitResponse)
+
+
+def _as_they_are(headers: Headers, status: int) -> bool:
+    """Whether werkzeug's ``get_wsgi_headers`` would change nothing but the copy."""
+    if type(headers) is not Headers or not 200 <= status < 300 or status == 204:
+        return False
+    names = {name.lower() for name, _ in headers._list}
+    return "content-length" in names and names.isdisjoint(_FIXED_BY_WERKZEUG)
+
+
+_HIT_CLASSES: dict[type[Response], type[Response]] = {}
+_FIXED_BY_WERKZEUG: Final = frozenset({"location", "content-location"})
 
 
 def _storable(options: RouteOptions, response: Response) -> bool:
