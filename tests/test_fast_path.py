@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from tests import test_routes
+from tests.procs import run_in_processes
 from tests.test_routes import AppFactory, xcache
 from tests.waiting import until
 from tiered_cache.flask_ext import TieredCache
@@ -209,9 +210,36 @@ def test_the_fast_path_never_waits_on_redis_for_a_namespace_version(
 
     routes = state.extras["routes"]
     target = routes.fast[("/catalogue", "")]
-    assert routes.l1_page(target, {"REQUEST_METHOD": "GET", "PATH_INFO": "/catalogue"}) is None
+    find = routes.fast_finder()
+    assert find(target, {"REQUEST_METHOD": "GET", "PATH_INFO": "/catalogue"}) is None
     assert asked == []
     before = calls["before_request"]
     response = client.get("/catalogue")
     assert response.text == "catalogue 1" and calls["before_request"] == before + 1
     assert "namespace version" in asked
+
+
+_FORKED: list[Flask] = []
+
+
+def first_answers_in_forked_child() -> list[str]:
+    """A forked worker's first answers for a page its parent holds in L1."""
+    client = _FORKED[0].test_client()
+    return [xcache(client.get("/public")) for _ in range(2)]
+
+
+def test_a_forked_worker_never_answers_from_its_parents_l1(make_app: AppFactory) -> None:
+    """The child starts with an empty L1 of its own (no bus keeps the inherited copy
+    current): its first request goes through Flask to Redis, then its own L1 serves."""
+    app, _ = hooked_app(make_app)
+    client = app.test_client()
+    client.get("/public")
+    assert xcache(client.get("/public")) == "HIT-L1"  # the fast path, in this process
+    _FORKED[:] = [app]
+    try:
+        [answers] = run_in_processes(
+            first_answers_in_forked_child, [()], timeout=30, start_method="fork"
+        )
+    finally:
+        _FORKED.clear()
+    assert answers == ["HIT-L2", "HIT-L1"]

@@ -57,7 +57,7 @@ import inspect
 import math
 import threading
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import current_app, request
@@ -160,8 +160,10 @@ class Pending:
 class FastTarget:
     """Where the fast path finds the page of one request location."""
 
-    keyspace: Keyspace
     key: str
+    local: Callable[[str], Hashable | None] | None
+    """The route's namespace's trusted L1 key of ``key``; None: ``key`` itself (the
+    default namespace, which has no version)."""
     etag: bool
 
 
@@ -237,23 +239,28 @@ class Routes:
             return value, HIT_L1
         return _read_l2(self.cache, local, keyspace._global(key, local), stale_ttl)
 
-    def l1_page(self, target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
-        """The public page L1 holds for this request, for the fast path (no Redis)."""
-        # Namespace versions as this process knows them: the fast path never waits on
-        # Redis, and a version it cannot vouch for sends the request on to Flask.
-        read, local, decode = (
-            self.cache._l1_value,
-            target.keyspace._local_if_trusted,
-            self.pages.get,
-        )
-        where = local(target.key)
-        found = None if where is None else decode(read(where))
-        if type(found) is tuple:
-            where = local(variant_key(target.key, found, environ))
+    def fast_finder(self) -> Callable[[FastTarget, Mapping[str, Any]], Page | None]:
+        """The fast path's lookup: the public page L1 holds for a request, or None.
+
+        Bound to this process's L1: build it again after a fork. It never waits on
+        Redis: namespace versions are the ones this process knows, and a version it
+        cannot vouch for sends the request on to Flask, which asks Redis.
+        """
+        read, decode = self.cache._l1_value, self.pages.get
+
+        def find(target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
+            local = target.local
+            where = target.key if local is None else local(target.key)
             found = None if where is None else decode(read(where))
-        if type(found) is Page and found.public and (not found.vary or found.matches(environ)):
-            return found
-        return None
+            if type(found) is tuple:
+                key = variant_key(target.key, found, environ)
+                where = key if local is None else local(key)
+                found = None if where is None else decode(read(where))
+            if type(found) is Page and found.public and (not found.vary or found.matches(environ)):
+                return found
+            return None
+
+        return find
 
     def remember_fast(self, options: RouteOptions, environ: Mapping[str, Any], key: str) -> None:
         """Let the fast path find this request's page (public routes only)."""
@@ -262,7 +269,9 @@ class Routes:
         location = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
         if location in self.fast:
             return
-        self.fast[location] = FastTarget(self._keyspace(options), key, options.etag)
+        keyspace = self._keyspace(options)
+        local = None if keyspace is self.cache else keyspace._local_if_trusted
+        self.fast[location] = FastTarget(key, local, options.etag)
         if len(self.fast) > FAST_INDEX_MAX:
             # The oldest location goes; another thread may be trimming too.
             with contextlib.suppress(KeyError, RuntimeError, StopIteration):

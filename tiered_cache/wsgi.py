@@ -20,8 +20,8 @@ such as ``ProxyFix``, still runs).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
-from os import getpid
 from typing import TYPE_CHECKING, Final
 
 from werkzeug.http import parse_etags
@@ -32,12 +32,22 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from flask import Flask
 
-    from ._response_entry import Page
     from .flask_ext import AppState
     from .routes import Routes
 
 _X_CACHE: Final = ("X-Cache", "HIT-L1")
 _NOT_MODIFIED: Final = "304 Not Modified"
+
+_forks = 0
+"""How many forks made this process: the fast path starts again in a forked child."""
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 def fast_path(
@@ -48,30 +58,43 @@ def fast_path(
     """Wrap ``inner`` (the app's WSGI callable) with the fast path of ``routes``.
 
     :param on_process_start: idempotent callables run before the first request each
-        process serves (a pid check per request: cheaper than a ``before_request`` hook,
-        and run for fast-path hits too).
+        process serves (a check per request: cheaper than a ``before_request`` hook, and
+        run for fast-path hits too).
     """
     locations = routes.fast
-    find = routes.l1_page
     clock: Callable[[], float] = routes.cache._clock
-    started_in = 0  # the pid that ran on_process_start
+    find = routes.fast_finder()
+    started = -1  # the _forks of the process that ran on_process_start
 
+    # A hit is everything this process does for the request, so it is written flat:
+    # under gunicorn each call and attribute read here costs several times what it
+    # costs in a loop, and the fast path is compared with a bare WSGI callable.
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        nonlocal started_in
-        if started_in != getpid():
-            # Concurrent first requests may both run them: they are idempotent.
+        nonlocal started, find
+        if started != _forks:
+            # Concurrent first requests may both get here: all of it is idempotent.
             for start in on_process_start:
                 start()
-            started_in = getpid()
+            find = routes.fast_finder()  # this process's L1
+            started = _forks
         if locations:
+            target = locations.get((environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
             method = environ.get("REQUEST_METHOD")
-            if method in {"GET", "HEAD"}:
-                location = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
-                target = locations.get(location)
-                if target is not None:
-                    page = find(target, environ)
-                    if page is not None:
-                        return _serve(page, environ, start_response, clock(), target.etag)
+            if target is not None and method in {"GET", "HEAD"}:
+                page = find(target, environ)
+                if page is not None:
+                    age = ("Age", str(max(0, int(clock() - page.stored))))
+                    header = environ.get("HTTP_IF_NONE_MATCH")
+                    if (
+                        header
+                        and target.etag
+                        and page.etag is not None
+                        and parse_etags(header).contains_weak(page.etag)
+                    ):
+                        start_response(_NOT_MODIFIED, [*page.not_modified, _X_CACHE, age])
+                        return []
+                    start_response(page.status, [*page.headers, _X_CACHE, age])
+                    return [] if method == "HEAD" else [page.body]
         try:
             return inner(environ, start_response)
         finally:
@@ -79,19 +102,6 @@ def fast_path(
                 release_leftover(environ)
 
     return app
-
-
-def _serve(
-    page: Page, environ: WSGIEnvironment, start_response: StartResponse, now: float, etag: bool
-) -> list[bytes]:
-    """Answer from ``page``: a 304 when ``If-None-Match`` matches, else the page."""
-    age = ("Age", str(max(0, int(now - page.stored))))
-    header = environ.get("HTTP_IF_NONE_MATCH")
-    if header and etag and page.etag is not None and parse_etags(header).contains_weak(page.etag):
-        start_response(_NOT_MODIFIED, [*page.not_modified, _X_CACHE, age])
-        return []
-    start_response(page.status, [*page.headers, _X_CACHE, age])
-    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [page.body]
 
 
 def init_app(app: Flask, state: AppState) -> None:
