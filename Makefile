@@ -21,7 +21,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check tiered_cache tests bench example_app gunicorn.conf.py
 	$(BIN)/ruff format --check tiered_cache tests bench example_app gunicorn.conf.py
-	$(BIN)/mypy --strict tiered_cache example_app
+	$(BIN)/mypy --strict tiered_cache example_app bench
 
 # The example app under gunicorn, 4 workers, on http://127.0.0.1:8000/ (PORT=... to move it).
 run: $(STAMP)

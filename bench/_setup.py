@@ -64,7 +64,7 @@ class RawSubscriber:
 
     def __init__(self, redis_url: str, channel: str) -> None:
         self._client = redis.Redis.from_url(redis_url)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(channel)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="bench-raw-sub", daemon=True)

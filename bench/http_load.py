@@ -101,9 +101,11 @@ def run(ctx: Context) -> Section:
         )
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    same_bytes: set[bytes] = set()
     for one in PASSES:
         runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in one.variants}
         x_cache: dict[str, str] = {}
+        bodies: dict[str, bytes] = {}
         # Round-robin: each repetition serves every variant once, so a burst of load
         # elsewhere on the machine hits all variants alike instead of one of them.
         for _ in range(repeats):
@@ -112,7 +114,7 @@ def run(ctx: Context) -> Section:
                     variant, ctx.redis_url, one.worker_class, one.extra, pinned=one.pinned
                 )
                 with server:
-                    x_cache[variant] = server.warm()
+                    x_cache[variant], bodies[variant] = server.warm()
                     load(server.port, WARM_UP)  # a fresh worker is slower for a second or two
                     cpu = server.cpu_seconds()
                     figures = load(server.port, duration)
@@ -126,10 +128,17 @@ def run(ctx: Context) -> Section:
                 "cpu_us": statistics.median(f["cpu_us"] for f in figures),
                 "errors": sum(f["errors"] for f in figures),
                 "x_cache": x_cache[variant],
+                "body_bytes": len(bodies[variant]),
             }
             for variant, figures in runs.items()
         }
+        same_bytes.update(body for variant, body in bodies.items() if variant != "flask_floor")
     _report(section, results)
+    section.check(
+        "every variant but Flask's floor answers the same bytes",
+        len(same_bytes) == 1,
+        f"{len(same_bytes)} distinct bodies",
+    )
     section.data["results"] = results
     return section
 
@@ -239,13 +248,13 @@ class Gunicorn:
         self.__exit__()
         raise RuntimeError(f"gunicorn did not answer on port {self.port}")
 
-    def warm(self) -> str:
-        """Fill both workers' L1; return the X-Cache header the variant answers with."""
-        x_cache = ""
+    def warm(self) -> tuple[str, bytes]:
+        """Fill both workers' L1; return the X-Cache header and body the variant answers."""
+        x_cache, body = "", b""
         for _ in range(40):
-            _, headers = get_page(self.port, self.path)
+            _, headers, body = get_page(self.port, self.path)
             x_cache = headers.get("x-cache", "")
-        return x_cache
+        return x_cache, body
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the master and its workers."""
@@ -289,13 +298,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def get_page(port: int, path: str = "/item") -> tuple[int, dict[str, str]]:
+def get_page(port: int, path: str = "/item") -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
     finally:
         connection.close()
 

@@ -75,7 +75,7 @@ def _candidates(lru: Cache, ct: Cache, value: Any) -> list[Candidate]:
     memo = functools.lru_cache(maxsize=10_000)(plain.__getitem__)
     for key in KEYS:
         memo(key)
-    rows = [
+    rows: list[tuple[str, str, dict[str, Any]]] = [
         ("Cache.get (lru L1)", "get(k)", {"get": lru.get}),
         ("Cache.get (cachetools L1)", "get(k)", {"get": ct.get}),
         ("dict d.get(k)", "get(k)", {"get": plain.get}),

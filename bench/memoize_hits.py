@@ -8,6 +8,7 @@ Both decorate the same trivial function and are called with the same arguments,
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import cachetools
 
@@ -33,7 +34,7 @@ def run(ctx: Context) -> Section:
         ttl_cached = cachetools.cached(cachetools.TTLCache(maxsize=10_000, ttl=300))(add)
         lru_cached = cachetools.cached(cachetools.LRUCache(maxsize=10_000))(add)
         functools_cached = functools.lru_cache(maxsize=10_000)(add)
-        rows = [
+        rows: list[tuple[str, Callable[[int, int], int]]] = [
             ("cache.memoize", memoized),
             (BASELINE, ttl_cached),
             ("cachetools.cached(LRUCache)", lru_cached),
