@@ -264,6 +264,44 @@ def test_a_hit_s_headers_are_what_werkzeug_would_send(make_app: AppFactory) -> N
     assert empty.status_code == 204 and "Content-Length" not in empty.headers
 
 
+def test_a_hit_s_body_is_sent_as_it_is_unless_a_hook_needs_werkzeug(
+    make_app: AppFactory,
+) -> None:
+    """A hit's body skips werkzeug's encoding and closing wrappers, never what they do:
+    callbacks registered with ``call_on_close`` run, a body a hook replaced is sent."""
+    app, tc = make_app()
+    closed: list[str] = []
+
+    @app.get("/page")
+    @tc.cached(timeout=60)
+    def page() -> str:
+        return "body"
+
+    @app.after_request
+    def hook(response: Response) -> Response:
+        if request.args.get("close"):
+            response.call_on_close(lambda: closed.append("closed"))
+        if request.args.get("text"):
+            response.response = ["text, encoded by werkzeug"]
+        if request.args.get("bytes"):
+            response.set_data(b"replaced")
+        return response
+
+    client = app.test_client()
+    queries = ("", "close=1", "text=1", "bytes=1")
+    for query in queries:
+        client.get(f"/page?{query}", buffered=True)  # buffered: the client closes it
+    assert closed == ["closed"]
+    answers = {query: client.get(f"/page?{query}", buffered=True) for query in queries}
+    assert {xcache(answer) for answer in answers.values()} == {"HIT-L1"}
+    assert answers[""].data == answers["close=1"].data == b"body"
+    assert closed == ["closed", "closed"]
+    assert answers["text=1"].data == b"text, encoded by werkzeug"
+    assert answers["bytes=1"].data == b"replaced"
+    assert answers["bytes=1"].headers["Content-Length"] == "8"
+    assert client.head("/page?close=1", buffered=True).data == b"" and len(closed) == 3
+
+
 # -- what is never stored -----------------------------------------------------------------
 
 

@@ -57,7 +57,7 @@ import inspect
 import math
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Mapping, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import current_app, request
@@ -456,6 +456,9 @@ def _hit_class(base: type[Response]) -> type[Response]:
     computed. A hit's headers were checked when its page was first made (and by
     ``Headers`` itself, for any an ``after_request`` hook added), so when none of those
     fixes applies they are handed out as they are; otherwise werkzeug's method runs.
+    Likewise the body: werkzeug wraps it in a generator that encodes each item and an
+    iterator that closes the response, which a list of one ``bytes`` with nothing to
+    call on close needs neither.
     """
     found = _HIT_CLASSES.get(base)
     if found is not None:
@@ -469,6 +472,13 @@ def _hit_class(base: type[Response]) -> type[Response]:
             fixed: Headers = super().get_wsgi_headers(environ)
             return fixed
 
+        def get_app_iter(self, environ: WSGIEnvironment) -> Iterable[bytes]:
+            body: Iterable[bytes] = self.response
+            if _sent_as_it_is(body, self.status_code, environ) and not self._on_close:
+                return body  # a list of bytes: nothing to encode, nothing to close
+            wrapped: Iterable[bytes] = super().get_app_iter(environ)
+            return wrapped
+
     HitResponse.__name__ = HitResponse.__qualname__ = f"Hit{base.__name__}"
     return _HIT_CLASSES.setdefault(base, HitResponse)
 
@@ -479,6 +489,19 @@ def _as_they_are(headers: Headers, status: int) -> bool:
         return False
     names = {name.lower() for name, _ in headers._list}
     return "content-length" in names and names.isdisjoint(_FIXED_BY_WERKZEUG)
+
+
+def _sent_as_it_is(body: Any, status: int, environ: WSGIEnvironment) -> bool:
+    """Whether werkzeug's ``get_app_iter`` would only wrap ``body`` (a list of one bytes,
+    as :meth:`Routes.respond` made it) to encode and close it, which it needs neither."""
+    return (
+        type(body) is list
+        and len(body) == 1
+        and type(body[0]) is bytes
+        and 200 <= status < 300
+        and status != 204
+        and environ["REQUEST_METHOD"] != "HEAD"
+    )
 
 
 _HIT_CLASSES: dict[type[Response], type[Response]] = {}
