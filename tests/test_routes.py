@@ -223,22 +223,26 @@ def test_other_methods_run_the_view_untouched(make_app: AppFactory) -> None:
     assert client.get("/page").text == "page 1"
 
 
-def test_a_hit_s_headers_are_what_werkzeug_would_send(make_app: AppFactory) -> None:
-    """Hits skip werkzeug's second check of their headers, never its fixes."""
+def hooked_page(make_app: AppFactory, hook: Callable[[Response], Response]) -> Flask:
+    """An app whose cached ``/page`` says "body", with ``hook`` as its after_request hook."""
     app, tc = make_app()
-
-    class AppResponse(Response):
-        pass
-
-    app.response_class = AppResponse
-    classes: list[type] = []
 
     @app.get("/page")
     @tc.cached(timeout=60)
     def page() -> str:
         return "body"
 
-    @app.after_request
+    app.after_request(hook)
+    return app
+
+
+def test_a_hit_s_headers_are_what_werkzeug_would_send(make_app: AppFactory) -> None:
+    """Hits skip werkzeug's second check of their headers, never its fixes."""
+    classes: list[type] = []
+
+    class AppResponse(Response):
+        pass
+
     def hook(response: Response) -> Response:
         classes.append(type(response))
         if request.args.get("moved"):
@@ -247,6 +251,8 @@ def test_a_hit_s_headers_are_what_werkzeug_would_send(make_app: AppFactory) -> N
             response.status_code = 204  # werkzeug drops Content-Length
         return response
 
+    app = hooked_page(make_app, hook)
+    app.response_class = AppResponse
     client = app.test_client()
     miss = client.get("/page")
     hit = client.get("/page")
@@ -269,15 +275,8 @@ def test_a_hit_s_body_is_sent_as_it_is_unless_a_hook_needs_werkzeug(
 ) -> None:
     """A hit's body skips werkzeug's encoding and closing wrappers, never what they do:
     callbacks registered with ``call_on_close`` run, a body a hook replaced is sent."""
-    app, tc = make_app()
     closed: list[str] = []
 
-    @app.get("/page")
-    @tc.cached(timeout=60)
-    def page() -> str:
-        return "body"
-
-    @app.after_request
     def hook(response: Response) -> Response:
         if request.args.get("close"):
             response.call_on_close(lambda: closed.append("closed"))
@@ -287,7 +286,7 @@ def test_a_hit_s_body_is_sent_as_it_is_unless_a_hook_needs_werkzeug(
             response.set_data(b"replaced")
         return response
 
-    client = app.test_client()
+    client = hooked_page(make_app, hook).test_client()
     queries = ("", "close=1", "text=1", "bytes=1")
     for query in queries:
         client.get(f"/page?{query}", buffered=True)  # buffered: the client closes it
