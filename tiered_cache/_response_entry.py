@@ -24,6 +24,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from werkzeug.http import parse_etags
+
 ENTRY: Final = "E"
 INDEX: Final = "I"
 _FORMAT: Final = 1
@@ -72,6 +74,18 @@ class Page:
     def status_code(self) -> int:
         """The status code."""
         return int(self.status.split(None, 1)[0])
+
+    def age(self, now: float) -> tuple[str, str]:
+        """The ``Age`` header of a hit at epoch seconds ``now``."""
+        return ("Age", str(max(0, int(now - self.stored))))
+
+    def not_modified_for(self, environ: Mapping[str, Any]) -> bool:
+        """Whether the request's ``If-None-Match`` matches this page's ETag (weak
+        comparison, RFC 9110): the request gets a 304."""
+        header = environ.get("HTTP_IF_NONE_MATCH")
+        if not header or self.etag is None:
+            return False
+        return parse_etags(header).contains_weak(self.etag)
 
     def matches(self, environ: Mapping[str, Any]) -> bool:
         """Tell whether the request's values of this page's ``Vary`` names are its own."""

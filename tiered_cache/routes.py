@@ -64,7 +64,7 @@ from flask import current_app, request
 from flask.globals import request_ctx
 from flask.signals import request_finished
 from werkzeug.datastructures import Headers
-from werkzeug.http import generate_etag, parse_etags, unquote_etag
+from werkzeug.http import generate_etag, unquote_etag
 
 from ._response_entry import (
     Page,
@@ -328,11 +328,8 @@ class Routes:
     ) -> Response:
         """The response of a hit: the page, or a 304 when ``If-None-Match`` matches it."""
         make = _hit_class(current_app.response_class)
-        delivery = (
-            ("X-Cache", source),
-            ("Age", str(max(0, int(self.cache._clock() - page.stored)))),
-        )
-        if etag and _not_modified(page, environ):
+        delivery = (("X-Cache", source), page.age(self.cache._clock()))
+        if etag and page.not_modified_for(environ):
             return make(status=304, headers=_headers([*page.not_modified, *delivery]))
         # A list body: no Content-Length recomputed (the page has it), nothing re-encoded.
         headers = _headers([*page.headers, *delivery])
@@ -518,12 +515,6 @@ def _storable(options: RouteOptions, response: Response) -> bool:
     if control.private or control.no_store or control.no_cache:
         return False
     return "*" not in response.vary
-
-
-def _not_modified(page: Page, environ: Mapping[str, Any]) -> bool:
-    """Whether ``If-None-Match`` matches the page's ETag (weak comparison, RFC 9110)."""
-    header = environ.get("HTTP_IF_NONE_MATCH")
-    return bool(header) and page.etag is not None and parse_etags(header).contains_weak(page.etag)
 
 
 def _marked(rv: Any, source: str) -> Response:

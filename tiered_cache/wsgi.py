@@ -24,8 +24,6 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
-from werkzeug.http import parse_etags
-
 from .routes import PENDING, release_leftover
 
 if TYPE_CHECKING:
@@ -66,9 +64,9 @@ def fast_path(
     find = routes.fast_finder()
     started = -1  # the _forks of the process that ran on_process_start
 
-    # A hit is everything this process does for the request, so it is written flat:
-    # under gunicorn each call and attribute read here costs several times what it
-    # costs in a loop, and the fast path is compared with a bare WSGI callable.
+    # A hit is everything this process does for the request, so it is kept short: under
+    # gunicorn each call and attribute read here costs several times what it costs in a
+    # loop, and the fast path is compared with a bare WSGI callable.
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         nonlocal started, find
         if started != _forks:
@@ -83,14 +81,8 @@ def fast_path(
             if target is not None and method in {"GET", "HEAD"}:
                 page = find(target, environ)
                 if page is not None:
-                    age = ("Age", str(max(0, int(clock() - page.stored))))
-                    header = environ.get("HTTP_IF_NONE_MATCH")
-                    if (
-                        header
-                        and target.etag
-                        and page.etag is not None
-                        and parse_etags(header).contains_weak(page.etag)
-                    ):
+                    age = page.age(clock())
+                    if target.etag and page.not_modified_for(environ):
                         start_response(_NOT_MODIFIED, [*page.not_modified, _X_CACHE, age])
                         return []
                     start_response(page.status, [*page.headers, _X_CACHE, age])
