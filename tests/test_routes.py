@@ -15,6 +15,7 @@ from flask import Flask, Response, g, request, request_finished, session
 from flask.testing import FlaskClient
 
 from tests.waiting import until
+from tiered_cache._response_entry import Page
 from tiered_cache.flask_ext import TieredCache
 from tiered_cache.http import etag
 
@@ -100,6 +101,17 @@ def test_age_counts_seconds_since_stored(make_app: AppFactory) -> None:
     client.get("/page")
     time.sleep(1.05)
     assert int(client.get("/page").headers["Age"]) >= 1
+
+
+def test_age_is_whole_seconds_and_never_negative() -> None:
+    page = Page("200 OK", (), (), b"", None, 1000.0, (), "", True)
+    assert [page.age(1000.0 + s) for s in (0.4, 1.0, 5.9)] == [
+        ("Age", "0"),
+        ("Age", "1"),
+        ("Age", "5"),
+    ]
+    # Stored by a host whose clock is ahead of this one's.
+    assert page.age(997.0) == ("Age", "0")
 
 
 @pytest.mark.parametrize("public", [False, True])

@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from werkzeug.http import parse_etags
@@ -47,6 +47,8 @@ UNSTORED_HEADERS: Final = frozenset(
         "ratelimit",
     }
 )
+
+_AGE_ZERO: Final = ("Age", "0")
 
 # The WSGI environ keys of the headers CGI does not prefix with HTTP_.
 _CGI_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
@@ -76,8 +78,11 @@ class Page:
         return int(self.status.split(None, 1)[0])
 
     def age(self, now: float) -> tuple[str, str]:
-        """The ``Age`` header of a hit at epoch seconds ``now``."""
-        return ("Age", str(max(0, int(now - self.stored))))
+        """The ``Age`` header of a hit at epoch seconds ``now`` (0 if the clock went back)."""
+        # Not max(0, ...): CPython 3.11's max() parses keywords on every call and costs
+        # more than the rest of this method; most hits of a hot page are under a second.
+        seconds = int(now - self.stored)
+        return ("Age", str(seconds)) if seconds > 0 else _AGE_ZERO
 
     def not_modified_for(self, environ: Mapping[str, Any]) -> bool:
         """Whether the request's ``If-None-Match`` matches this page's ETag (weak
@@ -190,6 +195,9 @@ class PageDecoder:
     def __init__(self, max_items: int = 1024) -> None:
         self._max_items = max_items
         self._memo: dict[str, Page | tuple[str, ...] | None] = {}
+        self.known: Callable[[str], Page | tuple[str, ...] | None] = self._memo.get
+        """The page or index already decoded from string ``text``, else None. No decoding
+        and no type check: the fast path's lookup, one C call (pass strings only)."""
 
     def get(self, text: Any) -> Page | tuple[str, ...] | None:
         """The page or index stored as ``text``; None when ``text`` is neither."""

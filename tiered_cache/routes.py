@@ -246,12 +246,15 @@ class Routes:
         Redis: namespace versions are the ones this process knows, and a version it
         cannot vouch for sends the request on to Flask, which asks Redis.
         """
-        read, decode = self.cache._l1_value, self.pages.get
+        read, known, decode = self.cache._l1_value, self.pages.known, self.pages.get
 
         def find(target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
             local = target.local
             where = target.key if local is None else local(target.key)
-            found = None if where is None else decode(read(where))
+            text = None if where is None else read(where)
+            found = known(text) if type(text) is str else None
+            if found is None:  # not decoded yet, or not a page
+                found = decode(text)
             if type(found) is tuple:
                 key = variant_key(target.key, found, environ)
                 where = key if local is None else local(key)

@@ -82,7 +82,11 @@ def fast_path(
                 page = find(target, environ)
                 if page is not None:
                     age = page.age(clock())
-                    if target.etag and page.not_modified_for(environ):
+                    if (
+                        target.etag
+                        and "HTTP_IF_NONE_MATCH" in environ
+                        and page.not_modified_for(environ)
+                    ):
                         start_response(_NOT_MODIFIED, [*page.not_modified, _X_CACHE, age])
                         return []
                     start_response(page.status, [*page.headers, _X_CACHE, age])
