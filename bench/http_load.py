@@ -7,6 +7,14 @@ L1 hot), ``wrk`` loads it for 10 s, five times (after 2 s of load that is not co
 fresh worker is slower for its first second or two), and the median requests/s is the
 variant's figure (``--quick``: 2 s, once). Five, not three: (b) and (a) differ by a few
 per cent, about what one run varies by here.
+
+Each repetition serves every variant once, the variants each target compares one right
+after the other, in reverse order every other repetition (so a machine slowing down or
+speeding up over the run weighs on both sides of a pair alike). A target's ratio is the
+median of its pair's ratios within each repetition; the ratio of the two medians is
+shown beside it. Each gthread worker holds at most half of the load generator's
+connections (see ``bench/gunicorn.conf.py``): left to chance, one worker usually takes
+them all and the other idles, differently from one run to the next.
 Without ``wrk`` on PATH a bounded Python load generator (threads with keep-alive
 connections) stands in, and the output says so: its figures are lower and GIL-bound,
 the ratios still compare like with like.
@@ -52,7 +60,17 @@ NAME = "http"
 TITLE = "7. HTTP: requests/s under gunicorn (2 workers), side by side"
 GTHREAD = ["--threads", "4"]
 G_VARIANTS = ("slow_plain", "slow_cached", "slow_public", "flask_floor")
-COST_VARIANTS = tuple(variant for variant in VARIANTS if variant not in G_VARIANTS)
+# (f) (c) (a) (b) (d) (e): the pairs the cost targets compare, (c)/(f), (b)/(a) and
+# (b)/(d), are served one right after the other.
+COST_VARIANTS = (
+    "raw_wsgi",
+    "public",
+    "plain",
+    "cached",
+    "flask_caching_redis",
+    "flask_caching_simple",
+)
+assert set(COST_VARIANTS) | set(G_VARIANTS) == set(VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class Pass:
 
 
 CONNECTIONS = 8
+_LETTER = {variant: n for n, variant in enumerate(VARIANTS)}  # tables in (a)..(g) order
 WARM_UP = 2.0  # seconds of load, discarded, before each measured run
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"  # not the example app's
@@ -79,7 +98,7 @@ def _pinned(command: list[str], core: int) -> list[str]:
 
 
 PASSES = (
-    Pass("sync", "sync", [], True, tuple(VARIANTS)),
+    Pass("sync", "sync", [], True, COST_VARIANTS + G_VARIANTS),
     Pass("gthread", "gthread", GTHREAD, True, COST_VARIANTS),
     # Without pinning the first pass already measured (g) this way.
     *([Pass("sync, not pinned", "sync", [], False, G_VARIANTS)] if PIN else []),
@@ -108,8 +127,9 @@ def run(ctx: Context) -> Section:
         bodies: dict[str, bytes] = {}
         # Round-robin: each repetition serves every variant once, so a burst of load
         # elsewhere on the machine hits all variants alike instead of one of them.
-        for _ in range(repeats):
-            for variant in one.variants:
+        for repetition in range(repeats):
+            order = one.variants if repetition % 2 == 0 else one.variants[::-1]
+            for variant in order:
                 server = Gunicorn(
                     variant, ctx.redis_url, one.worker_class, one.extra, pinned=one.pinned
                 )
@@ -130,7 +150,7 @@ def run(ctx: Context) -> Section:
                 "x_cache": x_cache[variant],
                 "body_bytes": len(bodies[variant]),
             }
-            for variant, figures in runs.items()
+            for variant, figures in sorted(runs.items(), key=lambda item: _LETTER[item[0]])
         }
         same_bytes.update(body for variant, body in bodies.items() if variant != "flask_floor")
     _report(section, results)
@@ -185,21 +205,27 @@ def _report(section: Section, results: dict[str, dict[str, dict[str, Any]]]) -> 
     section.check("no failed requests", errors == 0, f"{errors} non-2xx or socket errors")
 
 
+_PAIRS = (
+    ("(b)/(a)", "(b) cached / (a) plain", "cached", "plain", 1.0),
+    ("(b)/(d)", "(b) cached / (d) Flask-Caching RedisCache", "cached", "flask_caching_redis", 1.3),
+    ("(c)/(f)", "(c) fast path / (f) raw WSGI", "public", "raw_wsgi", 0.9),
+)
+"""The cost targets: short name, label, numerator, denominator, threshold."""
+
+
 def _cost_targets(section: Section, tag: str, figures: dict[str, dict[str, Any]]) -> None:
-    """The targets that compare what variants cost per request: (b)/(a), (b)/(d), (c)/(f)."""
-    rps = {variant: f["rps"] for variant, f in figures.items()}
-    section.target(
-        f"{tag} (b) cached / (a) plain", rps["cached"] / rps["plain"], 1.0, at_least=True
-    )
-    section.target(
-        f"{tag} (b) cached / (d) Flask-Caching RedisCache",
-        rps["cached"] / rps["flask_caching_redis"],
-        1.3,
-        at_least=True,
-    )
-    section.target(
-        f"{tag} (c) fast path / (f) raw WSGI", rps["public"] / rps["raw_wsgi"], 0.9, at_least=True
-    )
+    """The targets that compare what variants cost per request: (b)/(a), (b)/(d), (c)/(f).
+
+    Each is the median of the pair's ratios within a repetition (the two were served one
+    right after the other); the ratios of the two variants' medians follow in a note.
+    """
+    of_medians = []
+    for short, label, top, bottom, threshold in _PAIRS:
+        pairs = zip(figures[top]["runs"], figures[bottom]["runs"], strict=True)
+        paired = statistics.median(a / b for a, b in pairs)
+        section.target(f"{tag} {label}, paired runs", paired, threshold, at_least=True)
+        of_medians.append(f"{short} {figures[top]['rps'] / figures[bottom]['rps']:.3f}")
+    section.note(f"{tag} the same ratios of the variants' medians: {', '.join(of_medians)}")
     cpu = {variant: f["cpu_us"] for variant, f in figures.items()}
     section.note(
         f"{tag} the same ratios from gunicorn's CPU time per request (steadier on a "
@@ -228,6 +254,8 @@ class Gunicorn:
         self.port = free_port()
         self.path = path
         env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS_URL=redis_url)
+        # Each gthread worker takes half the connections (bench/gunicorn.conf.py).
+        env["BENCH_WORKER_CONNECTIONS"] = str(max(1, CONNECTIONS // 2))
         command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG)]
         command += ["-w", "2", "-k", worker_class, *extra]
         command += ["-b", f"127.0.0.1:{self.port}", "--log-level", "warning"]
