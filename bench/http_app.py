@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
+from werkzeug.http import generate_etag, quote_etag
 
 PAYLOAD: dict[str, Any] = {
     "id": 42,
@@ -56,6 +57,8 @@ def create_app() -> Callable[..., Iterable[bytes]]:
     variant = os.environ["BENCH_VARIANT"]
     if variant == "raw_wsgi":
         return _raw_wsgi
+    if variant == "raw_wsgi_hit_headers":  # for bench.http_instructions only
+        return _raw_wsgi_hit_headers
     app = Flask(__name__)
     build = _BUILDERS[variant]
     build(app, os.environ["BENCH_REDIS_URL"])
@@ -65,6 +68,19 @@ def create_app() -> Callable[..., Iterable[bytes]]:
 def _raw_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
     start_response("200 OK", headers)
+    return [BODY]
+
+
+HIT_HEADERS = [("ETag", quote_etag(generate_etag(BODY))), ("X-Cache", "HIT-L1"), ("Age", "0")]
+"""The headers a fast-path hit sends beyond (f)'s (SPEC section 3 asks for all three)."""
+
+
+def _raw_wsgi_hit_headers(
+    environ: dict[str, Any], start_response: Callable[..., Any]
+) -> list[bytes]:
+    """(f) sending a hit's three extra headers too: what the headers alone cost."""
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
+    start_response("200 OK", [*headers, *HIT_HEADERS])
     return [BODY]
 
 

@@ -79,8 +79,8 @@ class Page:
 
     def age(self, now: float) -> tuple[str, str]:
         """The ``Age`` header of a hit at epoch seconds ``now`` (0 if the clock went back)."""
-        # Not max(0, ...): CPython 3.11's max() parses keywords on every call and costs
-        # more than the rest of this method; most hits of a hot page are under a second.
+        # Not max(0, ...): CPython 3.11's max() parses keywords on every call, which
+        # cost more than the rest of this method.
         seconds = int(now - self.stored)
         return ("Age", str(seconds)) if seconds > 0 else _AGE_ZERO
 
