@@ -15,6 +15,7 @@ median of its pair's ratios within each repetition; the ratio of the two medians
 shown beside it. Each gthread worker holds at most half of the load generator's
 connections (see ``bench/gunicorn.conf.py``): left to chance, one worker usually takes
 them all and the other idles, differently from one run to the next.
+
 Without ``wrk`` on PATH a bounded Python load generator (threads with keep-alive
 connections) stands in, and the output says so: its figures are lower and GIL-bound,
 the ratios still compare like with like.
