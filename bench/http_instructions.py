@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from tests.redis_harness import free_port
 
 from ._report import Section
 from ._setup import Context
-from .http_load import CONFIG, ROOT, get_page
+from .http_load import CONFIG, ROOT, get_page, stop
 
 NAME = "http-instructions"
 TITLE = "7b. HTTP: instructions per request in a gunicorn worker (valgrind), (c) against (f)"
@@ -133,12 +132,7 @@ def _count(variant: str, requests: int, redis_url: str) -> tuple[int, str]:
             for _ in range(WARM - 1 + requests):
                 x_cache = get_page(port, timeout=60)[1].get("x-cache", "")
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, grace=120)  # valgrind writes its counts as the processes exit
         # Thread 1 of the process that is not the master (valgrind runs in its place).
         main_threads = [
             path

@@ -292,15 +292,18 @@ class Gunicorn:
         return sum(_cpu_seconds(pid) for pid in pids)
 
     def __exit__(self, *exc_info: object) -> None:
-        process = self._process
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if self._process is not None:
+            stop(self._process, grace=15)
+
+
+def stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop gunicorn gracefully (SIGTERM); kill it if it takes over ``grace`` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _children(pid: int) -> list[int]:
