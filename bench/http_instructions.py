@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tests.redis_harness import free_port
 
+from . import http_app
 from ._report import Section
 from ._setup import Context
 from .http_load import CONFIG, ROOT, get_page, stop
@@ -39,9 +40,9 @@ from .http_load import CONFIG, ROOT, get_page, stop
 NAME = "http-instructions"
 TITLE = "7b. HTTP: instructions per request in a gunicorn worker (valgrind), (c) against (f)"
 VARIANTS = {
-    "raw_wsgi": "(f) raw WSGI callable",
+    "raw_wsgi": http_app.VARIANTS["raw_wsgi"],
     "raw_wsgi_hit_headers": "(f) + a hit's ETag, X-Cache and Age headers",
-    "public": "(c) @tc.cached(public=True), WSGI fast path",
+    "public": http_app.VARIANTS["public"],
 }
 WARM = 20  # requests before the counted ones: L1 filled, the fast path's location known
 STARTUP = 180.0  # seconds a worker may take to answer its first request under valgrind
