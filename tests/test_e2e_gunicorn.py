@@ -288,8 +288,16 @@ def test_a_reset_frees_the_client_in_every_worker(
     with Cache(redis_url=redis_server.url) as cache:  # the example's prefix: an admin's view
         limiter = RateLimiter(cache)
         limiter.reset()
-        answers = [gunicorn.request("GET", "/search?q=oak") for _ in range(40)]
-        refusing = {r.pid for r in answers if r.status == 429}
+        # Past the limit (30 a minute), until several workers hold the refusal in memory:
+        # which worker accepts a connection is the kernel's choice, and on a busy machine
+        # one worker can take ten in a row.
+        refusing: set[int] = set()
+        for _ in range(200):
+            answer = gunicorn.request("GET", "/search?q=oak")
+            if answer.status == 429:
+                refusing.add(answer.pid)
+            if len(refusing) > 1:
+                break
         assert len(refusing) > 1  # several workers now hold the refusal in memory
         assert limiter.reset("127.0.0.1") >= 1
         # Within the bus's delivery time every worker admits the client again, instead
