@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 
 from tiered_cache import Cache, ConfigurationError
-from tiered_cache.config import CacheConfig
+from tiered_cache.config import CacheConfig, CacheSettings
 
 
 def test_defaults_match_the_spec() -> None:
@@ -20,6 +21,13 @@ def test_defaults_match_the_spec() -> None:
     assert (config.l1_ttl, config.l1_disconnected_ttl, config.serializer) == (60, 1, "json")
     assert (config.invalidation, config.fail_open, config.socket_timeout) == (True, True, 0.25)
     assert (config.breaker_failures, config.breaker_reset, config.ttl_jitter) == (5, 2.0, 0.1)
+
+
+def test_the_keyword_type_lists_every_setting_with_its_type() -> None:
+    """``Cache(**settings)`` is typed by CacheSettings: it must not drift from CacheConfig."""
+    fields = {field.name for field in dataclasses.fields(CacheConfig)}
+    hints = get_type_hints(CacheConfig)
+    assert get_type_hints(CacheSettings) == {name: hints[name] for name in fields}
 
 
 def test_keywords_beat_config_keys_which_beat_defaults() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -267,3 +268,19 @@ class Bus:
         if message.sender != self.sender:
             self.received += 1
             self._on_message(message)
+
+
+class NoBus:
+    """Stands in for the bus when invalidation is off: L1 lives by ``l1_ttl`` alone."""
+
+    fresh_until = math.inf
+    started = True
+    connected = False
+    reconnects = 0
+    received = 0
+
+    def start(self, wait: float = 0.0) -> None:
+        """Nothing to start."""
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Nothing to stop."""

@@ -5,7 +5,8 @@ then to this process's L1. The rules that make this correct under concurrency:
 
 - *Lock-free L1 hits.* A hit is an ``OrderedDict`` lookup, one clock read and a
   ``move_to_end``; no lock, no key formatting (local keys are the user's key, or a tuple
-  for namespaced and memoized entries; the Redis key is only built on a miss).
+  for namespaced and memoized entries; the Redis key is only built on a miss):
+  :mod:`tiered_cache.hit_path`.
 - *No stale refill.* A reader takes the L1 invalidation sequence before its Redis read
   and fills L1 only if nothing invalidated that key in between (:mod:`tiered_cache.l1`).
   A writer fills L1 the same way, and its fill counts as an invalidation, so a slower
@@ -27,17 +28,18 @@ import uuid
 import weakref
 from collections.abc import Callable, Hashable
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from redis import ResponseError
 
 from ._log import RateLimitedLog
-from .bus import Bus, Message
-from .config import CacheConfig
+from .bus import Bus, Message, NoBus
+from .config import CacheConfig, CacheSettings
 from .copying import copier_for
-from .errors import SerializationError, TieredCacheError
+from .errors import TieredCacheError
 from .flight import release
-from .framing import Frame, counter_value, pack, unpack
+from .framing import Frame
+from .hit_path import L1Reader, make_reader
 from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_key, encode_name
 from .keyspace import Keyspace, Namespace
 from .l1 import Entry, Reading, make_l1
@@ -52,9 +54,10 @@ from .redis_tier import (
     client_from_url,
     get_reply,
 )
-from .sentinels import MISS, Miss
+from .sentinels import MISS
 from .serializers import make_serializer
 from .sizing import entry_size
+from .stored import StoredValues, expired
 from .versions import NamespaceVersions
 
 if TYPE_CHECKING:
@@ -63,56 +66,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 
-_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
-
-
-class CacheSettings(TypedDict, total=False):
-    """The keyword arguments of :class:`Cache`; see :class:`~tiered_cache.config.CacheConfig`."""
-
-    redis_url: str
-    prefix: str
-    version: int
-    default_timeout: float
-    ttl_jitter: float
-    l1_backend: str
-    l1_max_items: int
-    l1_max_bytes: int
-    l1_ttl: float
-    l1_disconnected_ttl: float
-    serializer: str
-    secret_key: str | bytes | None
-    invalidation: bool
-    fail_open: bool
-    socket_timeout: float
-    breaker_failures: int
-    breaker_reset: float
-
-
 Listener = Callable[[Message | None], None]
 """Called in the listener thread with every message from another process, and with None
 after every (re)subscription, when messages may have been missed."""
-
-
-class L1Reader(Protocol):
-    """The L1 hit path: the value of ``local``, or what the miss handler returns."""
-
-    def __call__(self, local: Any, default: Any = None, /) -> Any: ...
-
-
-class _NoBus:
-    """Stands in for the bus when invalidation is off: L1 lives by ``l1_ttl`` alone."""
-
-    fresh_until = math.inf
-    started = True
-    connected = False
-    reconnects = 0
-    received = 0
-
-    def start(self, wait: float = 0.0) -> None:
-        """Nothing to start."""
-
-    def stop(self, timeout: float = 0.0) -> None:
-        """Nothing to stop."""
 
 
 class Cache(Keyspace):
@@ -172,7 +128,8 @@ class Cache(Keyspace):
             max_items=config.l1_max_items,
             max_bytes=config.l1_max_bytes,
         )
-        self._bus: Bus | _NoBus = self._make_bus() if config.invalidation else _NoBus()
+        self._bus: Bus | NoBus = self._make_bus() if config.invalidation else NoBus()
+        self._values = StoredValues(self._serializer, self._clock, self._log)
         self._versions = NamespaceVersions(
             self._tier,
             self._layout,
@@ -194,7 +151,7 @@ class Cache(Keyspace):
     def _reset_counters(self) -> None:
         self.l2_hits = self.misses = 0
         self.loader_calls = self.stampede_waits = self.stale_served = 0
-        self.early_refreshes = self.decode_errors = self.ratelimit_refusals = 0
+        self.early_refreshes = self.ratelimit_refusals = 0
 
     def _make_bus(self) -> Bus:
         return Bus(
@@ -338,39 +295,9 @@ class Cache(Keyspace):
     # -- L1 -------------------------------------------------------------------------
 
     def _l1_reader(self, miss: Callable[[Any, Any], Any]) -> L1Reader:
-        """Build the L1 hit path: ``read(local, default)``, calling ``miss`` on a miss.
-
-        A closure over this process's L1, clock and bus: a hit costs one ``dict`` lookup,
-        one clock read and one ``move_to_end``, with no lock, no bound-method creation and
-        no key formatting. It is built again after a fork, with the child's L1 and bus.
-        """
-        peek, touch, timer, bus, dttl = (
-            self._l1.peek,
-            self._l1.touch,
-            self._timer,
-            self._bus,
-            self._dttl,
-        )
-
-        hits = 0  # a closure cell, cheaper than an attribute of the cache on every hit
-
-        def read(local: Any, default: Any = None, /) -> Any:
-            nonlocal hits
-            entry = peek(local)
-            if entry is not None:
-                now = timer()
-                # Younger than l1_ttl, and either vouched for by the bus or young enough.
-                if entry.expires > now and (now < bus.fresh_until or entry.stored > now - dttl):
-                    try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
-                        touch(local)
-                    except KeyError:  # evicted by another thread since the lookup
-                        pass
-                    hits += 1
-                    copy = entry.copy
-                    return entry.value if copy is None else copy(entry.value)
-            return miss(local, default)
-
-        self._hit_counts.append(lambda: hits)
+        """Build an L1 hit path over this process's L1 and bus (see :mod:`.hit_path`)."""
+        read, hits = make_reader(self._l1, self._bus, self._timer, self._dttl, miss)
+        self._hit_counts.append(hits)
         return read
 
     def _get_after_l1(self, key: str, default: Any) -> Any:
@@ -421,31 +348,6 @@ class Cache(Keyspace):
         """One GET through the error boundary."""
         return self._tier.run("get", lambda client: get_reply(client, gkey))
 
-    def _decode(
-        self, gkey: str, raw: bytes | ResponseError | Unavailable | None
-    ) -> tuple[Frame, Any] | Miss:
-        """Decode a GET reply: no value, no Redis, or bytes that do not decode (warned): MISS."""
-        if raw is None or raw is UNAVAILABLE:
-            return MISS
-        if isinstance(raw, ResponseError):
-            self.decode_errors += 1
-            self._log.warning("decode", "%s is not a string (%s); treated as a miss", gkey, raw)
-            return MISS
-        try:
-            frame = unpack(raw)
-            if frame.tag != self._serializer.tag:
-                raise SerializationError(f"written with serializer tag {frame.tag}")
-            return frame, self._serializer.loads(frame.payload)
-        except SerializationError as exc:
-            number = counter_value(raw)
-            if number is not None:
-                return Frame(0, 0.0, 0.0, raw), number
-            self.decode_errors += 1
-            self._log.warning(
-                "decode", "undecodable value at %s (%s); treated as a miss", gkey, exc
-            )
-            return MISS
-
     def _read(self, local: Hashable, gkey: str, *, decode: bool = True) -> Any:
         """Read ``gkey`` from Redis and fill L1; MISS when absent, expired or unreadable."""
         if not self._l1_on:  # nothing to fill: no bracket (the bare L2 path, measured)
@@ -455,8 +357,8 @@ class Cache(Keyspace):
             return self._read_once(local, gkey, since, decode=decode)
 
     def _read_once(self, local: Hashable, gkey: str, since: int, *, decode: bool) -> Any:
-        decoded = self._decode(gkey, self._get(gkey))
-        if decoded is MISS or _expired(decoded[0], self._clock()):
+        decoded = self._values.decode(gkey, self._get(gkey))
+        if decoded is MISS or expired(decoded[0], self._clock()):
             self.misses += 1
             return MISS
         frame, value = decoded
@@ -474,8 +376,8 @@ class Cache(Keyspace):
             raws = self._tier.run("get_many", lambda c: getattr(c, mget)(gkeys))
             now = self._clock()
             for n, i in enumerate(missing):
-                decoded = self._decode(where[i][1], raws if raws is UNAVAILABLE else raws[n])
-                if decoded is MISS or _expired(decoded[0], now):
+                decoded = self._values.decode(where[i][1], raws if raws is UNAVAILABLE else raws[n])
+                if decoded is MISS or expired(decoded[0], now):
                     self.misses += 1
                     results[i] = default
                     continue
@@ -491,14 +393,6 @@ class Cache(Keyspace):
         if seconds < 0 or not math.isfinite(seconds):
             raise ValueError(f"timeout must be >= 0 seconds (0 = no expiry), not {timeout!r}")
         return seconds * (1 - self.config.ttl_jitter * random.random())
-
-    def _frame(self, value: Any, ttl: float, delta: float) -> tuple[bytes, Any, float]:
-        """Encode ``value``; return the stored bytes, the L1 copy and ``fresh_until``."""
-        payload = self._serializer.dumps(value)
-        fresh_until = self._clock() + ttl if ttl else 0.0
-        # L1 holds what every other worker decodes from Redis, never the caller's object.
-        held = value if type(value) in _SCALARS else self._serializer.loads(payload)
-        return pack(self._serializer.tag, fresh_until, delta, payload), held, fresh_until
 
     def _store(
         self,
@@ -518,7 +412,7 @@ class Cache(Keyspace):
         :param early: seconds before ``fresh_until`` at which this process's L1 copy ends.
         """
         ttl = self._timeout(timeout)
-        data, held, fresh_until = self._frame(value, ttl, delta)
+        data, held, fresh_until = self._values.encode(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
         write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
         with self._reading() as since:
@@ -541,7 +435,7 @@ class Cache(Keyspace):
         writes = []  # (local, gkey, stored bytes, L1 copy, fresh_until, ttl)
         for local, gkey, value in items:
             ttl = self._timeout(timeout)
-            writes.append((local, gkey, *self._frame(value, ttl, 0.0), ttl))
+            writes.append((local, gkey, *self._values.encode(value, ttl, 0.0), ttl))
 
         def write_all(pipe: Any) -> None:
             for _, gkey, data, _, _, ttl in writes:
@@ -712,7 +606,7 @@ class Cache(Keyspace):
             "breaker_open": self._tier.breaker.is_open,
             "breaker_opened": self._tier.breaker.opened,
             "redis_errors": self._tier.errors,
-            "decode_errors": self.decode_errors,
+            "decode_errors": self._values.decode_errors,
             "loader_calls": self.loader_calls,
             "stampede_waits": self.stampede_waits,
             "stale_served": self.stale_served,
@@ -741,10 +635,6 @@ class Cache(Keyspace):
 
 
 _NOTHING_TO_FILL: Final = nullcontext(0)
-
-
-def _expired(frame: Frame, now: float) -> bool:
-    return bool(frame.fresh_until) and now >= frame.fresh_until
 
 
 def _unlink(client: Client, keys: list[bytes]) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
@@ -170,6 +170,28 @@ class CacheConfig:
         if unknown:
             raise ConfigurationError(unknown[0], overrides[unknown[0]], "unknown setting")
         return _resolve(cls, overrides, config)
+
+
+class CacheSettings(TypedDict, total=False):
+    """The keyword arguments of :class:`~tiered_cache.Cache`: :class:`CacheConfig`'s fields."""
+
+    redis_url: str
+    prefix: str
+    version: int
+    default_timeout: float
+    ttl_jitter: float
+    l1_backend: str
+    l1_max_items: int
+    l1_max_bytes: int
+    l1_ttl: float
+    l1_disconnected_ttl: float
+    serializer: str
+    secret_key: str | bytes | None
+    invalidation: bool
+    fail_open: bool
+    socket_timeout: float
+    breaker_failures: int
+    breaker_reset: float
 
 
 def field_names(cls: type[Any]) -> set[str]:

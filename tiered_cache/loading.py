@@ -34,6 +34,7 @@ from .framing import Frame
 from .keys import KeyLayout
 from .redis_tier import UNAVAILABLE, Client
 from .sentinels import MISS, Miss
+from .stored import expired
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -113,7 +114,7 @@ class Loading:
             raw = cache._get(load.gkey)
             if raw is UNAVAILABLE:
                 return raw
-            decoded = cache._decode(load.gkey, raw)
+            decoded = cache._values.decode(load.gkey, raw)
             if decoded is MISS:
                 return MISS
             frame, value = decoded
@@ -178,11 +179,10 @@ class Loading:
 
     def _fresh(self, gkey: str, raw: Any) -> tuple[Frame, Any] | Miss:
         """Decode ``raw`` when it is a fresh value, else MISS."""
-        decoded = self._cache._decode(gkey, raw)
-        if decoded is MISS:
+        decoded = self._cache._values.decode(gkey, raw)
+        if decoded is MISS or expired(decoded[0], self._cache._clock()):
             return MISS
-        fresh_until = decoded[0].fresh_until
-        return MISS if fresh_until and self._cache._clock() >= fresh_until else decoded
+        return decoded
 
     def _run(self, loader: Callable[[], Any]) -> tuple[Any, float]:
         """Run the loader; return its value and how long it took."""
@@ -244,7 +244,7 @@ class Loading:
             result = cache._tier.run("lock", _lock_and_read(load, token))
             if result is UNAVAILABLE or not result[0]:
                 return  # another worker is refreshing it, or Redis is away
-            decoded = cache._decode(load.gkey, result[1])
+            decoded = cache._values.decode(load.gkey, result[1])
             if decoded is not MISS and decoded[0].fresh_until != seen:
                 cache._tier.run("unlock", _release(load, token))  # refreshed meanwhile
                 return

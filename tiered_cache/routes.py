@@ -417,7 +417,7 @@ class Routes:
 def _read_l2(cache: Cache, local: Any, gkey: str, stale_ttl: float) -> tuple[Any, str]:
     """Read a key from Redis; a fresh value fills L1, a stale one is returned as ``STALE``."""
     with cache._reading() as since:
-        decoded = cache._decode(gkey, cache._get(gkey))
+        decoded = cache._values.decode(gkey, cache._get(gkey))
         if decoded is MISS:
             cache.misses += 1
             return MISS, MISSED
