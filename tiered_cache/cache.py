@@ -53,6 +53,7 @@ from .redis_tier import (
     Unavailable,
     client_from_url,
     get_reply,
+    unlink_matching,
 )
 from .sentinels import MISS
 from .serializers import make_serializer
@@ -525,21 +526,13 @@ class Cache(Keyspace):
         :returns: how many keys were deleted (0 when Redis is unavailable).
         """
         self._ensure_bus()
-        deleted = self._tier.run("clear", self._unlink_all)
+        layout = self._layout
+        deleted = self._tier.run(
+            "clear", lambda c: unlink_matching(c, layout.scan_pattern, keep=layout.kept_by_clear)
+        )
         self._announce("clear", flush=True)
         self._l1.clear()
         return 0 if deleted is UNAVAILABLE else deleted
-
-    def _unlink_all(self, client: Client) -> int:
-        deleted = 0
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=self._layout.scan_pattern, count=1000):
-            if not self._layout.kept_by_clear(key):
-                batch.append(key)
-            if len(batch) >= 500:
-                deleted += _unlink(client, batch)
-                batch = []
-        return deleted + _unlink(client, batch)
 
     def lock(
         self, name: str, timeout: float = 10.0, blocking_timeout: float | None = None
@@ -635,15 +628,6 @@ class Cache(Keyspace):
 
 
 _NOTHING_TO_FILL: Final = nullcontext(0)
-
-
-def _unlink(client: Client, keys: list[bytes]) -> int:
-    if not keys:
-        return 0
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.unlink(key)
-    return sum(pipe.execute())
 
 
 # Caches alive in this process, reset in a forked child: it must not use its parent's

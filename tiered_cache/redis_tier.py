@@ -29,6 +29,7 @@ from .errors import CacheUnavailable, ConfigurationError
 T = TypeVar("T")
 # A Redis, RedisCluster or Sentinel-managed client: the engine uses their common commands.
 Client = Any
+_UNLINK_BATCH = 500
 
 
 class Unavailable(enum.Enum):
@@ -95,6 +96,36 @@ def get_reply(client: Client, key: str) -> bytes | redis.ResponseError | None:
         return client.get(key)  # type: ignore[no-any-return]
     except redis.ResponseError as exc:
         return exc
+
+
+def unlink_matching(
+    client: Client, pattern: str, *, keep: Callable[[bytes], bool] | None = None
+) -> int:
+    """UNLINK every key matching the glob ``pattern`` but those ``keep`` says to keep.
+
+    SCAN, never KEYS, so a large keyspace never blocks the server; one UNLINK per key,
+    500 to a pipeline, because a cluster may hold the keys on different slots.
+
+    :returns: how many keys were deleted.
+    """
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        if keep is None or not keep(key):
+            batch.append(key)
+        if len(batch) >= _UNLINK_BATCH:
+            deleted += _unlink(client, batch)
+            batch = []
+    return deleted + _unlink(client, batch)
+
+
+def _unlink(client: Client, keys: list[bytes]) -> int:
+    if not keys:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(pipe.execute())
 
 
 class Breaker:

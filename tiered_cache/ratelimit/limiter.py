@@ -37,7 +37,7 @@ import redis
 
 from ..errors import CacheUnavailable
 from ..keys import encode_name
-from ..redis_tier import UNAVAILABLE, Client
+from ..redis_tier import UNAVAILABLE, unlink_matching
 from . import lua
 from .decision import Decision, LimitState
 from .deny_cache import Denial, DenyCache
@@ -57,7 +57,6 @@ CODES: Final = {
     "gcra": "gcra",
 }
 _GLOB_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "*?[]\\"})
-_SCAN_BATCH: Final = 500
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,7 +202,7 @@ class RateLimiter:
             pattern = root + ("{*}" if tag is None else _glob(tag))
             pattern += ":" + ("*" if part is None else _glob(part)) + ":*"
         deleted = self._tier.run(
-            "rate limit reset", lambda c: _unlink_matching(c, pattern), fail_open=False
+            "rate limit reset", lambda c: unlink_matching(c, pattern), fail_open=False
         )
         if deleted is UNAVAILABLE:  # not with fail_open=False; this narrows the type
             raise CacheUnavailable("the rate limits could not be reset")
@@ -350,17 +349,6 @@ def _reset_covers(deny_key: Hashable, root: str, tag: str | None, part: str | No
         return False
     found_tag, _, rest = prefix[len(root) :].partition(":")
     return (tag is None or found_tag == tag) and (part is None or rest[:-1] == part)
-
-
-def _unlink_matching(client: Client, pattern: str) -> int:
-    deleted = 0
-    batch: list[Any] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= _SCAN_BATCH:
-            deleted += int(client.unlink(*batch))
-            batch = []
-    return deleted + (int(client.unlink(*batch)) if batch else 0)
 
 
 # Limiters alive in this process: a forked child starts with empty deny caches.
