@@ -209,7 +209,7 @@ def test_the_fast_path_never_waits_on_redis_for_a_namespace_version(
     tier.run = lambda what, call, **kw: asked.append(what) or real(what, call, **kw)  # type: ignore[method-assign]
 
     routes = state.extras["routes"]
-    target = routes.fast[("/catalogue", "")]
+    target = routes.fast[("http", "localhost", "", "/catalogue", "")]
     find = routes.fast_finder()
     assert find(target, {"REQUEST_METHOD": "GET", "PATH_INFO": "/catalogue"}) is None
     assert asked == []

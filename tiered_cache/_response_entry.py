@@ -50,8 +50,18 @@ UNSTORED_HEADERS: Final = frozenset(
 
 _AGE_ZERO: Final = ("Age", "0")
 
-# The WSGI environ keys of the headers CGI does not prefix with HTTP_.
-_CGI_HEADERS: Final = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+SESSION_VARY: Final = "(session)"
+"""The ``Vary`` name of a page whose view read the session: it varies on the session's
+contents, which the request context puts under :data:`SESSION_ENVIRON` (parentheses are
+not allowed in a header name, so no request header can pose as it)."""
+SESSION_ENVIRON: Final = "tiered_cache.session"
+
+# The WSGI environ keys of the names that are not HTTP_ + the header's name.
+_ENVIRON_KEYS: Final = {
+    "content-type": "CONTENT_TYPE",
+    "content-length": "CONTENT_LENGTH",
+    SESSION_VARY: SESSION_ENVIRON,
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +81,9 @@ class Page:
     vary: tuple[str, ...]
     vary_digest: str
     public: bool
+    fast: bool
+    """Whether the WSGI fast path may serve it: public, and not varying on the session
+    (which only a request context can read)."""
 
     @property
     def status_code(self) -> int:
@@ -99,7 +112,7 @@ class Page:
 
 def environ_header(environ: Mapping[str, Any], name: str) -> str:
     """The value of request header ``name`` (lower case) in a WSGI environ, stripped."""
-    key = _CGI_HEADERS.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    key = _ENVIRON_KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_")
     value = environ.get(key)
     return value.strip() if isinstance(value, str) else ""
 
@@ -138,9 +151,18 @@ def encode_page(
     digest: str,
     public: bool,
 ) -> str:
-    """The stored form of a page."""
+    """The stored form of a page.
+
+    Hits send what is stored as it is, so it is stored as it must be sent: with a
+    ``Content-Length``, except a 1xx, 204 or 304, which has neither body nor length
+    (RFC 9110 6.4.1, 8.6), whatever the view put in them.
+    """
     kept = [[k, v] for k, v in headers if k.lower() not in UNSTORED_HEADERS]
-    if not any(k.lower() == "content-length" for k, _ in kept):  # hits send it as it is
+    code = int(status.split(None, 1)[0])
+    if code < 200 or code in (204, 304):
+        body = b""
+        kept = [[k, v] for k, v in kept if k.lower() != "content-length"]
+    elif not any(k.lower() == "content-length" for k, _ in kept):
         kept.append(["Content-Length", str(len(body))])
     try:
         text, b64 = body.decode("utf-8"), False
@@ -166,6 +188,7 @@ def _decode_page(data: str) -> Page:
         vary=tuple(vary),
         vary_digest=str(digest),
         public=bool(public),
+        fast=bool(public) and SESSION_VARY not in vary,
     )
 
 

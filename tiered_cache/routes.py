@@ -5,10 +5,13 @@ How a request to a cached view goes (SPEC section 3):
 - Methods other than GET and HEAD run the view untouched. A request with
   ``Authorization`` to a route that is not ``public``, or one for which ``unless()`` is
   true, runs the view and is marked ``X-Cache: BYPASS``; nothing is looked up or stored.
-- The key is ``key_prefix`` (default: the request path), plus the sorted query string
-  when ``query_string``, plus the session's user when ``per_user``, in the route's
-  namespace if it has one. The app is not part of the key: every app on the same Redis,
-  prefix and schema version shares the pages (that is how workers share them).
+- The key is the URL asked for (:func:`route_key`): scheme and ``Host``, then
+  ``key_prefix`` or the path (percent-encoded again, so that ``/a%3Fb`` is not ``/a?b``),
+  then the sorted query string when ``query_string``, plus the session's user when
+  ``per_user``, in the route's namespace if it has one. Host and scheme are always in
+  it: a page that shows its own URL must never reach a request with a forged ``Host``.
+  The app is not: every app on the same Redis, prefix and schema version shares the
+  pages (that is how workers share them).
 - A hit (``HIT-L1`` / ``HIT-L2``) is the stored response with its headers, ``Vary``
   included, plus ``X-Cache`` and ``Age``; with ``etag`` a matching ``If-None-Match`` gets a
   304 built from the page, and the view does not run. HEAD is answered from the GET page.
@@ -23,7 +26,9 @@ How a request to a cached view goes (SPEC section 3):
   misses are in flight (:class:`Routes`).
 - Never stored: ``Set-Cookie``; ``Cache-Control`` ``private``, ``no-store`` or
   ``no-cache``; ``Vary: *``; a status outside ``status_codes``; a streamed or
-  ``direct_passthrough`` response.
+  ``direct_passthrough`` response; a page whose view changed the session. Several
+  ``Cache-Control`` or ``Vary`` lines are joined first (werkzeug reads only the first).
+  Only 2xx pages get an ETag and answer ``If-None-Match`` (RFC 9110 13.2.1).
 
 Sessions. Whether the view read the session is recorded when the view returns, from the
 session's ``accessed`` flag: Flask 3.1 sets it on *every* use of ``flask.session`` (``key
@@ -32,7 +37,12 @@ object without that flag counts as read. The session interface's own reads while
 come later and do not count. Reads by ``before_request`` hooks do count (a hook that puts
 the user on ``g`` makes the page depend on the session). A page whose view read the
 session is stored with ``Vary: Cookie`` and keyed by the request's whole ``Cookie``
-header, so it is only ever served to the same cookies. ``per_user=True`` keys the page by
+header *and* by a digest of the session's contents: a server-side session changes under
+the very same cookie (a logout that leaves other keys, a revoked session, a new cart),
+and its page must change with it. Such a page is compared in Flask, where the session
+is open, never on the fast path; a page whose view changed the session is not stored
+(a ``before_request`` hook's changes do not count: hooks run on hits too). A session
+whose contents do not serialize to JSON matches no page. ``per_user=True`` keys the page by
 ``session.get("user_id")`` (:data:`USER_KEY`, read without marking the session accessed)
 *and* by the Cookie header: the page depends on the session, so it must vary on Cookie
 for every cache downstream too, and keying ours the same way keeps ``Vary`` honest.
@@ -53,20 +63,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import inspect
+import json
 import math
+import re
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import quote
 
 from flask import current_app, request
 from flask.globals import request_ctx
+from flask.sessions import session_json_serializer
 from flask.signals import request_finished
 from werkzeug.datastructures import Headers
 from werkzeug.http import generate_etag, unquote_etag
 
 from ._response_entry import (
+    SESSION_ENVIRON,
+    SESSION_VARY,
     Page,
     PageDecoder,
     encode_index,
@@ -107,6 +124,23 @@ REFRESH_LOCK_SECONDS: Final = 30.0
 FAST_INDEX_MAX: Final = 10_000
 PENDING: Final = "tiered_cache.route"
 """In a request's WSGI environ: the miss this request will store (a :class:`Pending`)."""
+
+Location = tuple[str, str | None, str, str, str]
+"""Where a request goes, as the WSGI server gave it: ``wsgi.url_scheme``, ``HTTP_HOST``,
+``SCRIPT_NAME``, ``PATH_INFO``, ``QUERY_STRING``. The fast path builds the same tuple."""
+
+# What percent-encoding leaves alone in a key's host, path and query: the characters
+# RFC 3986 allows there. Everything else (a "?" or "#" decoded from the path, a "/" in a
+# Host header, a NUL, a space, non-ASCII) is encoded, so that no part can pose as
+# another or as a key suffix. Most parts need no encoding: a regex says so faster than
+# quote() finds it out.
+_HOST_SAFE: Final = ":[]"
+_PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+_QUERY_SAFE: Final = _PATH_SAFE + "?%"
+_UNRESERVED: Final = r"A-Za-z0-9\-._"
+_HOST_OK: Final = re.compile(f"[{_UNRESERVED}:\\[\\]]*").fullmatch
+_PATH_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~]*").fullmatch
+_QUERY_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~?%]*").fullmatch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,8 +186,12 @@ class Pending:
     keyspace: Keyspace
     key: str
     index: tuple[str, ...] | None
-    session_read: bool
     lock: tuple[str, bytes] | None
+    session_before: str | None = None
+    """The session's digest before the view ran, when hooks had already changed it."""
+    session_read: bool = False
+    session: str | None = None
+    """The digest of the session the view read; None when it changed it (unstorable)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -183,8 +221,8 @@ class Routes:
     def __init__(self, cache: Cache, app: Flask) -> None:
         self.cache = cache
         self.pages = PageDecoder()
-        self.fast: dict[tuple[str, str], FastTarget] = {}
-        """(PATH_INFO, QUERY_STRING) -> where a public route keeps that request's page."""
+        self.fast: dict[Location, FastTarget] = {}
+        """A request's :data:`Location` -> where a public route keeps its page."""
         self._app = app
         self._misses = 0
         self._misses_lock = threading.Lock()
@@ -192,13 +230,8 @@ class Routes:
     # -- keys and lookups --------------------------------------------------------------
 
     def where(self, options: RouteOptions, environ: Mapping[str, Any]) -> tuple[Keyspace, str]:
-        """The keyspace and route key of this request."""
-        path = options.key_prefix if options.key_prefix is not None else environ.get("PATH_INFO")
-        key = KEY_PREFIX + (path or "/")
-        if options.query_string:
-            query = environ.get("QUERY_STRING")
-            if query:
-                key += "?" + "&".join(sorted(part for part in query.split("&") if part))
+        """The keyspace and route key of this request (see :func:`route_key`)."""
+        key = route_key(options, environ)
         if options.per_user:
             key += "\x00u=" + _user()
         return self._keyspace(options), key
@@ -210,7 +243,7 @@ class Routes:
         return self.cache.namespace(options.namespace)
 
     def lookup(
-        self, keyspace: Keyspace, key: str, environ: Mapping[str, Any], stale_ttl: float
+        self, keyspace: Keyspace, key: str, environ: MutableMapping[str, Any], stale_ttl: float
     ) -> Lookup:
         """Find the page of route key ``key`` for this request (L1, then Redis)."""
         value, source = self._read(keyspace, key, stale_ttl)
@@ -219,6 +252,7 @@ class Routes:
         entry_key = key
         if type(found) is tuple:
             index = found
+            _digest_session_for(index, environ)
             entry_key = variant_key(key, index, environ)
             value, page_source = self._read(keyspace, entry_key, stale_ttl)
             found = self.pages.get(value)
@@ -227,8 +261,10 @@ class Routes:
                 source = page_source
             elif not (page_source == HIT_L1 and source == HIT_L1):
                 source = HIT_L2
-        if isinstance(found, Page) and found.matches(environ):
-            return Lookup(found, source, index, entry_key)
+        if isinstance(found, Page):
+            _digest_session_for(found.vary, environ)
+            if found.matches(environ):
+                return Lookup(found, source, index, entry_key)
         return Lookup(None, MISSED, index, entry_key)
 
     def _read(self, keyspace: Keyspace, key: str, stale_ttl: float) -> tuple[Any, str]:
@@ -259,7 +295,7 @@ class Routes:
                 key = variant_key(target.key, found, environ)
                 where = key if local is None else local(key)
                 found = None if where is None else decode(read(where))
-            if type(found) is Page and found.public and (not found.vary or found.matches(environ)):
+            if type(found) is Page and found.fast and (not found.vary or found.matches(environ)):
                 return found
             return None
 
@@ -267,9 +303,9 @@ class Routes:
 
     def remember_fast(self, options: RouteOptions, environ: Mapping[str, Any], key: str) -> None:
         """Let the fast path find this request's page (public routes only)."""
-        if not options.fast:
+        if not options.fast or "HTTP_HOST" not in environ:
             return
-        location = (environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+        location = request_location(environ)
         if location in self.fast:
             return
         keyspace = self._keyspace(options)
@@ -308,7 +344,7 @@ class Routes:
             if lock is None:  # another request (in any worker) is refreshing it
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
-        pending = Pending(self, options, keyspace, key, found.index, False, lock)
+        pending = Pending(self, options, keyspace, key, found.index, lock, _session_before())
         return self._run(view, pending)
 
     def _run(self, view: Callable[[], Any], pending: Pending) -> Response:
@@ -317,6 +353,8 @@ class Routes:
             rv = view()
             # Now, before the session interface reads the session to save it.
             pending.session_read = pending.options.per_user or _session_read()
+            if pending.session_read:
+                pending.session = _session_after(pending.session_before)
             response = current_app.make_response(rv)
         except BaseException:
             self.unlock(pending)
@@ -343,10 +381,17 @@ class Routes:
     def store(self, pending: Pending, response: Response) -> None:
         """Store the final response of a miss when the rules allow it."""
         options = pending.options
-        if request.method != "GET" or not _storable(options, response):
+        if request.method != "GET":
             return
+        _one_line_each(response.headers)
+        if not _storable(options, response):
+            return
+        if pending.session_read and pending.session is None:
+            return  # the view changed the session, or its contents have no stable digest
         body = response.get_data()
-        if options.etag and "ETag" not in response.headers:
+        # Validators only for 2xx pages: RFC 9110 13.2.1 ignores preconditions otherwise.
+        validated = 200 <= response.status_code < 300
+        if validated and options.etag and "ETag" not in response.headers:
             response.set_etag(generate_etag(body))
         if pending.session_read:
             response.vary.add("Cookie")
@@ -354,11 +399,14 @@ class Routes:
             response.vary.add(name)
         environ = request.environ
         names = vary_names(response.vary)
+        if pending.session_read:
+            names = vary_names((*names, SESSION_VARY))
+            environ[SESSION_ENVIRON] = pending.session
         text = encode_page(
             status=response.status,
             headers=response.headers.to_wsgi_list(),
             body=body,
-            etag=unquote_etag(response.headers.get("ETag"))[0],
+            etag=unquote_etag(response.headers.get("ETag"))[0] if validated else None,
             stored=self.cache._clock(),
             vary=names,
             digest=vary_digest(names, environ),
@@ -373,7 +421,7 @@ class Routes:
         self._put(pending, entry_key, text)
         self.pages.get(text)  # the string L1 now holds: hits find it decoded, by identity
         self.remember_fast(options, environ, pending.key)
-        if options.etag and environ.get("HTTP_IF_NONE_MATCH"):
+        if validated and options.etag and environ.get("HTTP_IF_NONE_MATCH"):
             response.make_conditional(environ)
 
     def _put(self, pending: Pending, key: str, text: str) -> None:
@@ -520,6 +568,68 @@ def _storable(options: RouteOptions, response: Response) -> bool:
     return "*" not in response.vary
 
 
+def request_location(environ: Mapping[str, Any]) -> Location:
+    """The :data:`Location` of a request."""
+    return (
+        environ.get("wsgi.url_scheme", "http"),
+        environ.get("HTTP_HOST"),
+        environ.get("SCRIPT_NAME", ""),
+        environ.get("PATH_INFO", ""),
+        environ.get("QUERY_STRING", ""),
+    )
+
+
+def route_key(options: RouteOptions, environ: Mapping[str, Any]) -> str:
+    """The route key of a request: ``tc.route:`` and the URL it asked for.
+
+    ``scheme://host/path?query``: the path is ``SCRIPT_NAME`` + ``PATH_INFO`` (or
+    ``key_prefix``, after a space), the query's parts sorted (or left out). Host and
+    scheme are always part of it: a page that shows either (``url_for(...,
+    _external=True)``) must not be served to a request that sent another ``Host``. The
+    server decodes ``%3F`` in a path to ``?``; percent-encoding it again keeps
+    ``/a%3Fb`` and ``/a?b`` apart.
+    """
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or (
+        f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    )
+    if scheme not in _SCHEMES:
+        scheme = quote(scheme, safe="")
+    key = f"{KEY_PREFIX}{scheme}://{_encoded(host.lower(), _HOST_OK, _HOST_SAFE)}"
+    if options.key_prefix is not None:
+        key += " " + options.key_prefix
+    else:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        key += _encoded(path, _PATH_OK, _PATH_SAFE) or "/"
+    if options.query_string:
+        query = environ.get("QUERY_STRING")
+        if query:
+            parts = sorted(part for part in query.split("&") if part)
+            key += "?" + _encoded("&".join(parts), _QUERY_OK, _QUERY_SAFE)
+    return key
+
+
+_SCHEMES: Final = frozenset({"http", "https"})
+
+
+def _encoded(text: str, ok: Callable[[str], object], safe: str) -> str:
+    """``text`` percent-encoded but for ``safe`` (and unreserved) characters."""
+    return text if ok(text) else quote(text, safe=safe)
+
+
+def _one_line_each(headers: Headers) -> None:
+    """Join several ``Cache-Control`` or ``Vary`` lines into one (RFC 9110 5.3).
+
+    werkzeug's ``response.cache_control`` and ``response.vary`` read the first line
+    only, and writing ``response.vary`` replaces every line with it: a ``private`` or a
+    ``Vary: Origin`` that a hook added as a second line would be lost.
+    """
+    for name in ("Cache-Control", "Vary"):
+        lines = headers.getlist(name)
+        if len(lines) > 1:
+            headers[name] = ", ".join(lines)
+
+
 def _marked(rv: Any, source: str) -> Response:
     response = current_app.make_response(rv)
     response.headers["X-Cache"] = source
@@ -530,6 +640,56 @@ def _session_read() -> bool:
     """Whether the session was used so far in this request (unknown kinds count as used)."""
     session = getattr(request_ctx, "_session", None)
     return session is not None and bool(getattr(session, "accessed", True))
+
+
+def _session_before() -> str | None:
+    """Before a view runs: None when the session is unchanged so far, else its digest
+    (a ``before_request`` hook changed it; the view is judged by what it changes)."""
+    session = getattr(request_ctx, "_session", None)
+    if session is None or not getattr(session, "modified", True):
+        return None
+    return _session_digest() or ""
+
+
+def _session_after(before: str | None) -> str | None:
+    """After a view read the session: its digest, or None when the view changed it."""
+    digest = _session_digest()
+    session = getattr(request_ctx, "_session", None)
+    if getattr(session, "modified", True) and (before is None or before != digest):
+        return None
+    return digest
+
+
+def _digest_session_for(names: tuple[str, ...], environ: MutableMapping[str, Any]) -> None:
+    """Put the session's digest in ``environ`` when a page or index varies on it."""
+    if SESSION_VARY in names and SESSION_ENVIRON not in environ:
+        # A session without a digest matches no page: a value no page was stored for.
+        environ[SESSION_ENVIRON] = _session_digest() or uuid.uuid4().hex
+
+
+def _session_digest() -> str | None:
+    """A digest of the session's contents, read without marking it used.
+
+    A page that read the session is keyed by it, not only by the ``Cookie`` header: a
+    server-side session changes (logout, a revoked session, a new cart) under the very
+    same cookie. None when the contents do not serialize to JSON (such a page is not
+    stored, and a request with such a session matches no page).
+    """
+    session = getattr(request_ctx, "_session", None)
+    if session is None:
+        return "no session"
+    accessed = getattr(session, "accessed", None)
+    try:
+        data = dict(session.items())
+    finally:
+        if accessed is not None:
+            session.accessed = accessed
+    try:
+        tagged = session_json_serializer.tag(data)
+        text = json.dumps(tagged, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _user() -> str:

@@ -1,12 +1,13 @@
 """The WSGI fast path: public cached pages served before Flask builds a request context.
 
-``init_app`` wraps ``app.wsgi_app``. For a GET or HEAD whose (``PATH_INFO``,
-``QUERY_STRING``) a ``public=True`` route (without ``per_user`` or ``unless``) has
+``init_app`` wraps ``app.wsgi_app``. For a GET or HEAD to a URL (scheme, ``Host``, path
+and query string) that a ``public=True`` route (without ``per_user`` or ``unless``) has
 answered in this process, the page is looked up in L1 alone (no Redis, no URL matching)
-and, when L1 holds a public page whose ``Vary`` values match the request, served from a
-prebuilt header list: ``X-Cache: HIT-L1``, ``Age``, and a 304 when ``If-None-Match``
-matches the page's ETag. Anything else (a miss, a non-public page, another method) falls
-through to Flask unchanged. The wrapper also runs the extension's per-process start
+and, when L1 holds a public page whose ``Vary`` values match the request and that does
+not vary on the session (which only Flask can open), served from a prebuilt header
+list: ``X-Cache: HIT-L1``, ``Age``, and a 304 when ``If-None-Match`` matches the page's
+ETag. Anything else (a miss, a non-public page, another method) falls through to Flask
+unchanged. The wrapper also runs the extension's per-process start
 hooks (the stats publisher) before the first request each process serves.
 
 A fast-path hit skips everything Flask would do for the request: URL matching,
@@ -76,7 +77,16 @@ def fast_path(
             find = routes.fast_finder()  # this process's L1
             started = _forks
         if locations:
-            target = locations.get((environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
+            get = environ.get  # the Location of routes.request_location, inlined
+            target = locations.get(
+                (
+                    get("wsgi.url_scheme", "http"),
+                    get("HTTP_HOST"),
+                    get("SCRIPT_NAME", ""),
+                    get("PATH_INFO", ""),
+                    get("QUERY_STRING", ""),
+                )
+            )
             method = environ.get("REQUEST_METHOD")
             if target is not None and method in {"GET", "HEAD"}:
                 page = find(target, environ)

@@ -1,0 +1,304 @@
+"""Pages never cross to a request they were not made for: not to another host or scheme,
+not from a path that decodes to look like another URL, not to a server-side session that
+changed under the same cookie; and header lines or statuses never make a page say more
+than it should."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from flask import Flask, Response, request, session, url_for
+
+from tests import test_routes
+from tests.session_apps import logged_in
+from tests.test_routes import SESSION_KINDS, AppFactory, session_app, xcache
+
+make_app = test_routes.make_app  # the app factory fixture, shared
+
+# -- the URL: host, scheme, and paths that decode to something else ---------------------------
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_page_is_never_served_to_another_host_or_scheme(
+    make_app: AppFactory, public: bool
+) -> None:
+    """A page that shows its own URL (``url_for(_external=True)``) must not be served to a
+    request that sent another ``Host``: that is how a forged Host poisons a shared cache."""
+    app, tc = make_app()
+
+    @app.route("/home")
+    @tc.cached(public=public)
+    def home() -> str:
+        return url_for("home", _external=True)
+
+    client = app.test_client()
+    origins = ["http://shop.example", "http://evil.example", "https://shop.example"]
+    for origin in origins:
+        assert client.get("/home", base_url=origin).text == f"{origin}/home"
+    for origin in origins:
+        again = client.get("/home", base_url=origin)
+        assert (again.text, xcache(again)) == (f"{origin}/home", "HIT-L1")
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_path_that_decodes_to_a_query_or_a_variant_is_keyed_apart(
+    make_app: AppFactory, public: bool
+) -> None:
+    """``%3F`` decodes to ``?`` and ``%00`` to NUL in ``PATH_INFO``: a request for
+    ``/search/foo%3Fpage=2`` must not store its page where ``/search/foo?page=2`` reads."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/search/<path:q>")
+    @tc.cached(public=public)
+    def search(q: str) -> str:
+        calls[q] += 1
+        return f"q={q!r} page={request.args.get('page')}"
+
+    client = app.test_client()
+    poisoned = client.get("/search/foo%3Fpage=2")
+    assert poisoned.text == "q='foo?page=2' page=None"
+    honest = client.get("/search/foo?page=2")
+    assert (honest.text, xcache(honest)) == ("q='foo' page=2", "MISS")
+    client.get("/search/a%00v=0")
+    assert xcache(client.get("/search/a")) == "MISS"
+    # Each stored page is still found by its own request.
+    for path in ("/search/foo%3Fpage=2", "/search/foo?page=2", "/search/a%00v=0", "/search/a"):
+        assert xcache(client.get(path)) == "HIT-L1"
+    assert sum(calls.values()) == 4
+
+
+def test_a_key_prefix_still_keeps_hosts_apart(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/a")
+    @app.route("/b")
+    @tc.cached(key_prefix="menu")
+    def menu() -> str:
+        return f"menu for {request.host}"
+
+    client = app.test_client()
+    assert client.get("/a", base_url="http://one.example").text == "menu for one.example"
+    shared = client.get("/b", base_url="http://one.example")
+    assert (shared.text, xcache(shared)) == ("menu for one.example", "HIT-L1")
+    assert client.get("/b", base_url="http://two.example").text == "menu for two.example"
+
+
+# -- server-side sessions: the cookie stays, the session changes ------------------------------
+
+SERVER_SIDE = [pytest.param({"TIERED_CACHE_SESSIONS": True}, id="tiered-sessions")]
+SERVER_SIDE += [kind for kind in SESSION_KINDS if kind.id == "flask-session-redis"]
+
+
+def server_side_app(make_app: AppFactory, kind: dict[str, Any]) -> tuple[Flask, Counter[str]]:
+    """:func:`tests.test_routes.session_app`, with a sign-in that leaves a second key in
+    the session and a sign-out that leaves it there (as flask-login's ``logout_user``)."""
+    app, calls = session_app(make_app, **kind)
+
+    @app.route("/sign-in/<name>")
+    def sign_in(name: str) -> str:
+        session["user_id"] = name
+        session["csrf"] = "token"
+        return "in"
+
+    @app.route("/sign-out")
+    def sign_out() -> str:
+        session.pop("user_id", None)
+        return "out"
+
+    return app, calls
+
+
+@pytest.mark.parametrize("kind", SERVER_SIDE)
+def test_a_page_follows_the_session_not_just_the_cookie(
+    make_app: AppFactory, kind: dict[str, Any]
+) -> None:
+    """Signing out on a shared computer keeps the cookie (other keys stay in the session):
+    the next person must not get the page the session read while signed in."""
+    app, calls = server_side_app(make_app, kind)
+    client = app.test_client()
+    client.get("/sign-in/alice")
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    assert client.get("/me").text == "hello alice"
+    assert xcache(client.get("/me")) == "HIT-L1"
+    client.get("/sign-out")
+    after = client.get_cookie("session")
+    assert after is not None and after.value == cookie.value  # the very same cookie
+    assert (client.get("/me").text, calls["me"]) == ("hello stranger", 2)
+    client.get("/sign-in/bob")
+    assert client.get("/me").text == "hello bob"
+    client.get("/sign-in/alice")  # the same session contents again: alice's page is shared
+    hit = client.get("/me")
+    assert (hit.text, xcache(hit), calls["me"]) == ("hello alice", "HIT-L1", 3)
+
+
+def test_a_revoked_session_s_cookie_gets_no_page_it_read(make_app: AppFactory) -> None:
+    """SPEC 5: a revoked session is dead on its next request, cached pages included."""
+    app, tc = make_app(TIERED_CACHE_SESSIONS=True)
+
+    @app.post("/login/<user>")
+    def login(user: str) -> str:
+        tc.sessions.login(user)
+        return "in"
+
+    @app.route("/account")
+    @tc.cached()
+    def account() -> str:
+        return f"account of {session.get('user_id', 'nobody')}"
+
+    alice = logged_in(app, "alice")
+    assert alice.get("/account").text == "account of alice"
+    stolen = alice.get_cookie("session")
+    assert stolen is not None
+    with app.app_context():
+        assert tc.sessions.revoke_user("alice") == 1
+    thief = app.test_client()
+    thief.set_cookie("session", stolen.value)
+    answer = thief.get("/account")
+    assert (answer.text, xcache(answer)) == ("account of nobody", "MISS")
+
+
+@pytest.mark.parametrize("kind", SERVER_SIDE)
+def test_a_view_that_changes_the_session_is_never_stored(
+    make_app: AppFactory, kind: dict[str, Any]
+) -> None:
+    app, _ = server_side_app(make_app, kind)
+    client = app.test_client()
+    answers = [client.get("/visits") for _ in range(3)]
+    assert [a.text for a in answers] == ["visit 1", "visit 2", "visit 3"]
+    assert {xcache(a) for a in answers} == {"MISS"}
+
+
+def test_a_session_a_hook_changes_on_every_request_still_caches(make_app: AppFactory) -> None:
+    """Only what the view changes makes a page unstorable: a ``before_request`` hook that
+    writes the session on every request runs on hits too."""
+    app, tc = make_app(TIERED_CACHE_SESSIONS=True)
+
+    @app.before_request
+    def mark() -> None:
+        session["seen"] = True
+
+    @app.route("/me")
+    @tc.cached()
+    def me() -> str:
+        return f"seen {session.get('seen')}"
+
+    client = app.test_client()
+    first = client.get("/me")  # a new session: its cookie is set, the page is not stored
+    assert (xcache(first), "Set-Cookie" in first.headers) == ("MISS", True)
+    answers = [client.get("/me") for _ in range(2)]
+    assert [xcache(a) for a in answers] == ["MISS", "HIT-L1"]
+    assert answers[1].text == "seen True"
+
+
+def test_a_session_page_is_never_served_by_the_fast_path(make_app: AppFactory) -> None:
+    """The fast path cannot open a session: a public page that read it goes through Flask,
+    where the session's contents are compared."""
+    app, tc = make_app(TIERED_CACHE_SESSIONS=True)
+    before: Counter[str] = Counter()
+
+    @app.before_request
+    def count() -> None:
+        before["requests"] += 1
+
+    @app.route("/sign-in/<name>")
+    def sign_in(name: str) -> str:
+        session["user_id"] = name
+        return "in"
+
+    @app.route("/banner")
+    @tc.cached(public=True)
+    def banner() -> str:
+        return f"hi {session.get('user_id', 'guest')}"
+
+    client = app.test_client()
+    client.get("/sign-in/alice")
+    client.get("/banner")
+    hit = client.get("/banner")
+    assert (hit.text, xcache(hit), before["requests"]) == ("hi alice", "HIT-L1", 3)
+
+
+# -- header lines and statuses ----------------------------------------------------------------
+
+
+def test_a_second_cache_control_line_is_honoured(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/page")
+    @tc.cached(public=True)
+    def page() -> Response:
+        return Response("mine", headers={"Cache-Control": "public, max-age=60"})
+
+    @app.after_request
+    def private(response: Response) -> Response:
+        response.headers.add("Cache-Control", "private")
+        return response
+
+    client = app.test_client()
+    assert [xcache(client.get("/page")) for _ in range(2)] == ["MISS", "MISS"]
+
+
+def test_every_vary_line_keys_the_page_and_is_kept(make_app: AppFactory) -> None:
+    """A hook that adds its ``Vary`` as a second line (as flask-cors does) is honoured."""
+    app, tc = make_app()
+
+    @app.route("/page")
+    @tc.cached()
+    def page() -> Response:
+        origin = request.headers.get("Origin", "-")
+        return Response(f"for {origin}", headers={"Vary": "Accept-Language"})
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        response.headers.add("Vary", "Origin")
+        return response
+
+    client = app.test_client()
+    a = {"Origin": "https://a.example"}
+    b = {"Origin": "https://b.example"}
+    assert client.get("/page", headers=a).text == "for https://a.example"
+    other = client.get("/page", headers=b)
+    assert (other.text, xcache(other)) == ("for https://b.example", "MISS")
+    hit = client.get("/page", headers=a)
+    assert (hit.text, xcache(hit)) == ("for https://a.example", "HIT-L1")
+    assert {v.strip() for v in ",".join(hit.headers.getlist("Vary")).split(",")} == {
+        "Accept-Language",
+        "Origin",
+    }
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_cached_error_page_ignores_if_none_match(make_app: AppFactory, public: bool) -> None:
+    """RFC 9110 13.2.1: preconditions are ignored when the response would not be 2xx."""
+    app, tc = make_app()
+
+    @app.route("/gone")
+    @tc.cached(status_codes=(200, 404), public=public)
+    def gone() -> tuple[str, int]:
+        return "not here", 404
+
+    client = app.test_client()
+    answers = [client.get("/gone", headers={"If-None-Match": "*"}) for _ in range(2)]
+    assert [(a.status_code, xcache(a)) for a in answers] == [(404, "MISS"), (404, "HIT-L1")]
+    assert answers[1].text == "not here" and "ETag" not in answers[1].headers
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_cached_204_has_neither_body_nor_content_length(
+    make_app: AppFactory, public: bool
+) -> None:
+    """RFC 9110 6.4.1 and 8.6: a 204 ends at its headers and has no Content-Length."""
+    app, tc = make_app()
+
+    @app.route("/empty")
+    @tc.cached(public=public, status_codes=(204,))
+    def empty() -> Response:
+        return Response("dropped", status=204)
+
+    client = app.test_client()
+    answers = [client.get("/empty") for _ in range(2)]
+    seen = [(a.status_code, xcache(a), a.data, a.headers.get("Content-Length")) for a in answers]
+    assert seen == [(204, "MISS", b"", None), (204, "HIT-L1", b"", None)]
