@@ -253,6 +253,16 @@ def test_methods(make_app: MakeApp) -> None:
     assert [client.get("/r").status_code for _ in range(3)] == [200] * 3
 
 
+def test_get_counts_head_which_runs_the_get_view(make_app: MakeApp) -> None:
+    app, tc = make_app()
+    view = tc.limit("2/minute", methods=["GET"])(ok)
+    app.add_url_rule("/r", view_func=view, methods=["GET", "POST"])
+    client = ready(app, tc)
+    assert [client.head("/r").status_code for _ in range(2)] == [200, 200]
+    assert client.get("/r").status_code == 429
+    assert client.post("/r").status_code == 200  # not counted
+
+
 def test_exempt_when(make_app: MakeApp) -> None:
     app, tc = make_app()
     exempt = tc.limit("1/minute", exempt_when=lambda: request.headers.get("X-Admin") == "1")

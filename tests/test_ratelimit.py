@@ -233,6 +233,28 @@ def test_deny_cache_is_per_client_scope_and_limits(make_limiter: MakeLimiter) ->
     assert limiter.hit("2/minute", "k", scope="a").admitted
 
 
+def test_clearing_the_cache_frees_refused_clients_here(make_limiter: MakeLimiter) -> None:
+    """``clear`` deletes every counter: refusals held in memory must go with them."""
+    limiter = make_limiter()
+    limiter.hit("1/minute", "k")
+    assert not limiter.hit("1/minute", "k").admitted  # refused by Redis, then held
+    assert limiter.hit("1/minute", "k").local  # refused from memory
+    limiter.cache.clear()
+    assert limiter.hit("1/minute", "k").admitted
+
+
+def test_clearing_the_cache_frees_refused_clients_in_other_processes(redis_url: str) -> None:
+    with Cache(redis_url=redis_url) as here, Cache(redis_url=redis_url) as there:
+        there.connect()
+        limiter = RateLimiter(there)
+        limiter.hit("1/minute", "k")
+        assert not limiter.hit("1/minute", "k").admitted
+        assert limiter.hit("1/minute", "k").local
+        here.clear()
+        assert until(lambda: len(limiter.deny_cache) == 0)
+        assert limiter.hit("1/minute", "k").admitted
+
+
 def test_cheaper_request_asks_redis(make_limiter: MakeLimiter) -> None:
     limiter = make_limiter()
     limiter.hit("10/minute", "k", cost=7)

@@ -62,8 +62,7 @@ def test_a_hostile_pickle_is_never_run(
     client.set_cookie("session", forged)
     with caplog.at_level(logging.WARNING, logger="tiered_cache"):
         response = client.get("/me")
-    assert response.text == "None" and cookie_deleted(response)
-    assert not marker.exists()
+    assert response.text == "None" and not marker.exists()
     assert any("not readable" in record.getMessage() for record in caplog.records)
 
     # The control: flask-session's own serializer runs it (so this test can fail).
@@ -75,8 +74,14 @@ def test_a_hostile_pickle_is_never_run(
 
 @pytest.mark.parametrize(
     "stored",
-    [b"\xff\x00 not msgpack", b"", msgspec.msgpack.encode([1, 2]), msgspec.msgpack.encode({1: 2})],
-    ids=["garbage", "empty", "a list", "int keys"],
+    [
+        b"\xff\x00 not msgpack",
+        b"",
+        msgspec.msgpack.encode([1, 2]),
+        msgspec.msgpack.encode({1: 2}),
+        b"\x91" * 100_000,  # nested deeper than msgspec decodes: RecursionError
+    ],
+    ids=["garbage", "empty", "a list", "int keys", "too deep"],
 )
 def test_undecodable_bytes_are_an_empty_session_and_a_warning(
     make_app: AppFactory, r: redis.Redis, caplog: pytest.LogCaptureFixture, stored: bytes
@@ -174,6 +179,7 @@ def test_session_transaction_in_the_test_client(make_app: AppFactory) -> None:
         ("SESSION_REDIS", "redis://elsewhere"),
         ("SESSION_SERIALIZATION_FORMAT", "pickle"),
         ("SESSION_ID_LENGTH", 8),
+        ("SESSION_ID_LENGTH", 301),  # ids too long for the cookie check: never found again
         ("SESSION_PERMANENT", "maybe"),
         ("PERMANENT_SESSION_LIFETIME", 0),
         ("PERMANENT_SESSION_LIFETIME", datetime.timedelta(seconds=-5)),

@@ -136,7 +136,7 @@ def test_a_failed_load_is_not_retried_within_the_request(
     client = logged_in(app, "alice")
     redis_server.kill()
     response, elapsed = timed(lambda: client.post("/hook"))
-    assert response.status_code == 503 or response.text == "hooked"
+    assert response.status_code == 503, response.text
     assert attempts == [attempts[0]] * 3 and elapsed < HANG_GUARD
 
 
@@ -193,8 +193,9 @@ def test_a_session_revoked_in_flight_is_not_written_back(
     assert response.status_code == 200
     admin = redis_server.client()
     assert [k for k in admin.keys("session:*")] == []  # nothing brought back, nothing new
-    if action != "read only":
-        assert "Max-Age=0" in response.headers.get("Set-Cookie", "")
+    # No cookie either: not renewed, and not deleted (the session may have moved under
+    # a concurrent login from the same browser, whose new cookie a deletion could undo).
+    assert "Set-Cookie" not in response.headers
     assert client.get("/me").text == "None"
     admin.close()
 
@@ -226,8 +227,9 @@ def test_sessions_are_shared_by_processes(make_app: AppFactory, redis_url: str) 
     ]
     with app.app_context():
         tc.sessions.revoke_user("alice")
+    # Revoked: logged out everywhere, its cookie left alone (see _session_interface).
     assert run_in_processes(whoami_in_another_process, [(redis_url, c) for c in cookies]) == [
-        "None (cookie deleted)",
+        "None",
         "bob",
     ]
 

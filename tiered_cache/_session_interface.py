@@ -18,6 +18,9 @@ What it changes in flask-session 0.8's ``RedisSessionInterface``, and why:
   to a logged-in user carry no ``Set-Cookie``. ``SESSION_REFRESH_EACH_REQUEST`` is not
   used: the TTL slides on every use without it, and resending the cookie on every
   response would make every page uncacheable.
+- The cookie is deleted only by the request that destroyed its session (logout, an
+  emptied session) or for a value we could never have issued; not because its session
+  was gone, which a concurrent login or rotation of the same browser also causes.
 """
 
 from __future__ import annotations
@@ -117,8 +120,11 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
     def _load(self, session: TieredSession) -> None:
         record = self.store.load(session.sid)
         if record is None:
-            # Never adopt an id we do not hold (session fixation): start a new one.
-            session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)
+            # Never adopt an id we do not hold (session fixation): start a new one. The
+            # cookie is left alone: a login or rotation in a concurrent request of the
+            # same browser may have just moved the session, and deleting the cookie here
+            # could delete the new one. A dead id in a cookie is harmless.
+            session.reset(self.store.new_sid(), permanent=self.permanent)
         else:
             session.fill(record)
 
@@ -155,18 +161,33 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             self._written(session, self.store.create(session.sid, session.record(now)), now)
             state.cookie_due = state.stored
         elif self._renewal_due(session, now):
-            loaded = None if session.modified else state.raw
-            found = self.store.renew(session.sid, session.record(now), loaded=loaded, now=now)
-            if found is True:  # changed by another request: the next one renews it
-                return
-            raw = found or None
-            self._written(session, raw, now)
-            state.cookie_due = state.cookie_due or (raw is not None and session.is_permanent())
-            state.clear_cookie = raw is None
+            self._renew(session, now)
         elif session.modified:
             raw = self.store.update(session.sid, session.record(state.issued))
             self._written(session, raw, state.issued)
-            state.clear_cookie = raw is None
+
+    def _renew(self, session: TieredSession, now: float) -> None:
+        """Renew the stored "issued" time and the cookie (and write what changed).
+
+        An unchanged session whose renewal fails loses nothing (its load slid the TTL;
+        the next request renews it): the response stands. A changed one is a 503.
+        """
+        from .sessions import SessionUnavailable
+
+        state = session.tc
+        loaded = None if session.modified else state.raw
+        try:
+            found = self.store.renew(session.sid, session.record(now), loaded=loaded, now=now)
+        except SessionUnavailable as exc:
+            if session.modified:
+                raise
+            self.store.warn("session-renew", "session renewal skipped: %r", exc)
+            return
+        if found is True:  # changed by another request: the next one renews it
+            return
+        raw = found or None
+        self._written(session, raw, now)
+        state.cookie_due = state.cookie_due or (raw is not None and session.is_permanent())
 
     @staticmethod
     def _written(session: TieredSession, raw: bytes | None, issued: float | None) -> None:
@@ -251,8 +272,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         now = self.clock()
         record = session.record(now)
         raw = self.store.rotate(session.sid, new, record, keep_only_if_alive=True, now=now)
-        if raw is None:
-            session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)
+        if raw is None:  # revoked, or moved by a concurrent request: see _load
+            session.reset(self.store.new_sid(), permanent=self.permanent)
             return
         session.moved(new, record, raw)
 

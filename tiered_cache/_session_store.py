@@ -54,7 +54,7 @@ import redis
 from ._log import RateLimitedLog
 from .errors import CacheUnavailable, ConfigurationError
 from .keys import encode_key
-from .redis_tier import UNAVAILABLE, RedisTier
+from .redis_tier import UNAVAILABLE, RedisTier, outage_reply
 from .sessions import SessionUnavailable
 
 T = TypeVar("T")
@@ -64,6 +64,8 @@ META_KEY: Final = "__tiered_cache__"
 """The reserved key of the stored map that holds the session's bookkeeping."""
 
 MIN_SID_BYTES: Final = 16
+MAX_SID_BYTES: Final = 256
+"""256 bytes are 342 characters in a cookie: within what :data:`_SID` accepts."""
 # A logged-in id is "{xxxx}" + token; a token is token_urlsafe's alphabet. Anything else
 # in a cookie is not one of our ids: it is ignored rather than looked up.
 _SID = re.compile(r"(?:\{[0-9a-f]{4}\})?[A-Za-z0-9_-]{16,400}")
@@ -151,8 +153,8 @@ def _flag(value: Any) -> bool:
 
 
 def _sid_length(value: Any) -> int:
-    if isinstance(value, bool) or int(value) < MIN_SID_BYTES:
-        raise ValueError(f"expected at least {MIN_SID_BYTES} (bytes of randomness)")
+    if isinstance(value, bool) or not MIN_SID_BYTES <= int(value) <= MAX_SID_BYTES:
+        raise ValueError(f"expected {MIN_SID_BYTES} to {MAX_SID_BYTES} (bytes of randomness)")
     return int(value)
 
 
@@ -241,7 +243,7 @@ class Codec:
         for decode in self._decoders:
             try:
                 data = decode(raw)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # nested deeper than msgspec goes
                 continue
             if isinstance(data, dict) and all(isinstance(key, str) for key in data):
                 return _record(data, raw)
@@ -308,6 +310,10 @@ class SessionStore:
 
     # -- the calls ------------------------------------------------------------------------
 
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        """Log a warning, at most once in a while for each ``kind``."""
+        self._log.warning(kind, message, *args)
+
     def run(self, what: str, call: Callable[[Any], T]) -> T:
         """``call(client)`` through the breaker; an outage is a 503.
 
@@ -334,6 +340,8 @@ class SessionStore:
             try:
                 return client.getex(key, ex=ttl)  # type: ignore[no-any-return]
             except redis.ResponseError as exc:  # the key holds a list, say
+                if outage_reply(exc):  # READONLY after a failover...: a 503, not a logout
+                    raise
                 return exc
 
         raw = self.run("session load", getex)

@@ -54,6 +54,7 @@ from .redis_tier import (
     client_from_url,
     get_reply,
     unlink_matching,
+    without_outages,
 )
 from .sentinels import MISS
 from .serializers import make_serializer
@@ -282,7 +283,7 @@ class Cache(Keyspace):
             queue(pipe)
             if not self._cluster:
                 after(pipe)
-            results: list[Any] = pipe.execute(raise_on_error=check)
+            results = without_outages(pipe.execute(raise_on_error=check))
             if self._cluster:
                 after(client)
             return results
@@ -532,6 +533,8 @@ class Cache(Keyspace):
         )
         self._announce("clear", flush=True)
         self._l1.clear()
+        # The bus skips this process's own messages: tell its features (the deny cache).
+        self._tell_listeners(Message(self._sender, flush=True))
         return 0 if deleted is UNAVAILABLE else deleted
 
     def lock(

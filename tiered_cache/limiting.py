@@ -20,9 +20,10 @@ How a request is checked:
 - The key is ``key()`` or the client address as Flask sees it (``request.remote_addr``:
   put werkzeug's ``ProxyFix`` in front of the app behind a proxy; ``X-Forwarded-For`` is
   never read by itself). ``scope`` (default: the endpoint) separates counts: routes that
-  name the same scope share them. ``methods`` filters what is counted, ``exempt_when()``
-  true skips the check, ``cost`` (an int or a callable) is what one request spends; a
-  cost of 0 makes the request free (not checked, no headers).
+  name the same scope share them. ``methods`` filters what is counted (``GET`` counts
+  HEAD too: Flask runs the GET view for it), ``exempt_when()`` true skips the check,
+  ``cost`` (an int or a callable) is what one request spends; a cost of 0 makes the
+  request free (not checked, no headers).
 
 Answers:
 
@@ -131,7 +132,9 @@ def _methods(methods: Iterable[str] | None) -> frozenset[str] | None:
     names = (methods,) if isinstance(methods, str) else tuple(methods)
     if not names or not all(isinstance(name, str) and name for name in names):
         raise ValueError(f"@tc.limit methods= must be HTTP method names, not {methods!r}")
-    return frozenset(name.upper() for name in names)
+    upper = frozenset(name.upper() for name in names)
+    # Flask answers HEAD with the GET view, which runs in full: it must not go uncounted.
+    return upper | {"HEAD"} if "GET" in upper else upper
 
 
 def _check_cost(cost: object) -> int:

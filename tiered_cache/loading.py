@@ -32,7 +32,7 @@ from .copying import copier_for
 from .flight import Flights, Waiters, release
 from .framing import Frame
 from .keys import KeyLayout
-from .redis_tier import UNAVAILABLE, Client
+from .redis_tier import UNAVAILABLE, Client, without_outages
 from .sentinels import MISS, Miss
 from .stored import expired
 
@@ -269,7 +269,7 @@ def _lock_and_read(load: Load, token: bytes) -> Callable[[Client], list[Any]]:
         pipe.set(load.lock_key, token, nx=True, px=load.lock_ms)
         pipe.get(load.gkey)
         # A GET of a key that is not a string replies with an error: a miss, decoded later.
-        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+        return without_outages(pipe.execute(raise_on_error=False))
 
     return call
 

@@ -13,6 +13,7 @@ for each reply, and no retries: the breaker, not a retry loop, handles an outage
 from __future__ import annotations
 
 import enum
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,33 @@ class Unavailable(enum.Enum):
 
 UNAVAILABLE = Unavailable.UNAVAILABLE
 REDIS_ERRORS = (redis.RedisError, OSError)
+
+# Error replies that say the server cannot serve now, not that the command or the key is
+# wrong: a replica after a failover (READONLY), memory full under noeviction (OOM), a
+# cluster without quorum or resharding (CLUSTERDOWN, MASTERDOWN, TRYAGAIN), a long script
+# (BUSY), failed persistence (MISCONF), too few replicas (NOREPLICAS). redis-py has
+# classes for some; the others are plain ResponseErrors (whose text a pipeline prefixes).
+_OUTAGE_CLASSES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+_OUTAGE_CODES = re.compile(r"(?:^|caused error: )(?:BUSY|MISCONF|NOREPLICAS) ")
+
+
+def outage_reply(exc: redis.ResponseError) -> bool:
+    """Whether an error reply means Redis cannot serve now: an outage, not a bad command."""
+    return isinstance(exc, _OUTAGE_CLASSES) or _OUTAGE_CODES.search(str(exc)) is not None
+
+
+def without_outages(results: list[Any]) -> list[Any]:
+    """The results of ``pipe.execute(raise_on_error=False)``, after raising the first
+    :func:`outage_reply` among them (for :meth:`RedisTier.run` to handle as an outage)."""
+    for result in results:
+        if isinstance(result, redis.ResponseError) and outage_reply(result):
+            raise result
+    return results
 
 
 def client_from_url(url: str, *, socket_timeout: float) -> Client:
@@ -90,11 +118,14 @@ def _sentinel_client(parts: Any, options: dict[str, Any]) -> Client:
 def get_reply(client: Client, key: str) -> bytes | redis.ResponseError | None:
     """GET ``key``; an error reply (the key holds a list, say) is returned, not raised.
 
-    Such a key is foreign data under our prefix, a miss for the reader, not an outage.
+    Such a key is foreign data under our prefix, a miss for the reader, not an outage
+    (an :func:`outage_reply` is raised, for :meth:`RedisTier.run` to handle).
     """
     try:
         return client.get(key)  # type: ignore[no-any-return]
     except redis.ResponseError as exc:
+        if outage_reply(exc):
+            raise
         return exc
 
 
@@ -234,7 +265,8 @@ class RedisTier:
         :returns: its result, or :data:`UNAVAILABLE` when Redis failed and we fail open.
         :raises CacheUnavailable: when Redis failed and we do not fail open.
         :raises redis.ResponseError: an error reply ``call`` did not handle (a bug of
-            ours, not an outage: it does not count against the breaker).
+            ours, not an outage: it does not count against the breaker). An
+            :func:`outage_reply` (READONLY after a failover, OOM...) is an outage.
         """
         if fail_open is None:
             fail_open = self.fail_open
@@ -246,18 +278,24 @@ class RedisTier:
             return self._unavailable(what, None, fail_open, "circuit breaker open")
         try:
             result = call(self.client)
-        except redis.ResponseError:
+        except redis.ResponseError as exc:
+            if outage_reply(exc):
+                return self._outage(what, exc, fail_open)
             # Redis answered: it is up. An error reply is the caller's business.
             self.breaker.success()
             raise
         except REDIS_ERRORS as exc:
-            self.breaker.failure()
-            self.errors += 1
             if isinstance(exc, redis.TimeoutError | TimeoutError):
                 failed.until = self._timer() + self._quiet
-            return self._unavailable(what, exc, fail_open)
+            return self._outage(what, exc, fail_open)
         self.breaker.success()
         return result
+
+    def _outage(self, what: str, exc: BaseException, fail_open: bool) -> Unavailable:
+        """A call failed for want of a working Redis: count it, then fail open or raise."""
+        self.breaker.failure()
+        self.errors += 1
+        return self._unavailable(what, exc, fail_open)
 
     def reset(self) -> None:
         """Forget past failures: the breaker's and every thread's (after a fork)."""

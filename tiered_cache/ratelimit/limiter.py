@@ -213,8 +213,9 @@ class RateLimiter:
         return deleted
 
     def _heard(self, message: Message | None) -> None:
-        """The bus: another process reset limits, or messages may have been missed."""
-        if message is None:
+        """The bus: a process reset limits or cleared the cache (which deletes every
+        counter), or messages may have been missed."""
+        if message is None or message.flush:
             self.deny_cache.clear()
             return
         for reset in message.resets:
