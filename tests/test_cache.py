@@ -307,6 +307,26 @@ def test_clear_scans_and_keeps_namespace_counters(make_cache: MakeCache, redis_u
 # -- get_or_set ---------------------------------------------------------------------------
 
 
+def test_clear_keeps_locks_and_leaves_look_alike_prefixes_alone(
+    make_cache: MakeCache, redis_url: str
+) -> None:
+    """A held lock stays held (two holders would break what it protects); ``\\b`` in a
+    prefix is a literal in the SCAN pattern, not a glob escape of ``b``; a key that is not
+    UTF-8 under the prefix is deleted like any other, not an error."""
+    cache, lookalike = make_cache(prefix="a\\b"), make_cache(prefix="ab")
+    lookalike.set("k", "kept")
+    cache.set("k", "gone")
+    assert cache.lock("nightly", timeout=30).acquire(blocking=False)
+    flight = KeyLayout.flight_lock(cache.layout.data("", 0, "loading"))
+    raw = plain(redis_url)
+    raw.set(flight, b"token", px=30_000)
+    raw.set(cache.layout.base.encode() + b"\xff\xfe", b"foreign")
+    assert cache.clear() == 2
+    assert lookalike.get("k") == "kept"
+    assert not cache.lock("nightly", timeout=30).acquire(blocking=False)
+    assert raw.exists(flight) == 1
+
+
 def test_get_or_set_loads_once_then_hits(make_cache: MakeCache, redis_url: str) -> None:
     cache, other = make_cache(), make_cache()
     calls: list[int] = []
@@ -443,6 +463,9 @@ def test_memoize_refuses_arguments_with_process_specific_repr(cache: Cache) -> N
 
     with pytest.raises(TypeError, match="__caching_id__"):
         ident(object())
+    with pytest.raises(TypeError, match="__caching_id__"):
+        ident((1, object()))  # inside a container too
+    assert ident("meet at 0x10, by the pier") == "called"  # a string says what it likes
 
     class Keyed:
         def __caching_id__(self) -> str:
@@ -526,8 +549,24 @@ def test_an_evicted_namespace_counter_never_brings_old_values_back(
     users = cache.namespace("users")
     users.set("1", "before")
     counter = cache._layout.counter("users")
+    old = int(plain(redis_url).get(counter) or 0)
     assert plain(redis_url).delete(counter) == 1  # evicted; the old data key is still there
     fresh = make_cache()
     assert fresh.namespace("users").get("1") is None
-    assert fresh.invalidate_namespace("users") > int(plain(redis_url).get(counter) or 0) - 1
+    assert fresh.invalidate_namespace("users") > old
     assert fresh.namespace("users").get("1") is None
+
+
+def test_a_bump_of_an_evicted_counter_drops_the_namespace_here_too(
+    make_cache: MakeCache, redis_url: str
+) -> None:
+    """A bare INCR would restart the counter at 1, below the version this process holds,
+    which it would then keep using: the value it just invalidated would still be served."""
+    cache = make_cache()
+    users = cache.namespace("users")
+    users.set("1", "before")
+    counter = cache._layout.counter("users")
+    old = int(plain(redis_url).get(counter) or 0)
+    assert plain(redis_url).delete(counter) == 1
+    assert cache.invalidate_namespace("users") > old
+    assert users.get("1") is None

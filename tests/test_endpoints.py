@@ -285,6 +285,35 @@ def test_published_record(make_app: MakeApp, redis_url: str) -> None:
     assert set(record["stats"]) >= {"l1_hits", "l2_hits", "misses", "publish_errors"}
 
 
+def test_readers_find_workers_through_the_index_never_a_scan(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    """A SCAN walks the whole keyspace, whatever its MATCH: on a Redis of millions of
+    keys, every scrape of /metrics would. The workers' keys are listed in a set instead,
+    and a key that expired (a dead worker) leaves it on the next read."""
+    app, _ = app_factory(redis_server.url)
+    app.test_client().get("/")
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    admin = redis_server.client()
+    index = TieredCache.state(app).cache.layout.stats_index
+    try:
+        deadline = time.monotonic() + 5
+        while not admin.sismember(index, publisher.key) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dead = index.removesuffix("index") + "gone-host:1:dead"
+        admin.sadd(index, dead)  # listed, but its figures expired long ago
+        admin.set("unrelated", "x")
+        admin.config_resetstat()
+        metrics_text = app.test_client().get("/_tiered_cache/metrics").text
+        calls = {k.removeprefix("cmdstat_"): v for k, v in admin.info("commandstats").items()}
+        assert "scan" not in calls and "keys" not in calls
+        assert 'host="gone-host"' not in metrics_text
+        assert admin.smembers(index) == {publisher.key.encode()}
+    finally:
+        admin.close()
+
+
 def test_publishing_failures_are_swallowed_and_counted(
     app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
 ) -> None:

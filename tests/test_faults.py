@@ -385,6 +385,25 @@ def test_half_open_lets_exactly_one_probe_through(
     assert cache.stats()["breaker_opened"] == 3
 
 
+def test_a_probe_that_raises_a_bug_does_not_jam_the_breaker(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    """The half-open probe ended by an exception that tells nothing about Redis (a bug in
+    the call) must hand the probe on, or every later call would be refused for good."""
+    cache = _make(caches, redis_server, breaker_failures=1, breaker_reset=0.1)
+    redis_server.kill()
+    assert cache.get("k") is None  # the breaker opens
+    redis_server.restart()
+    time.sleep(0.15)
+
+    def bug(client: Any) -> None:
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError):
+        cache.redis.run("probe", bug)
+    assert cache.set("k", 1) is True and cache.get("k") == 1
+
+
 def test_half_open_probe_is_exclusive_across_threads(
     redis_server: RedisServer, caches: list[Cache]
 ) -> None:

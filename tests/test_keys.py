@@ -48,4 +48,5 @@ def test_namespace_names_cannot_contain_colons() -> None:
 
 
 def test_scan_pattern_escapes_glob_characters() -> None:
-    assert KeyLayout("t[1]", 1).scan_pattern == "t\\[1]:1:*"
+    assert KeyLayout("t[1]", 1).scan_pattern == "t\\[1\\]:1:*"
+    assert KeyLayout("a\\b?*", 1).scan_pattern == "a\\\\b\\?\\*:1:*"

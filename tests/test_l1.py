@@ -252,6 +252,17 @@ def test_put_with_since_is_refused_after_another_invalidation(
     assert store.put("k", entry("g"), store.begin()) is True
 
 
+def test_two_local_writes_that_race_leave_neither_copy(make: Callable[..., L1Store]) -> None:
+    """Two threads of one worker write one key; Redis may keep either value, so the
+    refused one must not leave the accepted one behind (it may be the one Redis lost)."""
+    store = make()
+    first, second = store.begin(), store.begin()  # both writes began before either landed
+    assert store.put("k", entry("g", value="B"), second) is True
+    assert store.put("k", entry("g", value="A"), first) is False
+    assert store.peek("k") is None
+    check(store)
+
+
 def test_no_tombstones_without_reads_in_flight(make: Callable[..., L1Store]) -> None:
     store = make()
     for i in range(1000):

@@ -18,6 +18,7 @@ import redis
 from tests.procs import GroupSync, ProcessGroup
 from tests.waiting import until, warm
 from tiered_cache import Cache
+from tiered_cache.errors import SerializationError
 from tiered_cache.keys import KeyLayout
 
 STEP = 20.0  # seconds any barrier may wait: generous, only a broken worker hits it
@@ -352,3 +353,31 @@ def test_early_refresh_recomputes_before_expiry(make: Callable[..., Cache], redi
     # One load per expiry at most: no duplicate loads, no stampede of this process.
     assert stats["loader_calls"] <= 5
     assert slowest < 1.0, "a caller waited out lock_timeout"
+
+
+def test_a_value_that_never_expires_is_never_refreshed_early(
+    make: Callable[..., Cache], redis_url: str
+) -> None:
+    """``timeout=0`` stores no ``fresh_until``: nothing is ever due, however slow the load."""
+    writer, reader = make(), make(l1_max_items=0)  # the reader goes to Redis every time
+    loader = counting_loader(redis_url, "v", 0.05)
+    assert writer.get_or_set("k", loader, timeout=0) == "v"
+    for _ in range(50):
+        assert reader.get_or_set("k", loader, timeout=0) == "v"
+    time.sleep(0.2)  # a background refresh, had one been scheduled, has run by now
+    assert reader.stats()["early_refreshes"] == 0 and loads(redis_url) == 1
+
+
+def test_a_value_that_cannot_be_stored_releases_the_lock(
+    make: Callable[..., Cache], redis_url: str
+) -> None:
+    """The lock rides in the store's pipeline: a store that fails before it must not keep
+    every other process waiting out ``lock_timeout``."""
+    cache = make()
+    with pytest.raises(SerializationError):  # json cannot encode an object
+        cache.get_or_set("k", object, lock_timeout=30)
+    lock = KeyLayout.flight_lock(cache.layout.data("", 0, "k"))
+    assert redis.Redis.from_url(redis_url).exists(lock) == 0
+    started = time.monotonic()
+    assert make().get_or_set("k", lambda: "v", lock_timeout=30) == "v"
+    assert time.monotonic() - started < 5

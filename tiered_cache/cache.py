@@ -60,7 +60,7 @@ from .sentinels import MISS
 from .serializers import make_serializer
 from .sizing import entry_size
 from .stored import StoredValues, expired
-from .versions import NamespaceVersions
+from .versions import NamespaceVersions, fresh_start
 
 if TYPE_CHECKING:
     from .memoize import Memo, MemoizedFunction, P
@@ -510,14 +510,21 @@ class Cache(Keyspace):
 
     def _bump(self, encoded: str) -> int:
         counter = self._layout.counter(encoded)
-        result = self._write(
-            "invalidate_namespace", lambda p: p.incr(counter), namespaces=(encoded,)
-        )
+
+        def bump(pipe: Any) -> None:
+            # An evicted counter starts again from the time, as a first read starts it
+            # (versions.fresh_start): a bare INCR would restart it at 1, below the
+            # versions every process holds, and hand out old versions again.
+            pipe.set(counter, fresh_start(), nx=True)
+            pipe.incr(counter)
+
+        result = self._write("invalidate_namespace", bump, namespaces=(encoded,))
         if result is UNAVAILABLE:
             self._versions.forget(encoded)
             return 0
-        self._versions.heard(encoded, int(result[0]))
-        return int(result[0])
+        version = int(result[1])
+        self._versions.heard(encoded, version)
+        return version
 
     def clear(self) -> int:
         """Delete every key under this prefix and schema version (SCAN + UNLINK, never KEYS).

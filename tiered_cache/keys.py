@@ -11,8 +11,10 @@ Besides data keys the layout has, under the same prefix and schema version:
 - ``#ns:{name}``: the version counter of a namespace (never removed by ``clear``; it
   starts from the time in microseconds, so a version number is never reused even when
   the counter itself is evicted);
-- ``#stats:{host}:{pid}:{id}``: each worker's published figures (kept by ``clear``);
-- ``{data key}#lock``: the single-flight / refresh lock of a data key;
+- ``#stats:{host}:{pid}:{id}``: each worker's published figures, and ``#stats:index``,
+  the set of those keys, so that readers never SCAN (both kept by ``clear``);
+- ``{data key}#lock``: the single-flight / refresh lock of a data key (kept by
+  ``clear``, as every lock: ``#`` is not a safe character, so no user key ends so);
 - ``#lock:{name}``: named locks from :meth:`Cache.lock`;
 - the bus channel ``{prefix}:{version}:#bus``.
 
@@ -32,6 +34,12 @@ DEFAULT_NAMESPACE = ""  # an empty name, which no user namespace can have
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:/=+,@!$%&*;~^|-]+")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.=+,@!$%&*;~^|-]+")
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (SCAN MATCH, PSUBSCRIBE)."""
+    return text.translate(_GLOB_SPECIAL)
 
 
 def _digest(text: str) -> str:
@@ -72,13 +80,14 @@ def encode_name(name: str) -> str:
 class KeyLayout:
     """Builds every Redis key and channel name of one prefix and schema version."""
 
-    __slots__ = ("base", "channel", "counter_prefix", "stats_prefix")
+    __slots__ = ("base", "channel", "counter_prefix", "stats_index", "stats_prefix")
 
     def __init__(self, prefix: str, version: int) -> None:
         self.base = f"{prefix}:{version}:"
         self.channel = f"{self.base}#bus"
         self.counter_prefix = f"{self.base}#ns:"
         self.stats_prefix = f"{self.base}#stats:"
+        self.stats_index = f"{self.stats_prefix}index"
 
     def data(self, namespace: str, namespace_version: int, key: str) -> str:
         """Return the data key of ``key`` (already encoded names are not re-encoded)."""
@@ -104,9 +113,15 @@ class KeyLayout:
     @property
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for every key under this prefix and version."""
-        return self.base.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
+        return glob_escape(self.base) + "*"
 
     def kept_by_clear(self, redis_key: bytes | str) -> bool:
-        """Tell whether ``clear`` keeps a key found by SCAN: version counters, worker stats."""
-        text = redis_key.decode() if isinstance(redis_key, bytes) else redis_key
-        return text.startswith(self.counter_prefix) or text.startswith(self.stats_prefix)
+        """Tell whether ``clear`` keeps a key found by SCAN: version counters, worker
+        stats, and locks (a lock someone holds must stay held; each has a TTL)."""
+        text = redis_key
+        if isinstance(text, bytes):  # a foreign key under the prefix need not be UTF-8
+            text = text.decode(errors="surrogateescape")
+        return (
+            text.startswith((self.counter_prefix, self.stats_prefix, self.base + "#lock:"))
+            or text.endswith("#lock")  # a data key's flight lock: no user key ends so
+        )

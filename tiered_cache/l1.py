@@ -185,8 +185,9 @@ class L1Store(Protocol):
             older copy of the key is dropped all the same).
         :param since: from :meth:`begin`, called before the Redis write began, or ``None`` to
             store unconditionally. When given, the entry is not stored if ``entry.gkey``
-            was invalidated (or L1 cleared) after it: another writer may have overwritten
-            this value in Redis meanwhile.
+            was invalidated (or L1 cleared) after it, and any copy of it is dropped:
+            another writer, in this process or another, may have overwritten this value
+            in Redis meanwhile, and the copy L1 holds may be the one Redis lost.
         :returns: whether the entry was stored.
         """
         ...
@@ -330,7 +331,12 @@ class _Store(ABC):
             # Checked before our own tombstone, which is newer than any since.
             current = since is None or self._current(entry.gkey, since)
             self._tombstone(entry.gkey)
-            return self._store(key, entry) if current else False
+            if current:
+                return self._store(key, entry)
+            # Another local write raced this one: which of the two Redis kept is unknown
+            # here, so neither copy may stay (the next read asks Redis).
+            self._drop_copy(entry.gkey)
+            return False
 
     def fill(self, key: Hashable, entry: Entry, since: int) -> bool:
         """Store a value read from Redis unless invalidated since; see :meth:`L1Store.fill`."""
@@ -341,9 +347,12 @@ class _Store(ABC):
         """Drop the local copy of ``gkey``; see :meth:`L1Store.invalidate`."""
         with self._lock:
             self._tombstone(gkey)
-            key = self._owner.pop(gkey, None)
-            if key is not None:
-                self._pop(key)
+            self._drop_copy(gkey)
+
+    def _drop_copy(self, gkey: str) -> None:
+        key = self._owner.pop(gkey, None)
+        if key is not None:
+            self._pop(key)
 
     def pop(self, key: Hashable) -> None:
         """Drop the entry under a local key; see :meth:`L1Store.pop`."""

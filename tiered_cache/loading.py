@@ -121,7 +121,9 @@ class Loading:
             now = cache._clock()
             if not frame.fresh_until or now < frame.fresh_until:
                 cache.l2_hits += 1
-                early = xfetch_gap(frame.delta) if load.early_refresh and frame.delta else 0.0
+                # A value that never goes stale (fresh_until 0) is never refreshed early.
+                due = load.early_refresh and frame.delta and frame.fresh_until
+                early = xfetch_gap(frame.delta) if due else 0.0
                 if early and now + early >= frame.fresh_until:
                     cache.early_refreshes += 1
                     self.refresh_later(load, frame.fresh_until)
@@ -192,25 +194,26 @@ class Loading:
         return value, self._cache._timer() - started
 
     def _load_and_store(self, load: Load, token: bytes | None) -> Any:
-        """Load, then store, announce and release in one trip; on error release and tell."""
+        """Load, then store, announce and release in one trip; on error release and tell
+        (a value that cannot be stored, say one the serializer refuses, included)."""
         try:
             value, delta = self._run(load.loader)
+            self._cache._store(
+                load.local,
+                load.gkey,
+                value,
+                load.timeout,
+                delta=delta,
+                stale_ttl=load.stale_ttl,
+                unlock=(load.lock_key, token) if token is not None else None,
+                # The loader's own L1 copy takes an XFetch draw too, or this process would
+                # only ever look at the value again after it expired.
+                early=xfetch_gap(delta) if load.early_refresh and delta else 0.0,
+            )
         except BaseException:
             if token is not None:
-                self._abort(load, token)
+                self._abort(load, token)  # a no-op for a lock the store already released
             raise
-        self._cache._store(
-            load.local,
-            load.gkey,
-            value,
-            load.timeout,
-            delta=delta,
-            stale_ttl=load.stale_ttl,
-            unlock=(load.lock_key, token) if token is not None else None,
-            # The loader's own L1 copy takes an XFetch draw too, or this process would
-            # only ever look at the value again after it expired.
-            early=xfetch_gap(delta) if load.early_refresh and delta else 0.0,
-        )
         return value
 
     def _abort(self, load: Load, token: bytes) -> None:

@@ -19,8 +19,9 @@ costs a slot lookup and a bound method on every hit.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from .keys import DEFAULT_NAMESPACE, encode_name
 from .loading import Load
@@ -143,12 +144,18 @@ def _arguments_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return "(" + ",".join(parts) + ")"
 
 
+# Values whose repr is their content (a string may well say "at 0x..."), and the shape
+# of object.__repr__ (also inside a container's repr, or a bound method's).
+_PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})
+_DEFAULT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _stable_repr(value: Any) -> str:
     caching_id = getattr(value, "__caching_id__", None)
     if caching_id is not None:
         return str(caching_id())
     text = repr(value)
-    if " at 0x" in text:
+    if type(value) not in _PLAIN and _DEFAULT_REPR.search(text):
         raise TypeError(
             f"memoize cannot key an argument by its default repr {text}: it differs in "
             "every process; give its class a __repr__ or a __caching_id__() method"

@@ -4,8 +4,9 @@ Each worker process publishes its :meth:`Cache.stats` to Redis every few seconds
 ``{prefix}:{version}:#stats:{host}:{pid}:{id}`` with a TTL of three periods, so a worker
 that dies drops out of the figures on its own. ``id`` tells apart two caches of one
 process (two apps, or a test's simulated workers), which would otherwise overwrite each
-other's figures. Readers (the CLI, ``/_tiered_cache/stats`` and ``/metrics``) find them
-with SCAN + MGET.
+other's figures. The keys are listed in the set ``#stats:index``, so readers (the CLI,
+``/_tiered_cache/stats`` and ``/metrics``) find them with SMEMBERS + MGET, never a SCAN
+of the whole keyspace; a reader drops from the set the keys that expired.
 
 The publisher is a supervised daemon thread started lazily, on the first request a
 worker serves: never in a gunicorn master before it forks (a thread does not survive a
@@ -150,8 +151,15 @@ class StatsPublisher:
             thread.join(timeout)
         cache = self._cache()
         if unpublish and self._pid == os.getpid() and cache is not None and not is_closed(cache):
-            key = self.key
-            self._guarded(cache, "unpublish", lambda client: client.delete(key))
+            key, index = self.key, cache.layout.stats_index
+
+            def unpublish_(client: Any) -> None:
+                pipe = client.pipeline(transaction=False)
+                pipe.delete(key)
+                pipe.srem(index, key)
+                pipe.execute()
+
+            self._guarded(cache, "unpublish", unpublish_)
         self._thread = None
         self._pid = None
 
@@ -194,8 +202,16 @@ class StatsPublisher:
             data = json.dumps(self.record(cache), separators=(",", ":"))
         except Exception as exc:  # supervised: a bad figure must not end the thread
             return self._failed("stats", exc)
-        key, ttl_ms = self.key, int(self.period * 3000)
-        return self._guarded(cache, "publish", lambda c: c.set(key, data, px=ttl_ms))
+        key, index, ttl_ms = self.key, cache.layout.stats_index, int(self.period * 3000)
+
+        def publish(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, data, px=ttl_ms)
+            pipe.sadd(index, key)
+            pipe.pexpire(index, ttl_ms)  # the set outlives its last worker by a TTL, no more
+            pipe.execute()
+
+        return self._guarded(cache, "publish", publish)
 
     def _guarded(self, cache: Cache, what: str, call: Callable[[Any], Any]) -> bool:
         try:
@@ -225,15 +241,20 @@ def stats_prefix(cache: Cache) -> str:
 
 
 def read_published(cache: Cache) -> list[dict[str, Any]] | None:
-    """Every worker's published figures (SCAN + MGET), or None when Redis is unavailable."""
-    pattern = _escape(stats_prefix(cache)) + "*"
+    """Every worker's published figures (SMEMBERS + MGET), or None when Redis is
+    unavailable. Keys in the index whose figures expired (dead workers) leave it."""
+    index = cache.layout.stats_index
 
     def read(client: Any) -> list[Any]:
-        keys = list(client.scan_iter(match=pattern, count=1000))
+        keys = sorted(client.smembers(index))
         if not keys:
             return []
         mget = getattr(client, "mget_nonatomic", client.mget)  # cluster: keys on many slots
-        return list(mget(keys))
+        raws = list(mget(keys))
+        gone = [key for key, raw in zip(keys, raws, strict=True) if raw is None]
+        if gone:
+            client.srem(index, *gone)
+        return raws
 
     try:
         raws = tier_of(cache).run("stats read", read)
@@ -254,12 +275,6 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
         return None
     ok = isinstance(record, dict) and isinstance(record.get("stats"), dict)
     return record if ok else None
-
-
-def _escape(text: str) -> str:
-    for char in "\\[]?*":
-        text = text.replace(char, "\\" + char)
-    return text
 
 
 def snapshot(cache: Cache, publisher: StatsPublisher | None) -> dict[str, Any]:

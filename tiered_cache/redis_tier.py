@@ -40,7 +40,8 @@ class Unavailable(enum.Enum):
 
 
 UNAVAILABLE = Unavailable.UNAVAILABLE
-REDIS_ERRORS = (redis.RedisError, OSError)
+# RedisClusterException is no RedisError: a cluster client raises it when no node answers.
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 # Error replies that say the server cannot serve now, not that the command or the key is
 # wrong: a replica after a failover (READONLY), memory full under noeviction (OOM), a
@@ -193,6 +194,13 @@ class Breaker:
             self._probing = True
             return True
 
+    def undecided(self) -> None:
+        """A call ended without telling whether Redis works (a bug raised): if it was the
+        probe, let the next call probe instead of refusing every call for ever."""
+        if self._probing:
+            with self._lock:
+                self._probing = False
+
     def success(self) -> None:
         """Record a call that worked."""
         if self._failures or self._probing:
@@ -288,6 +296,9 @@ class RedisTier:
             if isinstance(exc, redis.TimeoutError | TimeoutError):
                 failed.until = self._timer() + self._quiet
             return self._outage(what, exc, fail_open)
+        except BaseException:
+            self.breaker.undecided()
+            raise
         self.breaker.success()
         return result
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis
 
 from ..errors import CacheUnavailable
-from ..keys import encode_name
+from ..keys import encode_name, glob_escape
 from ..redis_tier import UNAVAILABLE, unlink_matching
 from . import lua
 from .decision import Decision, LimitState
@@ -56,7 +56,6 @@ CODES: Final = {
     "fixed-window": "fw",
     "gcra": "gcra",
 }
-_GLOB_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -192,15 +191,15 @@ class RateLimiter:
         :returns: how many Redis keys were deleted.
         :raises CacheUnavailable: when Redis cannot be asked.
         """
-        root = _glob(self._root)
+        root = glob_escape(self._root)
         tag = None if key is None else "{" + _digest(key) + "}"
         part = None if scope is None else _scope_part(scope)
         if tag is None and part is None:
             pattern = root + "*"
         else:
             # "{*}" stops at the one "}" of a key: the scope is matched where it stands.
-            pattern = root + ("{*}" if tag is None else _glob(tag))
-            pattern += ":" + ("*" if part is None else _glob(part)) + ":*"
+            pattern = root + ("{*}" if tag is None else glob_escape(tag))
+            pattern += ":" + ("*" if part is None else glob_escape(part)) + ":*"
         deleted = self._tier.run(
             "rate limit reset", lambda c: unlink_matching(c, pattern), fail_open=False
         )
@@ -337,10 +336,6 @@ def _digest(key: str) -> str:
 
 def _scope_part(scope: str) -> str:
     return encode_name(scope) if scope else ""
-
-
-def _glob(text: str) -> str:
-    return text.translate(_GLOB_SPECIAL)
 
 
 def _reset_covers(deny_key: Hashable, root: str, tag: str | None, part: str | None) -> bool:
