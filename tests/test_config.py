@@ -76,6 +76,11 @@ def test_environment_strings_are_parsed() -> None:
         ("fail_open", "maybe"),
         ("default_timeout", -5),
         ("secret_key", ""),
+        ("version", float("inf")),  # int(inf) raises OverflowError, not ValueError
+        ("l1_max_bytes", 10**400),  # so does math.isfinite of an int this wide
+        ("l1_max_items", 1.9),  # not quietly 1
+        ("redis_url", "redis://host/abc"),  # redis-py would quietly use db 0
+        ("redis_url", "unix://"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:

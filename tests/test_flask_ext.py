@@ -41,7 +41,9 @@ def make_app(redis_url: str) -> Iterator[MakeApp]:
         ("TIERED_CACHE_RATELIMIT_STRATEGY", "token-bucket"),
         ("TIERED_CACHE_SESSIONS", "perhaps"),
         ("TIERED_CACHE_ENDPOINTS_TOKEN", ""),
+        ("TIERED_CACHE_ENDPOINTS_TOKEN", "key=value"),  # never sent whole as a bearer token
         ("TIERED_CACHE_SOCKET_TIMEOUT", "0"),
+        ("TIERED_CACHE_ENDPOINT_TOKEN", "s3cret"),  # a typo: the endpoints would be open
     ],
 )
 def test_bad_settings_fail_at_init_app_naming_the_key(key: str, value: Any) -> None:
@@ -52,6 +54,13 @@ def test_bad_settings_fail_at_init_app_naming_the_key(key: str, value: Any) -> N
     assert raised.value.key == key
     assert repr(value) in str(raised.value)
     assert "tiered_cache" not in app.extensions
+
+
+def test_a_misspelt_key_is_named_with_the_likely_one() -> None:
+    app = Flask(__name__)
+    app.config["TIERED_CACHE_L1_MAX_ITMES"] = 5
+    with pytest.raises(ConfigurationError, match="did you mean TIERED_CACHE_L1_MAX_ITEMS"):
+        TieredCache().init_app(app)
 
 
 def test_keywords_beat_app_config(make_app: MakeApp) -> None:

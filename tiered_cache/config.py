@@ -9,7 +9,9 @@ value raises :class:`~tiered_cache.ConfigurationError` naming the key and the va
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar
 from urllib.parse import urlsplit
@@ -39,11 +41,14 @@ def _number(value: Any, kind: type[int] | type[float]) -> float:
     """Parse a finite number of ``kind`` (bools are refused, they are a typo here)."""
     if isinstance(value, bool):
         raise ValueError(f"expected {kind.__name__}, got a boolean")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("expected a whole number")  # int(1.9) would quietly make it 1
     try:
         number = kind(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected {kind.__name__}") from None
-    if not math.isfinite(number):
+        finite = math.isfinite(number)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), float(10**400)
+        raise ValueError(f"expected a finite {kind.__name__}") from None
+    if not finite:
         raise ValueError("expected a finite number")
     return number
 
@@ -110,7 +115,14 @@ def _redis_url(value: Any) -> str:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
         raise ValueError("bad port in the URL") from None
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("no socket path in the URL")
+    if parts.scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(parts.path):
+        raise ValueError("the path must be a database number, /0 to /15 say")
     return value
+
+
+_DB_PATH = re.compile(r"/?|/[0-9]+/?")
 
 
 def _secret(value: Any) -> str | bytes | None:
@@ -217,6 +229,16 @@ def _resolve(cls: type[_C], overrides: Mapping[str, Any], config: Mapping[str, A
     return cls(**values)
 
 
+def _refuse_unknown_keys(config: Mapping[str, Any], known: set[str]) -> None:
+    """A ``TIERED_CACHE_*`` key that no setting has is a typo: ``..._ENDPOINT_TOKEN`` for
+    ``..._ENDPOINTS_TOKEN`` would leave the endpoints open without a word."""
+    for key in sorted(k for k in config if isinstance(k, str) and k.startswith(KEY_PREFIX)):
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigurationError(key, config[key], "unknown setting" + hint)
+
+
 def _limits(value: Any) -> str | None:
     if value is None:
         return None
@@ -225,9 +247,14 @@ def _limits(value: Any) -> str | None:
 
 
 def _token(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and value):
+    if value is None or (isinstance(value, str) and _TOKEN68.fullmatch(value)):
         return value
-    raise ValueError("expected a non-empty string")
+    # Anything else never arrives whole in "Authorization: Bearer ...": werkzeug reads
+    # "a=b" as a parameter and drops spaces, so every request would get a 401.
+    raise ValueError("expected a bearer token: letters, digits and -._~+/ (then = padding)")
+
+
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -255,6 +282,7 @@ class ExtensionConfig:
         unknown = sorted(set(overrides) - mine - theirs)
         if unknown:
             raise ConfigurationError(unknown[0], overrides[unknown[0]], "unknown setting")
+        _refuse_unknown_keys(config, {KEY_PREFIX + name.upper() for name in mine | theirs})
         extension = _resolve(cls, {k: v for k, v in overrides.items() if k in mine}, config)
         cache = _resolve(CacheConfig, {k: v for k, v in overrides.items() if k in theirs}, config)
         return extension, cache
