@@ -39,10 +39,23 @@ def products() -> dict[str, Any]:
 @bp.get("/products/<int:product_id>")
 @tc.cached(timeout=300, namespace="products", public=True)
 def product(product_id: int) -> Product:
-    found = catalogue().get(product_id)
+    found = product_record(product_id)
     if found is None:
         abort(404, description=f"no product {product_id}")  # not cached: only 200s are
     return found
+
+
+def product_record(product_id: int) -> Product | None:
+    """Cache-aside: the product from the cache, else from the database (then cached).
+
+    One loader runs across every worker when many miss at once (single flight)."""
+    key = record_key(product_id)
+    found: Product | None = tc.get_or_set(key, lambda: catalogue().get(product_id), timeout=300)
+    return found
+
+
+def record_key(product_id: int) -> str:
+    return f"product:{product_id}"
 
 
 # -- the write: database first, then the cache, before answering -----------------------
@@ -54,8 +67,11 @@ def update_product(product_id: int) -> Product:
     updated = catalogue().update(product_id, changes)
     if updated is None:
         abort(404, description=f"no product {product_id}")
-    # One O(1) call: the namespace's version goes up in Redis and the bus tells every
-    # worker, so no worker serves an old page of the catalogue after this returns.
+    # Write-through: the new record goes to Redis and this worker's L1, and the bus drops
+    # every other worker's copy, before the answer leaves.
+    tc.set(record_key(product_id), updated, timeout=300)
+    # The pages that show it: one O(1) call, the namespace's version goes up in Redis and
+    # the bus tells every worker, so no worker serves an old page after this returns.
     tc.invalidate_namespace("products")
     return updated
 

@@ -61,3 +61,28 @@ def test_settings_come_from_the_environment(
         assert app.config["SECRET_KEY"]  # made up when none is given
     finally:
         close_app(app)
+
+
+def test_an_update_writes_through_to_the_cache(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 7: PUT updates the database *and the cache*: the new record is cached before
+    the answer, so the next read of it costs no database query in any worker."""
+    app = create_app(
+        {"TIERED_CACHE_REDIS_URL": redis_url, "EXAMPLE_DB_PATH": str(tmp_path / "w.sqlite3")}
+    )
+    try:
+        client = app.test_client()
+        assert client.get("/products/1").json["id"] == 1  # type: ignore[index]
+        put = client.put("/products/1", json={"price": 42.5})
+        assert put.status_code == 200
+        assert TieredCache.state(app).cache.get("product:1") == put.json
+
+        def no_query(product_id: int) -> None:
+            pytest.fail(f"product {product_id} was read from the database")
+
+        monkeypatch.setattr(app.extensions["example_catalogue"], "get", no_query)
+        fresh = client.get("/products/1")  # a new page, built from the cached record
+        assert fresh.json == put.json and fresh.headers["X-Cache"] == "MISS"
+    finally:
+        close_app(app)
