@@ -252,6 +252,37 @@ def test_metrics_parse_as_prometheus_text(make_app: MakeApp) -> None:
 # -- the publisher --------------------------------------------------------------------
 
 
+def test_workers_of_containers_sharing_a_host_name_are_told_apart() -> None:
+    """Containers on the host's network share its name and each numbers its processes
+    from 1: host, pid and app alone would make two workers one sample (or none)."""
+    record = {"host": "h", "pid": 7, "app": "shop", "stats": {"l1_hits": 1}, "age": 0.0}
+    workers = [{**record, "id": "a"}, {**record, "id": "b", "stats": {"l1_hits": 2}}]
+    body, _ = metrics.prometheus_text(workers)
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert sorted(s.value for s in families["tiered_cache_l1_hits"].samples) == [1.0, 2.0]
+
+
+def test_a_metrics_read_publishes_this_worker_first(make_app: MakeApp, redis_url: str) -> None:
+    """So that the next read, served by another worker, never shows older figures of this
+    one (a counter that goes backwards reads as a restart to Prometheus)."""
+    app, tc = make_app()
+    client = app.test_client()
+    client.get("/")
+    with app.app_context():
+        tc.set("x", 1)
+    for _ in range(5):
+        client.get("/")
+    client.get("/_tiered_cache/metrics")
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        published = json.loads(plain.get(publisher.key))  # type: ignore[arg-type]
+    finally:
+        plain.close()
+    assert published["stats"]["l1_hits"] == TieredCache.state(app).cache.stats()["l1_hits"]
+
+
 def test_publisher_starts_on_first_request_not_at_init_app(make_app: MakeApp) -> None:
     before = len(stats_threads())
     app, _ = make_app()

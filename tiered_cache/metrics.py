@@ -64,7 +64,9 @@ GAUGES: Final = {
     "bus_connected": "1 while the invalidation bus is subscribed.",
     "breaker_open": "1 while the circuit breaker refuses Redis calls.",
 }
-LABELS: Final = ("host", "pid", "app")
+LABELS: Final = ("host", "pid", "app", "id")
+"""``id`` too: containers that share a host name (``network_mode: host``) each number
+their processes from 1, so host and pid alone can name two workers."""
 
 
 def tier_of(cache: Cache) -> RedisTier:
@@ -286,6 +288,10 @@ def snapshot(cache: Cache, publisher: StatsPublisher | None) -> dict[str, Any]:
     :returns: ``{"workers": [...], "totals": {...}, "complete": bool}``; ``complete`` is
         false when Redis could not be read (then only this process is shown).
     """
+    if publisher is not None:
+        # Published first: a later read served by another worker then shows this one's
+        # figures no older than these, and a counter never seems to go backwards.
+        publisher.publish(cache)
     published = read_published(cache)
     workers = list(published or [])
     now = time.time()
@@ -359,8 +365,8 @@ class StatsCollector:
 
 
 def _unique_workers(workers: list[dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
-    """Label values per worker; a second cache of one app in one process is left out,
-    since Prometheus refuses two samples with the same labels."""
+    """Label values per worker; a record seen twice is left out, since Prometheus
+    refuses two samples with the same labels."""
     seen: set[tuple[str, ...]] = set()
     out = []
     for worker in workers:
