@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 import sys
 from typing import Any, get_type_hints
@@ -107,9 +108,14 @@ def test_pickle_needs_a_secret_and_msgpack_is_available() -> None:
 
 
 def test_construction_does_not_touch_redis() -> None:
-    # Nothing listens on port 1: making the cache must not fail or wait.
-    cache = Cache(redis_url="redis://127.0.0.1:1/0")
-    cache.close()
+    """A listening socket that would see any connection: making the cache opens none."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        cache = Cache(redis_url=f"redis://127.0.0.1:{port}/0")
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        cache.close()
 
 
 def test_the_core_never_imports_flask() -> None:

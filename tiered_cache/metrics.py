@@ -288,9 +288,10 @@ def snapshot(cache: Cache, publisher: StatsPublisher | None) -> dict[str, Any]:
     :returns: ``{"workers": [...], "totals": {...}, "complete": bool}``; ``complete`` is
         false when Redis could not be read (then only this process is shown).
     """
-    if publisher is not None:
+    if publisher is not None and publisher.running:
         # Published first: a later read served by another worker then shows this one's
-        # figures no older than these, and a counter never seems to go backwards.
+        # figures no older than these, and a counter never seems to go backwards. (Only
+        # from a worker that publishes: a CLI process must not pose as one.)
         publisher.publish(cache)
     published = read_published(cache)
     workers = list(published or [])
