@@ -486,7 +486,7 @@ def test_restart_with_data_loss_resets_namespace_versions(
     assert b.namespace("ns").get("k", MISS) is MISS
     assert a.namespace("ns").set("k", "new") is True
     _wait_for(lambda: b.namespace("ns").get("k") == "new", timeout=3.0, what="B to agree with A")
-    assert a.invalidate_namespace("ns") >= 1
+    assert a.invalidate_namespace("ns") > 3  # no number handed out before the restart
     _wait_for(lambda: b.namespace("ns").get("k", MISS) is MISS, timeout=3.0, what="the bump")
 
 

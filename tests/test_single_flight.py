@@ -381,3 +381,19 @@ def test_a_value_that_cannot_be_stored_releases_the_lock(
     started = time.monotonic()
     assert make().get_or_set("k", lambda: "v", lock_timeout=30) == "v"
     assert time.monotonic() - started < 5
+
+
+def test_without_the_bus_a_waiter_polls_instead_of_sleeping_out_the_lock(
+    make: Callable[..., Cache], redis_url: str
+) -> None:
+    """Nothing announces the value with invalidation off: a waiter that only slept until
+    ``lock_timeout`` would wait 30 s for a value that landed after 0.3 s."""
+    holder, waiter = make(invalidation=False), make(invalidation=False)
+    loader = counting_loader(redis_url, "v", 0.3)
+    leader = threading.Thread(target=lambda: holder.get_or_set("k", loader, lock_timeout=30))
+    leader.start()
+    assert until(lambda: loads(redis_url) == 1)  # the holder has the lock and is loading
+    started = time.monotonic()
+    assert waiter.get_or_set("k", loader, lock_timeout=30) == "v"
+    leader.join(10)
+    assert time.monotonic() - started < 5 and loads(redis_url) == 1

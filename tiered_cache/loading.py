@@ -11,7 +11,8 @@ The path of one call, after an L1 miss:
 3. On a miss: ``SET lock NX PX`` pipelined with a second ``GET`` (the value may have
    landed since step 2). The lock holder loads, then writes, announces and releases in
    one pipeline; on a loader error it releases and announces the abort. The others sleep
-   until the bus announces the key, read it, and take over if the loader failed. After
+   until the bus announces the key, read it, and take over if the loader failed (with
+   no bus connected, they read again every :data:`POLL_WITHOUT_BUS`). After
    ``lock_timeout`` a waiter loads by itself.
 
 An uncontended miss is three round trips: read, lock+read, write+publish+release.
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from .cache import Cache
 
 XFETCH_BETA: Final = 1.0
+POLL_WITHOUT_BUS: Final = 0.05
+"""Seconds a waiter sleeps between reads of Redis while no bus can wake it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,11 +173,17 @@ class Loading:
         return self._cache._fill(load.local, load.gkey, found[0], found[1], since)
 
     def _wait(self, woken: threading.Event, deadline: float) -> bool:
-        """Sleep until the bus announces the key; False when the deadline has passed."""
+        """Sleep until the bus announces the key; False when the deadline has passed.
+
+        Without a connected bus (invalidation off, or Redis just lost) no announcement
+        comes: sleep :data:`POLL_WITHOUT_BUS` at most, and the caller reads Redis again.
+        """
         remaining = deadline - self._cache._timer()
         if remaining <= 0:
             return False
         self._cache.stampede_waits += 1
+        if not self._cache._bus.connected:
+            remaining = min(remaining, POLL_WITHOUT_BUS)
         woken.wait(remaining)
         woken.clear()
         return True
