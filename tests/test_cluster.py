@@ -84,3 +84,29 @@ def test_get_or_set_single_flight(make_cluster_cache: Callable[..., Cache]) -> N
     with pytest.raises(RuntimeError):
         first.get_or_set("other", broken)
     assert second.get_or_set("other", load) == "loaded"
+
+
+def test_an_app_boots_and_fails_open_while_its_cluster_is_down() -> None:
+    """A RedisCluster asks a node for the slot map as it is made: made at init_app, a
+    cluster that is down would stop the app from booting. It is made on first use,
+    inside the error boundary, where no node answering is an outage like any other."""
+    from flask import Flask
+
+    from tests.flask_apps import close_app
+    from tests.redis_harness import free_port
+    from tiered_cache import TieredCache
+
+    app = Flask(__name__)
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    app.config.update(TIERED_CACHE_REDIS_URL=url, TIERED_CACHE_SESSIONS=True)
+    tc = TieredCache(app)  # sessions register their Lua scripts here: still no connection
+    try:
+        with app.app_context():
+            assert tc.get("k", MISS) is MISS
+            assert tc.set("k", "v") is False
+            assert TieredCache.state(app).cache.stats()["redis_errors"] >= 2
+        result = app.test_cli_runner().invoke(args=["tiered-cache", "doctor"])
+        assert result.exit_code == 1 and "FAIL" in result.output
+        assert "Traceback" not in result.output
+    finally:
+        close_app(app)

@@ -92,10 +92,66 @@ def client_from_url(url: str, *, socket_timeout: float) -> Client:
         if parts.scheme == "redis+cluster":
             from redis.cluster import RedisCluster
 
-            return RedisCluster(host=parts.hostname, port=parts.port or 6379, **options)
+            host, port = parts.hostname, parts.port or 6379
+            return LazyCluster(lambda: RedisCluster(host=host, port=port, **options))
         return redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError("TIERED_CACHE_REDIS_URL", url, str(exc)) from exc
+
+
+class LazyCluster:
+    """A ``RedisCluster`` made on its first use, which is a Redis call.
+
+    Making one asks a node for the slot map, so a cluster that is down would stop the
+    app from booting (and raise outside any error boundary) instead of failing open.
+    Made lazily, the first call that needs it makes it, inside :meth:`RedisTier.run`,
+    where a cluster that cannot be reached is an outage like any other. What the code
+    asks of a client without calling Redis (is it a cluster, a key's slot, a script's
+    SHA) is answered without making it.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    def _client(self) -> Any:
+        made = self._made
+        if made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = self._make()
+                made = self._made
+        return made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client(), name)
+
+    def mget_nonatomic(self, *args: Any, **kwargs: Any) -> Any:
+        """MGET across slots (its presence says "a cluster")."""
+        return self._client().mget_nonatomic(*args, **kwargs)
+
+    def get_primaries(self) -> Any:
+        """The primary nodes."""
+        return self._client().get_primaries()
+
+    @staticmethod
+    def keyslot(key: str | bytes) -> int:
+        """The hash slot of ``key``, computed here."""
+        from redis.crc import key_slot
+
+        return key_slot(key.encode() if isinstance(key, str) else key)
+
+    def register_script(self, script: str | bytes) -> Any:
+        """A ``Script`` on this client; as bytes, its SHA needs no connection's encoder."""
+        from redis.commands.core import Script
+
+        return Script(self, script.encode() if isinstance(script, str) else script)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the cluster's connections, if it was ever made."""
+        if self._made is not None:
+            self._made.close()
 
 
 def _sentinel_client(parts: Any, options: dict[str, Any]) -> Client:
