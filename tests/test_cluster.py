@@ -110,3 +110,20 @@ def test_an_app_boots_and_fails_open_while_its_cluster_is_down() -> None:
         assert "Traceback" not in result.output
     finally:
         close_app(app)
+
+
+def test_a_cluster_url_passes_its_password_to_every_node(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    admins = [server.client() for server in redis_cluster.servers]
+    for admin in admins:
+        admin.config_set("requirepass", "s3cret")
+    try:
+        url = redis_cluster.url.replace("redis+cluster://", "redis+cluster://:s3cret@")
+        with Cache(redis_url=url, fail_open=False) as cache:
+            cache.set_many({f"k{i}": i for i in range(20)})  # keys on every node
+            assert cache.get_many(*(f"k{i}" for i in range(20))) == list(range(20))
+    finally:
+        for admin in admins:
+            admin.config_set("requirepass", "")
+            admin.close()

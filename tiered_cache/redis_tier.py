@@ -93,6 +93,10 @@ def client_from_url(url: str, *, socket_timeout: float) -> Client:
             from redis.cluster import RedisCluster
 
             host, port = parts.hostname, parts.port or 6379
+            if parts.username:
+                options["username"] = unquote(parts.username)
+            if parts.password:
+                options["password"] = unquote(parts.password)
             return LazyCluster(lambda: RedisCluster(host=host, port=port, **options))
         return redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
