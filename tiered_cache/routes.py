@@ -5,13 +5,13 @@ How a request to a cached view goes (SPEC section 3):
 - Methods other than GET and HEAD run the view untouched. A request with
   ``Authorization`` to a route that is not ``public``, or one for which ``unless()`` is
   true, runs the view and is marked ``X-Cache: BYPASS``; nothing is looked up or stored.
-- The key is the URL asked for (:func:`route_key`): scheme and ``Host``, then
-  ``key_prefix`` or the path (percent-encoded again, so that ``/a%3Fb`` is not ``/a?b``),
-  then the sorted query string when ``query_string``, plus the session's user when
-  ``per_user``, in the route's namespace if it has one. Host and scheme are always in
-  it: a page that shows its own URL must never reach a request with a forged ``Host``.
-  The app is not: every app on the same Redis, prefix and schema version shares the
-  pages (that is how workers share them).
+- The key is the URL asked for (:mod:`tiered_cache._page_keys`): scheme and ``Host``,
+  then ``key_prefix`` or the path (percent-encoded again, so that ``/a%3Fb`` is not
+  ``/a?b``), then the sorted query string when ``query_string``, plus the session's
+  user when ``per_user``, in the route's namespace if it has one. Host and scheme are
+  always in it: a page that shows its own URL must never reach a request with a forged
+  ``Host``. The app is not: every app on the same Redis, prefix and schema version
+  shares the pages (that is how workers share them).
 - A hit (``HIT-L1`` / ``HIT-L2``) is the stored response with its headers, ``Vary``
   included, plus ``X-Cache`` and ``Age``; with ``etag`` a matching ``If-None-Match`` gets a
   304 built from the page, and the view does not run. HEAD is answered from the GET page.
@@ -63,24 +63,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import inspect
-import json
 import math
-import re
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import quote
 
 from flask import current_app, request
 from flask.globals import request_ctx
-from flask.sessions import session_json_serializer
 from flask.signals import request_finished
 from werkzeug.datastructures import Headers
 from werkzeug.http import generate_etag, unquote_etag
 
+from ._page_keys import (
+    Location,
+    digest_session_for,
+    request_location,
+    route_key,
+    session_after,
+    session_before,
+)
 from ._response_entry import (
     SESSION_ENVIRON,
     SESSION_VARY,
@@ -117,30 +120,11 @@ BYPASS: Final = "BYPASS"
 
 USER_KEY: Final = "user_id"
 """The session key naming the user, for ``per_user``; ``tc.sessions.login`` sets it."""
-KEY_PREFIX: Final = "tc.route:"
-"""Starts every route key, so pages do not collide with the app's own cache keys."""
 REFRESH_LOCK_SECONDS: Final = 30.0
 """How long a stale page's refresh lock lasts if its holder dies without releasing it."""
 FAST_INDEX_MAX: Final = 10_000
 PENDING: Final = "tiered_cache.route"
 """In a request's WSGI environ: the miss this request will store (a :class:`Pending`)."""
-
-Location = tuple[str, str | None, str, str, str]
-"""Where a request goes, as the WSGI server gave it: ``wsgi.url_scheme``, ``HTTP_HOST``,
-``SCRIPT_NAME``, ``PATH_INFO``, ``QUERY_STRING``. The fast path builds the same tuple."""
-
-# What percent-encoding leaves alone in a key's host, path and query: the characters
-# RFC 3986 allows there. Everything else (a "?" or "#" decoded from the path, a "/" in a
-# Host header, a NUL, a space, non-ASCII) is encoded, so that no part can pose as
-# another or as a key suffix. Most parts need no encoding: a regex says so faster than
-# quote() finds it out.
-_HOST_SAFE: Final = ":[]"
-_PATH_SAFE: Final = "/:@!$&'()*+,;=~"
-_QUERY_SAFE: Final = _PATH_SAFE + "?%"
-_UNRESERVED: Final = r"A-Za-z0-9\-._"
-_HOST_OK: Final = re.compile(f"[{_UNRESERVED}:\\[\\]]*").fullmatch
-_PATH_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~]*").fullmatch
-_QUERY_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~?%]*").fullmatch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -230,8 +214,8 @@ class Routes:
     # -- keys and lookups --------------------------------------------------------------
 
     def where(self, options: RouteOptions, environ: Mapping[str, Any]) -> tuple[Keyspace, str]:
-        """The keyspace and route key of this request (see :func:`route_key`)."""
-        key = route_key(options, environ)
+        """The keyspace and route key of this request."""
+        key = route_key(environ, key_prefix=options.key_prefix, query_string=options.query_string)
         if options.per_user:
             key += "\x00u=" + _user()
         return self._keyspace(options), key
@@ -252,7 +236,7 @@ class Routes:
         entry_key = key
         if type(found) is tuple:
             index = found
-            _digest_session_for(index, environ)
+            digest_session_for(index, environ)
             entry_key = variant_key(key, index, environ)
             value, page_source = self._read(keyspace, entry_key, stale_ttl)
             found = self.pages.get(value)
@@ -262,7 +246,7 @@ class Routes:
             elif not (page_source == HIT_L1 and source == HIT_L1):
                 source = HIT_L2
         if isinstance(found, Page):
-            _digest_session_for(found.vary, environ)
+            digest_session_for(found.vary, environ)
             if found.matches(environ):
                 return Lookup(found, source, index, entry_key)
         return Lookup(None, MISSED, index, entry_key)
@@ -344,7 +328,7 @@ class Routes:
             if lock is None:  # another request (in any worker) is refreshing it
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
-        pending = Pending(self, options, keyspace, key, found.index, lock, _session_before())
+        pending = Pending(self, options, keyspace, key, found.index, lock, session_before())
         return self._run(view, pending)
 
     def _run(self, view: Callable[[], Any], pending: Pending) -> Response:
@@ -354,7 +338,7 @@ class Routes:
             # Now, before the session interface reads the session to save it.
             pending.session_read = pending.options.per_user or _session_read()
             if pending.session_read:
-                pending.session = _session_after(pending.session_before)
+                pending.session = session_after(pending.session_before)
             response = current_app.make_response(rv)
         except BaseException:
             self.unlock(pending)
@@ -568,55 +552,6 @@ def _storable(options: RouteOptions, response: Response) -> bool:
     return "*" not in response.vary
 
 
-def request_location(environ: Mapping[str, Any]) -> Location:
-    """The :data:`Location` of a request."""
-    return (
-        environ.get("wsgi.url_scheme", "http"),
-        environ.get("HTTP_HOST"),
-        environ.get("SCRIPT_NAME", ""),
-        environ.get("PATH_INFO", ""),
-        environ.get("QUERY_STRING", ""),
-    )
-
-
-def route_key(options: RouteOptions, environ: Mapping[str, Any]) -> str:
-    """The route key of a request: ``tc.route:`` and the URL it asked for.
-
-    ``scheme://host/path?query``: the path is ``SCRIPT_NAME`` + ``PATH_INFO`` (or
-    ``key_prefix``, after a space), the query's parts sorted (or left out). Host and
-    scheme are always part of it: a page that shows either (``url_for(...,
-    _external=True)``) must not be served to a request that sent another ``Host``. The
-    server decodes ``%3F`` in a path to ``?``; percent-encoding it again keeps
-    ``/a%3Fb`` and ``/a?b`` apart.
-    """
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or (
-        f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    )
-    if scheme not in _SCHEMES:
-        scheme = quote(scheme, safe="")
-    key = f"{KEY_PREFIX}{scheme}://{_encoded(host.lower(), _HOST_OK, _HOST_SAFE)}"
-    if options.key_prefix is not None:
-        key += " " + options.key_prefix
-    else:
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        key += _encoded(path, _PATH_OK, _PATH_SAFE) or "/"
-    if options.query_string:
-        query = environ.get("QUERY_STRING")
-        if query:
-            parts = sorted(part for part in query.split("&") if part)
-            key += "?" + _encoded("&".join(parts), _QUERY_OK, _QUERY_SAFE)
-    return key
-
-
-_SCHEMES: Final = frozenset({"http", "https"})
-
-
-def _encoded(text: str, ok: Callable[[str], object], safe: str) -> str:
-    """``text`` percent-encoded but for ``safe`` (and unreserved) characters."""
-    return text if ok(text) else quote(text, safe=safe)
-
-
 def _one_line_each(headers: Headers) -> None:
     """Join several ``Cache-Control`` or ``Vary`` lines into one (RFC 9110 5.3).
 
@@ -640,56 +575,6 @@ def _session_read() -> bool:
     """Whether the session was used so far in this request (unknown kinds count as used)."""
     session = getattr(request_ctx, "_session", None)
     return session is not None and bool(getattr(session, "accessed", True))
-
-
-def _session_before() -> str | None:
-    """Before a view runs: None when the session is unchanged so far, else its digest
-    (a ``before_request`` hook changed it; the view is judged by what it changes)."""
-    session = getattr(request_ctx, "_session", None)
-    if session is None or not getattr(session, "modified", True):
-        return None
-    return _session_digest() or ""
-
-
-def _session_after(before: str | None) -> str | None:
-    """After a view read the session: its digest, or None when the view changed it."""
-    digest = _session_digest()
-    session = getattr(request_ctx, "_session", None)
-    if getattr(session, "modified", True) and (before is None or before != digest):
-        return None
-    return digest
-
-
-def _digest_session_for(names: tuple[str, ...], environ: MutableMapping[str, Any]) -> None:
-    """Put the session's digest in ``environ`` when a page or index varies on it."""
-    if SESSION_VARY in names and SESSION_ENVIRON not in environ:
-        # A session without a digest matches no page: a value no page was stored for.
-        environ[SESSION_ENVIRON] = _session_digest() or uuid.uuid4().hex
-
-
-def _session_digest() -> str | None:
-    """A digest of the session's contents, read without marking it used.
-
-    A page that read the session is keyed by it, not only by the ``Cookie`` header: a
-    server-side session changes (logout, a revoked session, a new cart) under the very
-    same cookie. None when the contents do not serialize to JSON (such a page is not
-    stored, and a request with such a session matches no page).
-    """
-    session = getattr(request_ctx, "_session", None)
-    if session is None:
-        return "no session"
-    accessed = getattr(session, "accessed", None)
-    try:
-        data = dict(session.items())
-    finally:
-        if accessed is not None:
-            session.accessed = accessed
-    try:
-        tagged = session_json_serializer.tag(data)
-        text = json.dumps(tagged, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return None
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _user() -> str:

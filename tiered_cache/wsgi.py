@@ -77,7 +77,7 @@ def fast_path(
             find = routes.fast_finder()  # this process's L1
             started = _forks
         if locations:
-            get = environ.get  # the Location of routes.request_location, inlined
+            get = environ.get  # the Location of _page_keys.request_location, inlined
             target = locations.get(
                 (
                     get("wsgi.url_scheme", "http"),

@@ -1,0 +1,148 @@
+"""What a cached page is keyed by: the URL it was asked for, and the session it read.
+
+The route key is the URL (:func:`route_key`): scheme and ``Host`` (a page that shows its
+own URL must never reach a request that sent another ``Host``), then ``key_prefix`` or
+the path, re-encoded (the server decodes ``%3F`` to ``?``: ``/a%3Fb`` must not land where
+``/a?b`` reads), then the query's parts, sorted. The fast path finds pages by the raw
+:data:`Location` of a request instead, which it can build without formatting anything.
+
+A page whose view read the session varies on the session's *contents*, not only on the
+``Cookie`` header: a server-side session changes under the very same cookie (a logout
+that leaves other keys, a revoked session, a new cart). Their digest reaches the
+``Vary`` machinery of :mod:`tiered_cache._response_entry` as the pseudo-header
+:data:`~tiered_cache._response_entry.SESSION_VARY`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, Final
+from urllib.parse import quote
+
+from flask.globals import request_ctx
+from flask.sessions import session_json_serializer
+
+from ._response_entry import SESSION_ENVIRON, SESSION_VARY
+
+KEY_PREFIX: Final = "tc.route:"
+"""Starts every route key, so pages do not collide with the app's own cache keys."""
+
+Location = tuple[str, str | None, str, str, str]
+"""Where a request goes, as the WSGI server gave it: ``wsgi.url_scheme``, ``HTTP_HOST``,
+``SCRIPT_NAME``, ``PATH_INFO``, ``QUERY_STRING``. The fast path builds the same tuple."""
+
+# What percent-encoding leaves alone in a key's host, path and query: the characters
+# RFC 3986 allows there. Everything else (a "?" or "#" decoded from the path, a "/" in a
+# Host header, a NUL, a space, non-ASCII) is encoded, so that no part can pose as
+# another or as a key suffix. Most parts need no encoding: a regex says so faster than
+# quote() finds it out.
+_HOST_SAFE: Final = ":[]"
+_PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+_QUERY_SAFE: Final = _PATH_SAFE + "?%"
+_UNRESERVED: Final = r"A-Za-z0-9\-._"
+_HOST_OK: Final = re.compile(f"[{_UNRESERVED}:\\[\\]]*").fullmatch
+_PATH_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~]*").fullmatch
+_QUERY_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~?%]*").fullmatch
+
+
+def request_location(environ: Mapping[str, Any]) -> Location:
+    """The :data:`Location` of a request."""
+    return (
+        environ.get("wsgi.url_scheme", "http"),
+        environ.get("HTTP_HOST"),
+        environ.get("SCRIPT_NAME", ""),
+        environ.get("PATH_INFO", ""),
+        environ.get("QUERY_STRING", ""),
+    )
+
+
+def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_string: bool) -> str:
+    """The route key of a request: ``tc.route:`` and the URL it asked for.
+
+    ``scheme://host/path?query``: the path is ``SCRIPT_NAME`` + ``PATH_INFO`` (or
+    ``key_prefix``, after a space), the query's parts sorted (or left out). Host and
+    scheme are always part of it: a page that shows either (``url_for(...,
+    _external=True)``) must not be served to a request that sent another ``Host``. The
+    server decodes ``%3F`` in a path to ``?``; percent-encoding it again keeps
+    ``/a%3Fb`` and ``/a?b`` apart.
+    """
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or (
+        f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    )
+    if scheme not in _SCHEMES:
+        scheme = quote(scheme, safe="")
+    key = f"{KEY_PREFIX}{scheme}://{_encoded(host.lower(), _HOST_OK, _HOST_SAFE)}"
+    if key_prefix is not None:
+        key += " " + key_prefix
+    else:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        key += _encoded(path, _PATH_OK, _PATH_SAFE) or "/"
+    if query_string:
+        query = environ.get("QUERY_STRING")
+        if query:
+            parts = sorted(part for part in query.split("&") if part)
+            key += "?" + _encoded("&".join(parts), _QUERY_OK, _QUERY_SAFE)
+    return key
+
+
+_SCHEMES: Final = frozenset({"http", "https"})
+
+
+def _encoded(text: str, ok: Callable[[str], object], safe: str) -> str:
+    """``text`` percent-encoded but for ``safe`` (and unreserved) characters."""
+    return text if ok(text) else quote(text, safe=safe)
+
+
+def session_before() -> str | None:
+    """Before a view runs: None when the session is unchanged so far, else its digest
+    (a ``before_request`` hook changed it; the view is judged by what it changes)."""
+    session = getattr(request_ctx, "_session", None)
+    if session is None or not getattr(session, "modified", True):
+        return None
+    return session_digest() or ""
+
+
+def session_after(before: str | None) -> str | None:
+    """After a view read the session: its digest, or None when the view changed it."""
+    digest = session_digest()
+    session = getattr(request_ctx, "_session", None)
+    if getattr(session, "modified", True) and (before is None or before != digest):
+        return None
+    return digest
+
+
+def digest_session_for(names: tuple[str, ...], environ: MutableMapping[str, Any]) -> None:
+    """Put the session's digest in ``environ`` when a page or index varies on it."""
+    if SESSION_VARY in names and SESSION_ENVIRON not in environ:
+        # A session without a digest matches no page: a value no page was stored for.
+        environ[SESSION_ENVIRON] = session_digest() or uuid.uuid4().hex
+
+
+def session_digest() -> str | None:
+    """A digest of the session's contents, read without marking it used.
+
+    A page that read the session is keyed by it, not only by the ``Cookie`` header: a
+    server-side session changes (logout, a revoked session, a new cart) under the very
+    same cookie. None when the contents do not serialize to JSON (such a page is not
+    stored, and a request with such a session matches no page).
+    """
+    session = getattr(request_ctx, "_session", None)
+    if session is None:
+        return "no session"
+    accessed = getattr(session, "accessed", None)
+    try:
+        data = dict(session.items())
+    finally:
+        if accessed is not None:
+            session.accessed = accessed
+    try:
+        tagged = session_json_serializer.tag(data)
+        text = json.dumps(tagged, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
