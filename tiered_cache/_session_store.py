@@ -54,7 +54,7 @@ import redis
 from ._log import RateLimitedLog
 from .errors import CacheUnavailable, ConfigurationError
 from .keys import encode_key
-from .redis_tier import UNAVAILABLE, RedisTier, outage_reply
+from .redis_tier import UNAVAILABLE, RedisTier, get_reply
 from .sessions import SessionUnavailable
 
 T = TypeVar("T")
@@ -336,15 +336,9 @@ class SessionStore:
         """
         key, ttl = self.key(sid), self.ttl
 
-        def getex(client: Any) -> bytes | redis.ResponseError | None:
-            try:
-                return client.getex(key, ex=ttl)  # type: ignore[no-any-return]
-            except redis.ResponseError as exc:  # the key holds a list, say
-                if outage_reply(exc):  # READONLY after a failover...: a 503, not a logout
-                    raise
-                return exc
-
-        raw = self.run("session load", getex)
+        # A key that holds a list, say, is unreadable; READONLY after a failover and the
+        # like are outages (a 503, not a logout).
+        raw = self.run("session load", lambda client: get_reply(client, key, ex=ttl))
         if raw is None:
             return None
         try:

@@ -60,7 +60,7 @@ from .sentinels import MISS
 from .serializers import make_serializer
 from .sizing import entry_size
 from .stored import StoredValues, expired
-from .versions import NamespaceVersions, fresh_start
+from .versions import NamespaceVersions, start_counter
 
 if TYPE_CHECKING:
     from .memoize import Memo, MemoizedFunction, P
@@ -512,10 +512,7 @@ class Cache(Keyspace):
         counter = self._layout.counter(encoded)
 
         def bump(pipe: Any) -> None:
-            # An evicted counter starts again from the time, as a first read starts it
-            # (versions.fresh_start): a bare INCR would restart it at 1, below the
-            # versions every process holds, and hand out old versions again.
-            pipe.set(counter, fresh_start(), nx=True)
+            start_counter(pipe, counter)
             pipe.incr(counter)
 
         result = self._write("invalidate_namespace", bump, namespaces=(encoded,))

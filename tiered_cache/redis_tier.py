@@ -176,13 +176,18 @@ def _sentinel_client(parts: Any, options: dict[str, Any]) -> Client:
     )
 
 
-def get_reply(client: Client, key: str) -> bytes | redis.ResponseError | None:
-    """GET ``key``; an error reply (the key holds a list, say) is returned, not raised.
+def get_reply(
+    client: Client, key: str, *, ex: int | None = None
+) -> bytes | redis.ResponseError | None:
+    """GET ``key`` (GETEX, sliding its TTL to ``ex`` seconds, when given); an error reply
+    (the key holds a list, say) is returned, not raised.
 
     Such a key is foreign data under our prefix, a miss for the reader, not an outage
     (an :func:`outage_reply` is raised, for :meth:`RedisTier.run` to handle).
     """
     try:
+        if ex is not None:
+            return client.getex(key, ex=ex)  # type: ignore[no-any-return]
         return client.get(key)  # type: ignore[no-any-return]
     except redis.ResponseError as exc:
         if outage_reply(exc):

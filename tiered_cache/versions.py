@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -31,12 +32,19 @@ def fresh_start() -> int:
     return time.time_ns() // 1000
 
 
+def start_counter(pipe: Any, counter: str) -> None:
+    """Queue the start of a version counter at :func:`fresh_start`, unless it exists:
+    before every read or bump of one, since Redis may have evicted it (a bare INCR
+    would restart it at 1, below the versions processes hold, and hand them out again)."""
+    pipe.set(counter, fresh_start(), nx=True)
+
+
 def read_counter(client: Client, counter: str) -> bytes | redis.ResponseError | None:
     """GET a version counter, starting it at :func:`fresh_start` when it does not exist."""
     raw = get_reply(client, counter)
     if raw is None:
         pipe = client.pipeline(transaction=False)
-        pipe.set(counter, fresh_start(), nx=True)
+        start_counter(pipe, counter)
         pipe.get(counter)
         raw = pipe.execute()[1]
     return raw
