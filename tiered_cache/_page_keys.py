@@ -15,11 +15,12 @@ that leaves other keys, a revoked session, a new cart). Their digest reaches the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -28,6 +29,8 @@ from flask.sessions import session_json_serializer
 
 from ._response_entry import SESSION_ENVIRON, SESSION_VARY
 
+USER_KEY: Final = "user_id"
+"""The session key naming the user, for ``per_user``; ``tc.sessions.login`` sets it."""
 KEY_PREFIX: Final = "tc.route:"
 """Starts every route key, so pages do not collide with the app's own cache keys."""
 
@@ -98,10 +101,36 @@ def _encoded(text: str, ok: Callable[[str], object], safe: str) -> str:
     return text if ok(text) else quote(text, safe=safe)
 
 
+def current_session() -> Any:
+    """This request's session as Flask opened it (reading the attribute marks nothing)."""
+    return getattr(request_ctx, "_session", None)
+
+
+@contextlib.contextmanager
+def unmarked(session: Any) -> Iterator[Any]:
+    """Read ``session`` without leaving it marked accessed: these reads are ours, not
+    the view's (the page would vary on Cookie for them, and a session would slide)."""
+    accessed = getattr(session, "accessed", None)
+    try:
+        yield session
+    finally:
+        if accessed is not None:
+            session.accessed = accessed
+
+
+def session_user() -> str:
+    """The session's user, for the key of a ``per_user`` page."""
+    session = current_session()
+    if session is None:
+        return "None"
+    with unmarked(session):
+        return repr(session.get(USER_KEY))
+
+
 def session_before() -> str | None:
     """Before a view runs: None when the session is unchanged so far, else its digest
     (a ``before_request`` hook changed it; the view is judged by what it changes)."""
-    session = getattr(request_ctx, "_session", None)
+    session = current_session()
     if session is None or not getattr(session, "modified", True):
         return None
     return session_digest() or ""
@@ -110,8 +139,7 @@ def session_before() -> str | None:
 def session_after(before: str | None) -> str | None:
     """After a view read the session: its digest, or None when the view changed it."""
     digest = session_digest()
-    session = getattr(request_ctx, "_session", None)
-    if getattr(session, "modified", True) and (before is None or before != digest):
+    if getattr(current_session(), "modified", True) and (before is None or before != digest):
         return None
     return digest
 
@@ -131,15 +159,11 @@ def session_digest() -> str | None:
     same cookie. None when the contents do not serialize to JSON (such a page is not
     stored, and a request with such a session matches no page).
     """
-    session = getattr(request_ctx, "_session", None)
+    session = current_session()
     if session is None:
         return "no session"
-    accessed = getattr(session, "accessed", None)
-    try:
+    with unmarked(session):
         data = dict(session.items())
-    finally:
-        if accessed is not None:
-            session.accessed = accessed
     try:
         tagged = session_json_serializer.tag(data)
         text = json.dumps(tagged, sort_keys=True, separators=(",", ":"))

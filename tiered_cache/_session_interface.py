@@ -37,9 +37,9 @@ from flask_session.base import (  # type: ignore[import-untyped]
 from flask_session.redis.redis import RedisSessionInterface  # type: ignore[import-untyped]
 from itsdangerous import BadSignature
 
+from ._page_keys import USER_KEY
 from ._session_object import TieredSession
 from ._session_store import Codec, Record, SessionStore, User, check_user, valid_sid
-from .routes import USER_KEY
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response

@@ -42,10 +42,11 @@ the very same cookie (a logout that leaves other keys, a revoked session, a new 
 and its page must change with it. Such a page is compared in Flask, where the session
 is open, never on the fast path; a page whose view changed the session is not stored
 (a ``before_request`` hook's changes do not count: hooks run on hits too). A session
-whose contents do not serialize to JSON matches no page. ``per_user=True`` keys the page by
-``session.get("user_id")`` (:data:`USER_KEY`, read without marking the session accessed)
-*and* by the Cookie header: the page depends on the session, so it must vary on Cookie
-for every cache downstream too, and keying ours the same way keeps ``Vary`` honest.
+whose contents do not serialize to JSON matches no page. ``per_user=True`` keys the page
+by ``session.get("user_id")`` (:data:`~tiered_cache._page_keys.USER_KEY`, read without
+marking the session accessed) *and* by the Cookie header: the page depends on the
+session, so it must vary on Cookie for every cache downstream too, and keying ours the
+same way keeps ``Vary`` honest.
 Anonymous requests without cookies share one page.
 
 ``stale_ttl``: a page past ``timeout`` (and within ``stale_ttl``) is refreshed by the
@@ -71,18 +72,19 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMappin
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import current_app, request
-from flask.globals import request_ctx
 from flask.signals import request_finished
 from werkzeug.datastructures import Headers
 from werkzeug.http import generate_etag, unquote_etag
 
 from ._page_keys import (
     Location,
+    current_session,
     digest_session_for,
     request_location,
     route_key,
     session_after,
     session_before,
+    session_user,
 )
 from ._response_entry import (
     SESSION_ENVIRON,
@@ -118,8 +120,6 @@ MISSED: Final = "MISS"
 STALE: Final = "STALE"
 BYPASS: Final = "BYPASS"
 
-USER_KEY: Final = "user_id"
-"""The session key naming the user, for ``per_user``; ``tc.sessions.login`` sets it."""
 REFRESH_LOCK_SECONDS: Final = 30.0
 """How long a stale page's refresh lock lasts if its holder dies without releasing it."""
 FAST_INDEX_MAX: Final = 10_000
@@ -217,7 +217,7 @@ class Routes:
         """The keyspace and route key of this request."""
         key = route_key(environ, key_prefix=options.key_prefix, query_string=options.query_string)
         if options.per_user:
-            key += "\x00u=" + _user()
+            key += "\x00u=" + session_user()
         return self._keyspace(options), key
 
     def _keyspace(self, options: RouteOptions) -> Keyspace:
@@ -573,22 +573,8 @@ def _marked(rv: Any, source: str) -> Response:
 
 def _session_read() -> bool:
     """Whether the session was used so far in this request (unknown kinds count as used)."""
-    session = getattr(request_ctx, "_session", None)
+    session = current_session()
     return session is not None and bool(getattr(session, "accessed", True))
-
-
-def _user() -> str:
-    """The session's user for ``per_user`` keys, read without marking the session used."""
-    session = getattr(request_ctx, "_session", None)
-    if session is None:
-        return "None"
-    accessed = getattr(session, "accessed", None)
-    try:
-        user = session.get(USER_KEY)
-    finally:
-        if accessed is not None:
-            session.accessed = accessed
-    return repr(user)
 
 
 def _finished(sender: Flask, response: Response, **extra: Any) -> None:
