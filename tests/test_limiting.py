@@ -515,6 +515,30 @@ def test_bad_decorator_arguments_fail_at_decoration(arguments: dict[str, Any], n
         tc.limit(limits, **arguments)
 
 
+def test_cost_above_a_limits_amount_gets_a_429_without_retry_after(make_app: MakeApp) -> None:
+    """No time would admit it: no ``Retry-After``, ``"retry_after": null``; a fixed cost
+    that large is refused when the view is decorated."""
+    app, tc = make_app()
+
+    def weight() -> int:
+        return int(request.args.get("w", "1"))
+
+    app.add_url_rule("/weighted", "weighted", tc.limit("5/minute", cost=weight)(ok))
+    client = ready(app, tc)
+    for _ in range(2):  # from Redis, then from the deny cache
+        refused = client.get("/weighted?w=6")
+        assert refused.status_code == 429 and "Retry-After" not in refused.headers
+        assert refused.get_json() == {
+            "error": "rate_limited",
+            "limit": "5/minute",
+            "retry_after": None,
+        }
+        assert refused.headers["X-RateLimit-Remaining"] == "5"
+    assert client.get("/weighted?w=5").status_code == 200
+    with pytest.raises(ValueError, match=r"cost=6.*could ever be admitted"):
+        tc.limit("5/minute;100/hour", cost=6)
+
+
 def test_cost_callable_returning_garbage_is_a_bug_of_the_app(make_app: MakeApp) -> None:
     app, tc = make_app()
     app.add_url_rule("/r", view_func=tc.limit("5/minute", cost=lambda: -3)(ok))

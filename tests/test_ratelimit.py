@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from tests.ratelimit_support import CallCounter, CommandCounter, ManualTimer
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_harness import RedisServer
 from tests.waiting import until, warm
-from tiered_cache import Cache, CacheUnavailable
+from tiered_cache import Cache, CacheUnavailable, RateLimitExceeded
 from tiered_cache.bus import Message
 from tiered_cache.ratelimit import STRATEGIES, Decision, RateLimiter, parse_limits
 
@@ -93,7 +94,7 @@ def test_cost(make_limiter: MakeLimiter, strategy: str) -> None:
     refused = limiter.hit("10/minute", "k", cost=1)
     assert not refused.admitted and refused.retry_after > 0
     too_big = limiter.hit("10/minute", "other", cost=11)
-    assert not too_big.admitted and too_big.retry_after == 60
+    assert not too_big.admitted and too_big.never  # no wait would admit it
     assert limiter.status("10/minute", "other").states[0].remaining == 10  # nothing spent
 
 
@@ -255,14 +256,46 @@ def test_clearing_the_cache_frees_refused_clients_in_other_processes(redis_url: 
         assert limiter.hit("1/minute", "k").admitted
 
 
-def test_cheaper_request_asks_redis(make_limiter: MakeLimiter) -> None:
-    limiter = make_limiter()
+def test_refusals_are_held_per_cost(make_limiter: MakeLimiter) -> None:
+    """A costlier request waits longer than a cheaper one's refusal says: it asks Redis
+    once for its own ``retry_after``, then is held beside; a cheaper one may fit."""
+    limiter = make_limiter(strategy="gcra")  # 10/minute: a unit frees every 6 s
     limiter.hit("10/minute", "k", cost=7)
     refused = limiter.hit("10/minute", "k", cost=5)
     assert not refused.admitted and not refused.local
-    assert limiter.hit("10/minute", "k", cost=6).local  # costlier: still refused here
+    assert refused.retry_after == pytest.approx(12, abs=0.5)
+    costlier = limiter.hit("10/minute", "k", cost=6)
+    assert not costlier.admitted and not costlier.local
+    assert costlier.retry_after == pytest.approx(18, abs=0.5)
+    held = [limiter.hit("10/minute", "k", cost=cost) for cost in (5, 6)]
+    assert all(d.local and not d.admitted for d in held)
+    assert held[0].retry_after == pytest.approx(refused.retry_after, abs=0.5)
+    assert held[1].retry_after == pytest.approx(costlier.retry_after, abs=0.5)
     cheaper = limiter.hit("10/minute", "k", cost=3)
     assert cheaper.admitted and not cheaper.local
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cost_above_a_limits_amount_is_never_admitted(
+    make_limiter: MakeLimiter, strategy: str, own_redis: redis.Redis
+) -> None:
+    """No wait can admit it: ``retry_after`` is infinite, nothing is spent, and the
+    refusal is held until a reset (one Redis command, however many retries)."""
+    limiter = make_limiter(strategy=strategy)
+    never = limiter.hit("10/minute;100/hour", "k", cost=11)
+    assert not never.admitted and not never.local
+    assert never.never and never.retry_after == math.inf and never.retry_after_seconds is None
+    assert str(never.refused_by) == "10/minute"
+    assert [s.remaining for s in never.states] == [10, 100]  # nothing spent
+    counter = CommandCounter(own_redis)
+    counter.start()
+    held = limiter.hit("10/minute;100/hour", "k", cost=11)
+    assert held.local and held.never and counter.total() == 0
+    assert limiter.hit("10/minute;100/hour", "k", cost=10).admitted
+    status = limiter.status("10/minute;100/hour", "k", cost=11)
+    assert not status.admitted and status.never
+    message = str(RateLimitExceeded("10/minute", never.retry_after))
+    assert "never" in message and "inf" not in message
 
 
 def test_deny_cache_is_bounded(make_limiter: MakeLimiter) -> None:

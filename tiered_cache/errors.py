@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class TieredCacheError(Exception):
     """Base class of every error this package raises."""
@@ -28,9 +30,22 @@ class SerializationError(TieredCacheError):
 
 
 class RateLimitExceeded(TieredCacheError):
-    """A rate limit refused the request."""
+    """A rate limit refused the request.
+
+    :ivar limit: the limit that refused, as text.
+    :ivar retry_after: seconds until the request could be admitted; ``math.inf`` when it
+        never can be (its cost is more than the limit's amount). The 429 that
+        ``@tc.limit`` raises holds whole seconds there, or None for never, as werkzeug's
+        ``TooManyRequests`` does.
+    """
+
+    retry_after: float | None
 
     def __init__(self, limit: str, retry_after: float) -> None:
         self.limit = limit
         self.retry_after = retry_after
-        super().__init__(f"rate limit {limit!r} exceeded; retry after {retry_after:.3f}s")
+        if math.isinf(retry_after):
+            reason = "its cost is more than the limit's amount, so it can never be admitted"
+        else:
+            reason = f"retry after {retry_after:.3f}s"
+        super().__init__(f"rate limit {limit!r} exceeded; {reason}")

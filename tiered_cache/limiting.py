@@ -30,7 +30,10 @@ Answers:
 - Refused: ``429`` with ``Retry-After`` (whole seconds, rounded up) and the JSON body
   ``{"error": "rate_limited", "limit": "<limit>", "retry_after": <seconds>}``, raised as
   :class:`RateLimited` (a :class:`~tiered_cache.RateLimitExceeded` and a werkzeug
-  ``TooManyRequests``), so ``app.errorhandler(429)`` can reshape it.
+  ``TooManyRequests``), so ``app.errorhandler(429)`` can reshape it. A request whose
+  cost is more than a limit's amount can never be admitted: its 429 has no
+  ``Retry-After`` and ``"retry_after": null`` (a fixed ``cost`` that large is refused at
+  decoration; a callable's is found per request).
 - Checked responses (the 429 included) carry ``X-RateLimit-Limit``,
   ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (epoch seconds, by the Redis
   server's clock) of the most restrictive limit (the refusing one, else the one with the
@@ -119,8 +122,11 @@ class LimitOptions:
         for name, value in (("key", key), ("exempt_when", exempt_when)):
             if value is not None and not callable(value):
                 raise ValueError(f"@tc.limit {name}= must be callable, not {value!r}")
-        if not callable(cost):
-            _check_cost(cost)
+        if not callable(cost) and _check_cost(cost) > min(limit.amount for limit in parsed):
+            raise ValueError(
+                f"@tc.limit({limits!r}, cost={cost}): the cost is more than a limit's "
+                "amount, so no request could ever be admitted"
+            )
         if scope is not None and (not isinstance(scope, str) or not scope):
             raise ValueError(f"@tc.limit scope= must be a non-empty string, not {scope!r}")
         return cls(parsed, key, strategy, cost, _methods(methods), exempt_when, scope)
@@ -170,14 +176,18 @@ def limited_view(options: LimitOptions) -> Callable[[F], F]:
 class RateLimited(RateLimitExceeded, TooManyRequests):  # type: ignore[misc]
     """The 429 of a refused request: JSON body, ``Retry-After`` in whole seconds.
 
+    A request whose cost is more than a limit's amount can never be admitted: its 429
+    has no ``Retry-After`` (RFC 6585 makes it optional) and ``"retry_after": null``.
+
     :ivar limit: the text of the limit that refused.
-    :ivar retry_after: whole seconds (rounded up) until the request could be admitted.
+    :ivar retry_after: whole seconds (rounded up) until the request could be admitted,
+        or None when it never can be.
     :ivar decision: the limiter's decision.
     """
 
     def __init__(self, decision: Decision) -> None:
         limit = "" if decision.refused_by is None else str(decision.refused_by)
-        super().__init__(limit, decision.retry_after_seconds)
+        super().__init__(limit, decision.retry_after)
         self.retry_after = decision.retry_after_seconds  # TooManyRequests reset it
         self.decision = decision
 
@@ -186,7 +196,10 @@ class RateLimited(RateLimitExceeded, TooManyRequests):  # type: ignore[misc]
         return json.dumps(body)
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("Retry-After", str(self.retry_after))]
+        headers = [("Content-Type", "application/json")]
+        if self.retry_after is not None:
+            headers.append(("Retry-After", str(self.retry_after)))
+        return headers
 
 
 class RateLimitUnavailable(CacheUnavailable, ServiceUnavailable):

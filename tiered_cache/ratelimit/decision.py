@@ -32,7 +32,8 @@ class Decision:
     :ivar admitted: whether the request may go ahead.
     :ivar states: the figures of every limit checked, in the order given (empty when
         Redis could not be asked).
-    :ivar retry_after: seconds until the same request could be admitted (0 if it is).
+    :ivar retry_after: seconds until the same request could be admitted (0 if it is;
+        ``math.inf`` when it never can be, its cost being more than a limit's amount).
     :ivar refused_by: the limit that refused (the one needing the longest wait), or None.
     :ivar available: False when Redis could not be asked: the verdict is then the
         configured fail-open or fail-closed answer, and there are no figures.
@@ -60,6 +61,13 @@ class Decision:
         return min(self.states, key=lambda s: (s.remaining, -s.reset_after))
 
     @property
-    def retry_after_seconds(self) -> int:
-        """``retry_after`` for a ``Retry-After`` header: whole seconds, rounded up, >= 1."""
-        return max(1, math.ceil(self.retry_after))
+    def never(self) -> bool:
+        """Whether the request can never be admitted (its cost is more than a limit's
+        amount): there is no time to retry after."""
+        return math.isinf(self.retry_after)
+
+    @property
+    def retry_after_seconds(self) -> int | None:
+        """``retry_after`` for a ``Retry-After`` header: whole seconds, rounded up, >= 1;
+        None when the request can never be admitted."""
+        return None if self.never else max(1, math.ceil(self.retry_after))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 import os
 import time
 import uuid
@@ -142,8 +143,8 @@ class RateLimiter:
         plan = self._plan(limits, strategy)
         _check_cost(cost)
         prefix = self._prefix(key, scope)
-        deny_key = (prefix, plan.name)
-        denial = self.deny_cache.get(deny_key, cost)
+        deny_key = (prefix, plan.name, cost)
+        denial = self.deny_cache.get(deny_key)
         if denial is not None:
             self.cache.ratelimit_refusals += 1
             return self._from_memory(denial)
@@ -154,7 +155,7 @@ class RateLimiter:
             return self._unavailable()
         if not decision.admitted:
             self.cache.ratelimit_refusals += 1
-            self.deny_cache.put(deny_key, decision.retry_after, cost, decision, since=since)
+            self.deny_cache.put(deny_key, decision.retry_after, decision, since=since)
         return decision
 
     def status(
@@ -245,7 +246,7 @@ class RateLimiter:
             # Redis is up but the script failed: foreign data under one of our keys.
             self.cache._log.warning("ratelimit", "rate limit check failed on %s: %s", keys, exc)
             return None
-        return None if reply is UNAVAILABLE else _decision(plan, reply)
+        return None if reply is UNAVAILABLE else _decision(plan, reply, cost)
 
     def _unavailable(self) -> Decision:
         if self.fail_open:
@@ -289,23 +290,28 @@ def _make_plan(limits: tuple[Limit, ...], strategy: str) -> _Plan:
     return _Plan(limits, strategy, suffixes, args, code + ";" + ";".join(suffixes))
 
 
-def _decision(plan: _Plan, reply: Sequence[int]) -> Decision:
-    """A :class:`Decision` from a script's reply (see ``scripts/_driver.lua``)."""
+def _decision(plan: _Plan, reply: Sequence[int], cost: int) -> Decision:
+    """A :class:`Decision` from a script's reply (see ``scripts/_driver.lua``).
+
+    A limit whose amount is less than ``cost`` can never admit the request: the scripts
+    refuse it (their wait for it is a placeholder), and its wait is infinite here.
+    """
     admitted, retry_us, now_us = (int(n) for n in reply[:3])
     now = now_us / 1e6
     states = []
     refused_by = None
-    longest = 0
+    longest = 0.0
     for i, limit in enumerate(plan.limits):
         remaining, reset_us, wait_us = (int(n) for n in reply[3 + 3 * i : 6 + 3 * i])
         states.append(LimitState(limit, remaining, reset_us / 1e6, now + reset_us / 1e6))
-        if wait_us > longest:
-            refused_by, longest = limit, wait_us
+        wait = math.inf if cost > limit.amount else wait_us / 1e6
+        if wait > longest:
+            refused_by, longest = limit, wait
+    if admitted:
+        return Decision(admitted=True, states=tuple(states))
+    retry_after = longest if math.isinf(longest) else retry_us / 1e6
     return Decision(
-        admitted=bool(admitted),
-        states=tuple(states),
-        retry_after=0.0 if admitted else retry_us / 1e6,
-        refused_by=None if admitted else refused_by,
+        admitted=False, states=tuple(states), retry_after=retry_after, refused_by=refused_by
     )
 
 
@@ -339,7 +345,7 @@ def _scope_part(scope: str) -> str:
 
 
 def _reset_covers(deny_key: Hashable, root: str, tag: str | None, part: str | None) -> bool:
-    """Whether a deny cache key ``(prefix, plan)`` is one of the clients a reset frees."""
+    """Whether a deny cache key ``(prefix, plan, cost)`` is one of the clients a reset frees."""
     prefix = deny_key[0] if isinstance(deny_key, tuple) else None
     if not isinstance(prefix, str) or not prefix.startswith(root):
         return False
