@@ -7,8 +7,9 @@ Two backends share one interface, :class:`L1Store`:
   frame of this module and takes no lock. Each of those calls is atomic under the GIL,
   so they may run concurrently with the mutations below, which all take one lock. (This
   holds while keys hash and compare in C: str, bytes, int, and tuples of those.)
-- ``"cachetools"``, the same contract over :class:`cachetools.LRUCache`. cachetools is
-  not thread-safe, so here ``peek`` and ``touch`` take the lock as well.
+- ``"cachetools"``, the same contract over :class:`cachetools.LRUCache`
+  (:mod:`tiered_cache.l1_cachetools`). cachetools is not thread-safe, so there ``peek``
+  and ``touch`` take the lock as well.
 
 Neither checks expiry: the cache compares ``Entry.expires`` itself, on a clock it owns.
 
@@ -43,8 +44,6 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, Protocol, final
-
-import cachetools
 
 from .copying import Copier
 from .errors import ConfigurationError
@@ -220,11 +219,6 @@ class L1Store(Protocol):
     def clear(self) -> None:
         """Drop every entry and refuse every fill that started earlier."""
         ...
-
-
-def _entry_size(entry: Entry) -> int:
-    """Weigh an entry for cachetools' byte bound."""
-    return entry.size
 
 
 class _Store(ABC):
@@ -509,93 +503,6 @@ class _LruStore(_Store):
         return list(self._data.items())
 
 
-class _EvictionReportingLRU(cachetools.LRUCache[Hashable, Entry]):
-    """cachetools' LRU, reporting the entries it drops to make room (its documented hook)."""
-
-    def __init__(self, max_bytes: int, on_evict: Callable[[Hashable, Entry], None]) -> None:
-        super().__init__(max_bytes, getsizeof=_entry_size)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[Hashable, Entry]:
-        """Remove the least recently used entry and report it."""
-        key, entry = super().popitem()
-        self._on_evict(key, entry)
-        return key, entry
-
-
-@final
-class _CachetoolsStore(_Store):
-    """The same contract over cachetools.LRUCache; every access takes the lock."""
-
-    entry_overhead = 320  # cachetools' data, size and order dicts, a reverse-index slot
-
-    def __init__(
-        self,
-        max_items: int,
-        max_bytes: int,
-        max_tombstones: int,
-    ) -> None:
-        super().__init__(max_items, max_bytes, max_tombstones)
-        # The byte budget is cachetools' own maxsize; the item bound is enforced on top.
-        self._cache = _EvictionReportingLRU(max_bytes, self._evicted)
-        self.peek = self._locked_peek
-        self.touch = self._locked_touch
-
-    @property
-    def nbytes(self) -> int:
-        """The bytes charged by the entries held now."""
-        return int(self._cache.currsize)
-
-    def __len__(self) -> int:
-        """The number of entries held."""
-        return len(self._cache)
-
-    def _locked_peek(self, key: Hashable) -> Entry | None:
-        """Return the entry under ``key``, taking the lock (cachetools is not thread-safe)."""
-        with self._lock:
-            return self._get(key)
-
-    def _locked_touch(self, key: Hashable) -> None:
-        """Mark ``key`` recently used, taking the lock; KeyError if it is gone."""
-        with self._lock:
-            self._cache[key]  # LRUCache.__getitem__ moves the key to the recent end
-
-    def _get(self, key: Hashable) -> Entry | None:
-        """Return the entry under ``key`` without counting a use."""
-        # The base class lookup: LRUCache's own would reorder, and a peek is not a use.
-        try:
-            return cachetools.Cache.__getitem__(self._cache, key)
-        except KeyError:
-            return None
-
-    def _set(self, key: Hashable, entry: Entry) -> None:
-        """Insert or replace ``key`` as the most recently used entry."""
-        # Remove the old version first, or cachetools may count it as an eviction while
-        # making room for its replacement. Readers take the lock, so none sees the gap.
-        if key in self._cache:
-            del self._cache[key]
-        self._cache[key] = entry  # may evict through popitem, which reports to _evicted
-
-    def _pop(self, key: Hashable) -> Entry | None:
-        """Remove and return the entry under ``key``."""
-        entry = self._get(key)
-        if entry is not None:
-            del self._cache[key]
-        return entry
-
-    def _evict_lru(self) -> None:
-        """Remove the least recently used entry."""
-        self._cache.popitem()  # reports to _evicted
-
-    def _wipe(self) -> None:
-        """Remove every entry."""
-        self._cache.clear()
-
-    def _entries(self) -> list[tuple[Hashable, Entry]]:
-        """List the entries held."""
-        return [(key, cachetools.Cache.__getitem__(self._cache, key)) for key in self._cache]
-
-
 def make_l1(
     backend: str,
     *,
@@ -626,7 +533,9 @@ def make_l1(
     if backend == "lru":
         store = _LruStore
     elif backend == "cachetools":
-        store = _CachetoolsStore
+        from .l1_cachetools import CachetoolsStore  # it imports this module
+
+        store = CachetoolsStore
     else:
         raise ConfigurationError(
             "TIERED_CACHE_L1_BACKEND", backend, "expected 'lru' or 'cachetools'"
