@@ -137,7 +137,8 @@ class RateLimiter:
         :param cost: units this request takes, >= 1.
         :param scope: a name separating limits that share text and client (a route).
         :returns: the decision; when Redis could not be asked, ``available`` is False
-            and ``admitted`` is the limiter's ``fail_open``.
+            and ``admitted`` is the limiter's ``fail_open``. A cost above a limit's
+            amount is refused with an infinite ``retry_after`` (``Decision.never``).
         :raises ValueError: for bad limits, strategy or cost.
         """
         plan = self._plan(limits, strategy)
