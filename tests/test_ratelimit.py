@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import redis
 from tests.procs import run_in_processes
 from tests.ratelimit_support import CallCounter, CommandCounter, ManualTimer
 from tests.redis_cluster import RedisClusterServers
-from tests.redis_harness import RedisServer
+from tests.redis_harness import RedisServer, free_port
 from tests.waiting import until, warm
 from tiered_cache import Cache, CacheUnavailable, RateLimitExceeded
 from tiered_cache.bus import Message
@@ -256,21 +255,17 @@ def test_clearing_the_cache_frees_refused_clients_in_other_processes(redis_url: 
         assert limiter.hit("1/minute", "k").admitted
 
 
-def test_refusals_are_held_per_cost(make_limiter: MakeLimiter) -> None:
-    """A costlier request waits longer than a cheaper one's refusal says: it asks Redis
-    once for its own ``retry_after``, then is held beside; a cheaper one may fit."""
+def test_cheaper_request_asks_redis_costlier_is_held(make_limiter: MakeLimiter) -> None:
+    """A cheaper request may fit sooner: it asks Redis. A costlier one cannot: it is
+    refused from memory, with the held ``retry_after`` as its lower bound."""
     limiter = make_limiter(strategy="gcra")  # 10/minute: a unit frees every 6 s
     limiter.hit("10/minute", "k", cost=7)
     refused = limiter.hit("10/minute", "k", cost=5)
     assert not refused.admitted and not refused.local
-    assert refused.retry_after == pytest.approx(12, abs=0.5)
     costlier = limiter.hit("10/minute", "k", cost=6)
-    assert not costlier.admitted and not costlier.local
-    assert costlier.retry_after == pytest.approx(18, abs=0.5)
-    held = [limiter.hit("10/minute", "k", cost=cost) for cost in (5, 6)]
-    assert all(d.local and not d.admitted for d in held)
-    assert held[0].retry_after == pytest.approx(refused.retry_after, abs=0.5)
-    assert held[1].retry_after == pytest.approx(costlier.retry_after, abs=0.5)
+    assert not costlier.admitted and costlier.local
+    assert costlier.retry_after == pytest.approx(refused.retry_after, abs=0.5)
+    assert limiter.status("10/minute", "k", cost=6).retry_after > costlier.retry_after
     cheaper = limiter.hit("10/minute", "k", cost=3)
     assert cheaper.admitted and not cheaper.local
 
@@ -279,23 +274,65 @@ def test_refusals_are_held_per_cost(make_limiter: MakeLimiter) -> None:
 def test_cost_above_a_limits_amount_is_never_admitted(
     make_limiter: MakeLimiter, strategy: str, own_redis: redis.Redis
 ) -> None:
-    """No wait can admit it: ``retry_after`` is infinite, nothing is spent, and the
-    refusal is held until a reset (one Redis command, however many retries)."""
+    """No wait can admit it: refused with an infinite ``retry_after`` without asking
+    Redis and without holding anything, so a client choosing its costs makes no work."""
     limiter = make_limiter(strategy=strategy)
-    never = limiter.hit("10/minute;100/hour", "k", cost=11)
-    assert not never.admitted and not never.local
-    assert never.never and never.retry_after == math.inf and never.retry_after_seconds is None
-    assert str(never.refused_by) == "10/minute"
-    assert [s.remaining for s in never.states] == [10, 100]  # nothing spent
     counter = CommandCounter(own_redis)
     counter.start()
-    held = limiter.hit("10/minute;100/hour", "k", cost=11)
-    assert held.local and held.never and counter.total() == 0
-    assert limiter.hit("10/minute;100/hour", "k", cost=10).admitted
-    status = limiter.status("10/minute;100/hour", "k", cost=11)
-    assert not status.admitted and status.never
+    for _ in range(3):
+        never = limiter.hit("10/minute;100/hour", "k", cost=11)
+        assert not never.admitted and never.available and not never.local
+        assert never.never and never.retry_after_seconds is None and never.states == ()
+        assert str(never.refused_by) == "10/minute"
+    assert counter.total() == 0 and len(limiter.deny_cache) == 0
+    assert limiter.cache.stats()["ratelimit_refusals"] == 3
+    assert limiter.hit("10/minute;100/hour", "k", cost=10).admitted  # nothing was spent
+    status = limiter.status("10/minute;100/hour", "k", cost=11)  # admin use: asks Redis
+    assert (
+        not status.admitted
+        and status.never
+        and [s.remaining for s in status.states]
+        == [
+            0,
+            90,
+        ]
+    )
     message = str(RateLimitExceeded("10/minute", never.retry_after))
     assert "never" in message and "inf" not in message
+
+
+def test_cost_above_a_limits_amount_is_refused_while_redis_is_down() -> None:
+    """Failing open admits what Redis cannot judge; a request no limit could ever admit
+    is not one of those."""
+    with Cache(redis_url=f"redis://127.0.0.1:{free_port()}", invalidation=False) as cache:
+        limiter = RateLimiter(cache, fail_open=True)
+        assert limiter.hit("10/minute", "k", cost=1).admitted  # Redis down: failed open
+        never = limiter.hit("10/minute", "k", cost=11)
+        assert not never.admitted and never.never
+
+
+def test_same_limit_twice_is_refused() -> None:
+    """Two limits of one amount and period would share a counter and count twice."""
+    with pytest.raises(ValueError, match="'10/hour' and '10 per 60 minutes'"):
+        parse_limits("10/hour;10 per 60 minutes")
+    with Cache(redis_url=f"redis://127.0.0.1:{free_port()}", invalidation=False) as cache:
+        limit = parse_limits("5/minute")[0]
+        with pytest.raises(ValueError, match="same limit"):
+            RateLimiter(cache).hit([limit, limit], "k")
+
+
+def test_reset_frees_clients_held_by_every_limiter_of_the_process(redis_url: str) -> None:
+    """The bus does not echo a process's own messages: a reset reaches the other
+    limiters of its process directly."""
+    with Cache(redis_url=redis_url) as cache:
+        cache.connect()
+        admin, worker = RateLimiter(cache), RateLimiter(cache)
+        worker.hit("1/minute", "k")
+        assert worker.hit("1/minute", "k").local is False
+        assert worker.hit("1/minute", "k").local  # held
+        admin.reset("k")
+        assert len(worker.deny_cache) == 0
+        assert worker.hit("1/minute", "k").admitted
 
 
 def test_deny_cache_is_bounded(make_limiter: MakeLimiter) -> None:

@@ -15,8 +15,9 @@ How a request is checked:
   get no default limits.
 - All limits of one ``@tc.limit`` are checked in one Redis round trip, all or nothing.
   Stacked ``@tc.limit`` decorators are checked one after the other (one round trip each,
-  in the order they are listed); a refusal stops there, and what earlier ones spent stays
-  spent.
+  in the order they are listed, top first); a refusal stops there, and what earlier ones
+  spent stays spent. So list a client's own limit above a limit shared by everyone: a
+  client refused by its own then spends nothing of the shared one.
 - The key is ``key()`` or the client address as Flask sees it (``request.remote_addr``:
   put werkzeug's ``ProxyFix`` in front of the app behind a proxy; ``X-Forwarded-For`` is
   never read by itself). ``scope`` (default: the endpoint) separates counts: routes that
@@ -167,7 +168,8 @@ def limited_view(options: LimitOptions) -> Callable[[F], F]:
         # Flask runs a coroutine view through ensure_sync: the wrapper must stay one.
         view = async_view if inspect.iscoroutinefunction(fn) else sync_view
         functools.update_wrapper(view, fn)
-        setattr(view, ATTRIBUTE, (*getattr(fn, ATTRIBUTE, ()), options))
+        # The outer decorator is applied last but listed first: it is checked first.
+        setattr(view, ATTRIBUTE, (options, *getattr(fn, ATTRIBUTE, ())))
         return view  # type: ignore[return-value]
 
     return decorate

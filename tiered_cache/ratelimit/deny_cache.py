@@ -1,14 +1,14 @@
 """The local deny cache: clients over a limit are refused from memory until they may retry.
 
 A refusal from Redis comes with the time until the same request could be admitted. Until
-then no request of that client for the same limits and the same cost can be admitted,
-whatever other workers do (they can only spend more), so this worker refuses it without
-asking Redis: a flood from one client costs Redis one command per worker per reset, not
-one per request. Refusals are held per cost: a cheaper request may fit sooner, and a
-costlier one must wait longer than the refusal held for a cheaper one says, so a request
-of a cost not held goes to Redis once and its own refusal is held beside. A request
-whose cost is more than a limit's amount can never be admitted: its refusal is held
-until a reset or until it is evicted.
+then no request of that client for the same limits, and at least the same cost, can be
+admitted, whatever other workers do (they can only spend more), so this worker refuses it
+without asking Redis: a flood from one client costs Redis one command per worker per
+reset, not one per request. A cheaper request goes to Redis, since it may fit sooner.
+A costlier one gets the held refusal's ``Retry-After``, which for it is a lower bound: if
+it comes back then and still does not fit, Redis refuses it with its own. (Holding a
+refusal per cost would give each its exact time, but let a client whose cost it chooses
+spend one Redis command per cost and fill the cache with its entries.)
 
 The one thing that can make a client admissible early is an admin's
 :meth:`~tiered_cache.ratelimit.RateLimiter.reset`. It drops the covered entries here and,
@@ -30,9 +30,10 @@ from .decision import Decision
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Denial:
-    """A refusal held in memory until ``until`` (monotonic; infinite for never)."""
+    """A refusal held in memory: until ``until`` (monotonic), for costs >= ``cost``."""
 
     until: float
+    cost: int
     decision: Decision
     refused_at: float
 
@@ -60,8 +61,8 @@ class DenyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Hashable) -> Denial | None:
-        """The denial that refuses a request for ``key`` now, if any."""
+    def get(self, key: Hashable, cost: int) -> Denial | None:
+        """The denial that refuses a request of ``cost`` for ``key`` now, if any."""
         denial = self._entries.get(key)
         if denial is None:
             return None
@@ -70,11 +71,12 @@ class DenyCache:
                 if self._entries.get(key) is denial:
                     del self._entries[key]
             return None
-        return denial
+        return denial if cost >= denial.cost else None
 
-    def put(self, key: Hashable, retry_after: float, decision: Decision, *, since: int) -> None:
-        """Refuse requests for ``key`` during ``retry_after`` seconds (``math.inf``: until
-        a removal).
+    def put(
+        self, key: Hashable, retry_after: float, cost: int, decision: Decision, *, since: int
+    ) -> None:
+        """Refuse requests of ``cost`` or more for ``key`` during ``retry_after`` seconds.
 
         :param since: :attr:`epoch` as read before the check that refused: a refusal
             older than the last removal (a reset) is not held.
@@ -82,7 +84,7 @@ class DenyCache:
         if self.max_items <= 0 or retry_after <= 0:
             return
         now = self._timer()
-        denial = Denial(now + retry_after, decision, now)
+        denial = Denial(now + retry_after, cost, decision, now)
         with self._lock:
             if since != self.epoch:
                 return

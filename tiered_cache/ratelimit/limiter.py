@@ -36,16 +36,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
+from ..bus import Message
 from ..errors import CacheUnavailable
 from ..keys import encode_name, glob_escape
 from ..redis_tier import UNAVAILABLE, unlink_matching
 from . import lua
 from .decision import Decision, LimitState
 from .deny_cache import Denial, DenyCache
-from .limits import STRATEGIES, Limit, parse_limits
+from .limits import STRATEGIES, Limit, check_distinct, parse_limits
 
 if TYPE_CHECKING:
-    from ..bus import Message, Reset
+    from ..bus import Reset
     from ..cache import Cache
 
 Limits = str | Limit | Sequence[Limit]
@@ -68,6 +69,8 @@ class _Plan:
     suffixes: tuple[str, ...]
     args: tuple[int, ...]
     name: str
+    smallest: Limit
+    """The limit of the smallest amount: a cost above it can never be admitted."""
 
 
 class RateLimiter:
@@ -138,14 +141,20 @@ class RateLimiter:
         :param scope: a name separating limits that share text and client (a route).
         :returns: the decision; when Redis could not be asked, ``available`` is False
             and ``admitted`` is the limiter's ``fail_open``. A cost above a limit's
-            amount is refused with an infinite ``retry_after`` (``Decision.never``).
+            amount is refused without asking Redis, with an infinite ``retry_after``
+            (``Decision.never``) and no figures.
         :raises ValueError: for bad limits, strategy or cost.
         """
         plan = self._plan(limits, strategy)
         _check_cost(cost)
+        if cost > plan.smallest.amount:
+            # No wait can admit it, Redis up or down: refused here, holding nothing, so
+            # a client choosing its costs cannot make Redis or the deny cache work.
+            self.cache.ratelimit_refusals += 1
+            return Decision(admitted=False, retry_after=math.inf, refused_by=plan.smallest)
         prefix = self._prefix(key, scope)
-        deny_key = (prefix, plan.name, cost)
-        denial = self.deny_cache.get(deny_key)
+        deny_key = (prefix, plan.name)
+        denial = self.deny_cache.get(deny_key, cost)
         if denial is not None:
             self.cache.ratelimit_refusals += 1
             return self._from_memory(denial)
@@ -156,7 +165,7 @@ class RateLimiter:
             return self._unavailable()
         if not decision.admitted:
             self.cache.ratelimit_refusals += 1
-            self.deny_cache.put(deny_key, decision.retry_after, decision, since=since)
+            self.deny_cache.put(deny_key, decision.retry_after, cost, decision, since=since)
         return decision
 
     def status(
@@ -209,7 +218,8 @@ class RateLimiter:
             raise CacheUnavailable("the rate limits could not be reset")
         # After the deletion: a refusal held from before it is dropped, and one from a
         # check that overlapped it is refused by the deny cache's epoch.
-        self._forget((tag, part))
+        # Every limiter of this process (the bus skips a process's own messages).
+        self.cache._tell_listeners(Message(self.cache._sender, resets=((tag, part),)))
         self.cache._announce("rate limit reset", resets=((tag, part),))
         return deleted
 
@@ -288,7 +298,8 @@ def _make_plan(limits: tuple[Limit, ...], strategy: str) -> _Plan:
     code = CODES[strategy]
     suffixes = tuple(f"{code}:{limit.amount}/{limit.period}" for limit in limits)
     args = tuple(n for limit in limits for n in (limit.amount, limit.period * 1_000_000))
-    return _Plan(limits, strategy, suffixes, args, code + ";" + ";".join(suffixes))
+    name = code + ";" + ";".join(suffixes)
+    return _Plan(limits, strategy, suffixes, args, name, min(limits, key=lambda x: x.amount))
 
 
 def _decision(plan: _Plan, reply: Sequence[int], cost: int) -> Decision:
@@ -322,7 +333,7 @@ def _as_limits(limits: Limits) -> tuple[Limit, ...]:
     found = (limits,) if isinstance(limits, Limit) else tuple(limits)
     if not found or not all(isinstance(limit, Limit) for limit in found):
         raise ValueError(f"expected a limit string or Limit objects, not {limits!r}")
-    return found
+    return check_distinct(found)
 
 
 def _check_strategy(strategy: str) -> None:
@@ -346,7 +357,7 @@ def _scope_part(scope: str) -> str:
 
 
 def _reset_covers(deny_key: Hashable, root: str, tag: str | None, part: str | None) -> bool:
-    """Whether a deny cache key ``(prefix, plan, cost)`` is one of the clients a reset frees."""
+    """Whether a deny cache key ``(prefix, plan)`` is one of the clients a reset frees."""
     prefix = deny_key[0] if isinstance(deny_key, tuple) else None
     if not isinstance(prefix, str) or not prefix.startswith(root):
         return False

@@ -52,4 +52,19 @@ def parse_limits(text: str) -> tuple[Limit, ...]:
         if amount < 1 or multiple < 1:
             raise ValueError(f"the limit {part.strip()!r} must allow at least 1 per period")
         limits.append(Limit(amount, multiple * _UNITS[match["unit"].lower()], part.strip()))
-    return tuple(limits)
+    return check_distinct(tuple(limits))
+
+
+def check_distinct(limits: tuple[Limit, ...]) -> tuple[Limit, ...]:
+    """Return ``limits``, checked to hold no amount and period twice (the two would share
+    one counter, and one request would be counted twice on it).
+
+    :raises ValueError: naming the limits that are the same.
+    """
+    seen: dict[tuple[int, int], Limit] = {}
+    for limit in limits:
+        same = seen.get((limit.amount, limit.period))
+        if same is not None:
+            raise ValueError(f"the limits {same.text!r} and {limit.text!r} are the same limit")
+        seen[limit.amount, limit.period] = limit
+    return limits
