@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import pickle
@@ -110,6 +111,70 @@ def test_a_key_of_another_type_is_unreadable_not_an_outage(
     client.set_cookie("session", forged)
     with caplog.at_level(logging.WARNING, logger="tiered_cache"):
         assert client.get("/me").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "issued",
+    [10**400, float("nan"), 1e308, -5.0, True, "1700000000"],
+    ids=["huge-int", "nan", "1e308", "negative", "bool", "string"],
+)
+def test_an_implausible_issued_time_is_ignored_and_renewed(
+    make_app: AppFactory, r: redis.Redis, issued: Any
+) -> None:
+    """A tampered "issued" time (too large for a float, not finite, far ahead) is not
+    ours: the session is read, its cookie reissued with a real time; never a 500."""
+    app, _ = make_app()
+    forged = "t" * 43
+    r.set(
+        f"session:{forged}",
+        _stored({"a": "1", "_permanent": True, META_KEY: {"t": issued, "u": None}}),
+    )
+    client = app.test_client()
+    client.set_cookie("session", forged)
+    first = client.get("/get/a")
+    assert first.status_code == 200 and first.text == "1"
+    assert set_cookies(first), "an implausible issued time must be renewed"
+    assert not set_cookies(client.get("/get/a"))
+
+
+def _stored(data: dict[str, Any]) -> bytes:
+    """Session bytes as anyone could write them: msgpack, else JSON text (big ints)."""
+    try:
+        return msgspec.msgpack.encode(data)
+    except OverflowError:
+        return json.dumps(data).encode()
+
+
+def test_an_issued_time_ahead_of_the_clock_is_renewed(make_app: AppFactory, r: redis.Redis) -> None:
+    """A year ahead is not clock skew: renewing on time would never happen."""
+    app, _ = make_app()
+    forged = "f" * 43
+    ahead = datetime.datetime.now(datetime.UTC).timestamp() + 365 * 86400
+    r.set(f"session:{forged}", _stored({"a": "1", "_permanent": True, META_KEY: {"t": ahead}}))
+    client = app.test_client()
+    client.set_cookie("session", forged)
+    assert set_cookies(client.get("/get/a"))
+
+
+def test_an_error_reply_of_the_server_is_a_503_not_an_empty_session(
+    make_app: AppFactory, r: redis.Redis, redis_url: str
+) -> None:
+    """Only the data makes a session unreadable: a server refusing the read (an ACL
+    without GETEX here) must not log every user out."""
+    user = f"no-getex-{os.getpid()}"
+    r.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-getex"])
+    try:
+        app, _ = make_app(url=redis_url.replace("redis://", f"redis://{user}:pw@", 1))
+        stored = "g" * 43
+        r.set(f"session:{stored}", msgspec.msgpack.encode({"a": "1"}))
+        client = app.test_client()
+        client.set_cookie("session", stored)
+        refused = client.get("/get/a")
+        assert refused.status_code == 503 and "Set-Cookie" not in refused.headers
+        assert client.get("/plain").status_code == 200  # pages that do not use it work
+        assert r.get(f"session:{stored}") is not None
+    finally:
+        r.acl_deluser(user)
 
 
 def test_a_session_written_by_flask_session_is_read(make_app: AppFactory, r: redis.Redis) -> None:

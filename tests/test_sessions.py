@@ -368,6 +368,32 @@ def test_a_non_permanent_session_has_a_browser_cookie_and_no_renewal(
     assert command_calls(redis_server) == {"getex": 1}
 
 
+def test_changing_permanence_sends_the_cookie_again(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """ "Remember me": a browser cookie becomes one with an expiry date, and back."""
+    app = quiet_app(make_app, redis_server, SESSION_PERMANENT=False)
+    make_permanent: list[bool] = []
+
+    @app.post("/permanent")
+    def permanent() -> str:
+        session.permanent = make_permanent[-1]
+        return "ok"
+
+    client = app.test_client()
+    [cookie] = set_cookies(client.post("/set/a/1"))
+    assert "Expires" not in cookie
+    make_permanent.append(True)
+    [cookie] = set_cookies(client.post("/permanent"))
+    assert "Expires" in cookie
+    assert not set_cookies(client.post("/permanent"))  # no change: no cookie
+    assert not set_cookies(client.get("/get/a"))
+    make_permanent.append(False)
+    [cookie] = set_cookies(client.post("/permanent"))
+    assert "Expires" not in cookie
+    assert client.get("/get/a").text == "1"
+
+
 def test_a_logged_in_non_permanent_session_renews_its_index_without_a_cookie(
     make_app: AppFactory, r: redis.Redis
 ) -> None:

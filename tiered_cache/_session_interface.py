@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from flask_session.base import (  # type: ignore[import-untyped]
     Serializer,
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from flask import Flask, Request, Response
 
     from .sessions import SessionUnavailable
+
+_CLOCK_SKEW: Final = 60.0
+"""Seconds an "issued" time may lie in the future (another host's clock) and be ours."""
 
 
 class SafeSerializer(Serializer):  # type: ignore[misc]
@@ -157,6 +160,9 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
                 session.reset(self.store.new_sid(), permanent=False, clear_cookie=True)
             return
         now = self.clock()
+        # A session made permanent ("remember me") or not any more needs its cookie sent
+        # again, with an expiry date or without one.
+        moved = session.is_permanent() != state.permanent
         if not state.stored:
             self._written(session, self.store.create(session.sid, session.record(now)), now)
             state.cookie_due = state.stored
@@ -165,6 +171,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         elif session.modified:
             raw = self.store.update(session.sid, session.record(state.issued))
             self._written(session, raw, state.issued)
+        state = session.tc  # written: it holds the permanence now
+        state.cookie_due = state.cookie_due or (moved and state.permanent == session.is_permanent())
 
     def _renew(self, session: TieredSession, now: float) -> None:
         """Renew the stored "issued" time and the cookie (and write what changed).
@@ -196,6 +204,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             state.stored = state.cookie_due = False
             return
         state.stored, state.raw, state.issued = True, raw, issued
+        state.permanent = session.is_permanent()
         session.modified = False
 
     def _renewal_due(self, session: TieredSession, now: float) -> bool:
@@ -207,7 +216,11 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         state = session.tc
         if state.user is None and not session.is_permanent():
             return False
-        return state.issued is None or now - state.issued >= self.store.ttl / 2
+        if state.issued is None:
+            return True
+        # Issued in the future beyond any clock skew between hosts: not by us.
+        age = now - state.issued
+        return age >= self.store.ttl / 2 or age < -_CLOCK_SKEW
 
     def _set_cookie(self, app: Flask, session: TieredSession, response: Response) -> None:
         issued = session.tc.issued

@@ -40,6 +40,8 @@ class SessionState:
     """The user given to ``login`` (names the index the id is listed in)."""
     raw: bytes | None = None
     """The stored bytes as loaded or last written."""
+    permanent: bool = False
+    """Whether the stored record is permanent (its cookie was sent with an expiry date)."""
     cookie_due: bool = False
     """The id changed (login, rotate): the cookie must be sent."""
     clear_cookie: bool = False
@@ -103,7 +105,13 @@ class TieredSession(RedisSession):  # type: ignore[misc]
         """Take the data and bookkeeping of a stored record (no change is recorded)."""
         dict.clear(self)
         dict.update(self, record.data)
-        self.tc = SessionState(stored=True, issued=record.issued, user=record.user, raw=record.raw)
+        self.tc = SessionState(
+            stored=True,
+            issued=record.issued,
+            user=record.user,
+            raw=record.raw,
+            permanent=bool(record.data.get(PERMANENT, False)),
+        )
         self._loader = None
         self.modified = False
 

@@ -51,7 +51,6 @@ from typing import Any, Final, TypeVar
 import msgspec
 import redis
 
-from ._log import RateLimitedLog
 from .errors import CacheUnavailable, ConfigurationError
 from .keys import encode_key
 from .redis_tier import UNAVAILABLE, RedisTier, get_reply
@@ -62,6 +61,9 @@ User = str | int
 
 META_KEY: Final = "__tiered_cache__"
 """The reserved key of the stored map that holds the session's bookkeeping."""
+
+_LATEST_ISSUED: Final = 32_503_680_000.0
+"""3000-01-01 in epoch seconds: a later "issued" time was not written by us."""
 
 MIN_SID_BYTES: Final = 16
 MAX_SID_BYTES: Final = 256
@@ -255,10 +257,21 @@ def _record(data: dict[str, Any], raw: bytes) -> Record:
     meta = data.pop(META_KEY, None)
     if not isinstance(meta, dict):  # written by flask-session itself, say
         return Record(data, raw=raw)
-    issued, user = meta.get("t"), meta.get("u")
-    issued = float(issued) if isinstance(issued, int | float) else None
+    user = meta.get("u")
     user = user if isinstance(user, str | int) and not isinstance(user, bool) else None
-    return Record(data, issued, user, raw)
+    return Record(data, _issued(meta.get("t")), user, raw)
+
+
+def _issued(value: object) -> float | None:
+    """The stored "issued" time, if it is one we could have written: a finite number of
+    epoch seconds before the year 3000 (else None, and the cookie is reissued)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        issued = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return issued if 0 <= issued < _LATEST_ISSUED else None
 
 
 # -- Redis --------------------------------------------------------------------------------------
@@ -281,7 +294,7 @@ class SessionStore:
         self.settings = settings
         self.codec = Codec(settings.serialization_format)
         self.retry_after = retry_after
-        self._log = RateLimitedLog()
+        self._log = tier.log  # the cache's: a forked child gets a new lock with it
         self.ttl = settings.lifetime
         # The longest a session can live after the cookie was last issued: the cookie is
         # reissued (and the index renewed) by the first request past half its lifetime,
@@ -337,10 +350,15 @@ class SessionStore:
         key, ttl = self.key(sid), self.ttl
 
         # A key that holds a list, say, is unreadable; READONLY after a failover and the
-        # like are outages (a 503, not a logout).
+        # like are outages (a 503, not a logout), and so is any other error reply (an ACL
+        # without GETEX, say): only the data can make a session unreadable, never silently
+        # empty because of the server.
         raw = self.run("session load", lambda client: get_reply(client, key, ex=ttl))
         if raw is None:
             return None
+        if isinstance(raw, redis.ResponseError) and not str(raw).startswith("WRONGTYPE"):
+            self._log.warning("session-load", "session %s could not be read: %s", key, raw)
+            raise SessionUnavailable(retry_after=self.retry_after) from raw
         try:
             if isinstance(raw, redis.ResponseError):
                 raise Undecodable(str(raw))

@@ -326,6 +326,12 @@ class RedisTier:
         self._failed = threading.local()
         self.errors = 0
 
+    @property
+    def log(self) -> RateLimitedLog:
+        """The rate-limited log of the cache this tier belongs to (renewed in a forked
+        child with the cache)."""
+        return self._log
+
     def run(
         self, what: str, call: Callable[[Client], T], *, fail_open: bool | None = None
     ) -> T | Unavailable:
