@@ -14,6 +14,7 @@ from tests.flask_apps import close_app
 from tests.redis_harness import RedisServer
 from tiered_cache import TieredCache
 from tiered_cache._session_interface import TieredSessionInterface
+from tiered_cache._session_store import MOVED
 from tiered_cache.endpoints import publisher_of
 
 Hook = Callable[[], None]
@@ -178,3 +179,9 @@ def quiet_app(make_app: AppFactory, server: RedisServer, **config: Any) -> Flask
     if publisher is not None:
         publisher.stop(unpublish=False)
     return app
+
+
+def moved(r: Any, session_id: str | None) -> bool:
+    """Whether ``session_id``'s key holds the marker a login or rotation leaves."""
+    value = r.get(f"session:{session_id}")
+    return isinstance(value, bytes) and value.startswith(MOVED)

@@ -24,12 +24,13 @@ from tests.session_apps import (
     interface,
     logged_in,
     made_apps,
+    moved,
     session_app,
     set_hook,
     sid,
 )
 from tiered_cache import TieredCache
-from tiered_cache._session_store import user_tag
+from tiered_cache._session_store import MOVED, user_tag
 
 HANG_GUARD = 1.0  # seconds; the socket timeout is 0.25 s
 QUIET = 0.3  # a thread whose Redis call timed out skips Redis for one socket timeout
@@ -200,6 +201,77 @@ def test_a_session_revoked_in_flight_is_not_written_back(
     admin.close()
 
 
+@pytest.mark.parametrize("action", list(IN_FLIGHT))
+def test_a_session_moved_in_flight_keeps_its_old_id_dead(
+    make_app: AppFactory, redis_server: RedisServer, action: str
+) -> None:
+    """A request that loaded the session before another request of the browser rotated
+    it must not write it back under the old id (which would keep that id alive), nor
+    send a cookie."""
+    app, tc = make_app(redis_server.url)
+    clock = Clock()
+    interface(app).clock = clock
+    entered, release = threading.Event(), threading.Event()
+
+    def hook() -> None:
+        assert session.get("user_id") == "alice"  # loaded before the rotation
+        entered.set()
+        assert release.wait(30)
+        IN_FLIGHT[action](tc)
+
+    set_hook(app, hook)
+    client = logged_in(app, "alice")
+    old = sid(client)
+    assert old is not None
+    if action == "renewed":
+        clock.advance(3600 * 24 * 20)
+    other = app.test_client()  # the same browser, another request
+    other.set_cookie("session", old)
+    responses: list[TestResponse] = []
+    request = threading.Thread(target=lambda: responses.append(client.post("/hook")))
+    request.start()
+    try:
+        assert entered.wait(30)
+        assert "Set-Cookie" in other.post("/rotate").headers
+    finally:
+        release.set()
+        request.join(30)
+    [response] = responses
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    admin = redis_server.client()
+    assert moved(admin, old)  # the old id stays dead
+    assert other.get("/me").text == "alice"  # the new one is alive
+    admin.close()
+
+
+def test_a_request_with_the_cookie_a_login_replaced_sends_no_cookie(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """The race the marker is for: a request sent with the old cookie, answered after the
+    login's response, must not set a cookie of its own (it would log the user out)."""
+    app, _ = make_app(redis_server.url)
+    browser = app.test_client()
+    browser.post("/set/cart/3-pears")
+    old = sid(browser)
+    assert old is not None and browser.post("/login/alice").status_code == 200
+    late = app.test_client()  # the request still carrying the old cookie
+    late.set_cookie("session", old)
+    admin = redis_server.client()
+    before = sorted(admin.keys("session:*"))
+    for answer in (late.post("/set/flash/hello"), late.get("/me")):
+        assert answer.status_code == 200 and "Set-Cookie" not in answer.headers
+    assert late.get("/me").text == "None"  # an empty, inert session
+    assert sorted(admin.keys("session:*")) == before  # nothing stored for it
+    assert browser.get("/me").text == "alice" and browser.get("/get/cart").text == "3-pears"
+    marker = admin.get(f"session:{old}") or b""
+    assert int(marker[len(MOVED) :]) <= time.time() + 31  # inert for 30 s at most
+    admin.set(f"session:{old}", MOVED + b"1000")  # ... and after that, a dead id
+    revived = late.post("/set/flash/hello")
+    assert sid(late) not in (None, old) and late.get("/get/flash").text == "hello"
+    assert "Set-Cookie" in revived.headers
+    admin.close()
+
+
 # -- real processes --------------------------------------------------------------------------
 
 
@@ -256,7 +328,7 @@ def test_sessions_on_a_redis_cluster(make_app: AppFactory, cluster_url: str) -> 
 
     before = sid(anonymous[0])
     anonymous[0].post("/login/alice")  # the old key is in another slot than the new one
-    assert not admin.exists(f"session:{before}")
+    assert moved(admin, before)  # marked moved: its data is gone
     assert anonymous[0].get("/get/n").text == "0"
     alices = [anonymous[0], *(logged_in(app, "alice") for _ in range(2))]
     bob = logged_in(app, "bob")

@@ -24,6 +24,7 @@ from tests.session_apps import (
     interface,
     logged_in,
     made_apps,
+    moved,
     quiet_app,
     set_cookies,
     sid,
@@ -59,7 +60,7 @@ def test_login_rotates_the_id_keeps_the_data_and_kills_the_old_id(
     assert set_cookies(response) and after not in (None, before)
     assert after is not None and after.startswith(user_tag("alice"))
     assert (client.get("/get/cart").text, client.get("/me").text) == ("3-apples", "alice")
-    assert not r.exists(f"session:{before}") and r.exists(f"session:{after}")
+    assert moved(r, before) and r.exists(f"session:{after}")
     assert r.zrange(f"session:{user_tag('alice')}#user:alice", 0, -1) == [after.encode()]
 
     attacker = app.test_client()  # holds the id from before the login (fixation)
@@ -77,7 +78,7 @@ def test_login_again_and_as_someone_else(make_app: AppFactory, r: redis.Redis) -
     first = sid(client)
     client.post("/login/alice")
     second = sid(client)
-    assert second != first and not r.exists(f"session:{first}")
+    assert second != first and moved(r, first)
     client.post("/login/bob")
     assert client.get("/me").text == "bob"
     with app.app_context():
@@ -92,7 +93,7 @@ def test_rotate_keeps_data_and_user(make_app: AppFactory, r: redis.Redis) -> Non
     old = sid(client)
     response = client.post("/rotate")
     new = sid(client)
-    assert set_cookies(response) and new != old and not r.exists(f"session:{old}")
+    assert set_cookies(response) and new != old and moved(r, old)
     assert (client.get("/me").text, client.get("/get/theme").text) == ("alice", "dark")
     with app.app_context():
         assert tc.sessions.revoke_user("alice") == 1  # the new id is in the index
@@ -106,7 +107,7 @@ def test_rotate_an_anonymous_session_and_a_new_one(make_app: AppFactory, r: redi
     client.post("/set/a/1")
     old = sid(client)
     client.post("/rotate")
-    assert sid(client) != old and not r.exists(f"session:{old}")
+    assert sid(client) != old and moved(r, old)
     assert client.get("/get/a").text == "1"
 
 

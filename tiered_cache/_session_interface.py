@@ -122,7 +122,10 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
 
     def _load(self, session: TieredSession) -> None:
         record = self.store.load(session.sid)
-        if record is None:
+        if isinstance(record, bytes):  # MOVED: this browser has logged in or rotated
+            session.reset(self.store.new_sid(), permanent=self.permanent)
+            session.tc.inert = True
+        elif record is None:
             # Never adopt an id we do not hold (session fixation): start a new one. The
             # cookie is left alone: a login or rotation in a concurrent request of the
             # same browser may have just moved the session, and deleting the cookie here
@@ -154,6 +157,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
     def _save(self, session: TieredSession) -> None:
         """The Redis side of saving; sets ``cookie_due`` / ``clear_cookie``."""
         state = session.tc
+        if state.inert:
+            return  # the browser's new cookie must win: nothing stored, nothing sent
         if not session.has_data():
             if state.stored and session.modified:  # emptied: flask-session deletes it
                 self.store.delete(session.sid, state.user)
@@ -313,7 +318,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
 
     def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
         record = self.store.load(self._sid_of(store_id))
-        return None if record is None else record.data
+        return record.data if isinstance(record, Record) else None
 
     def _delete_session(self, store_id: str) -> None:
         self.store.delete(self._sid_of(store_id), None)

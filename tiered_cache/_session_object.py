@@ -46,6 +46,10 @@ class SessionState:
     """The id changed (login, rotate): the cookie must be sent."""
     clear_cookie: bool = False
     """The client's cookie names no live session (logged out, revoked, expired, bogus)."""
+    inert: bool = False
+    """The cookie's session was just moved to a new id by a login or rotation in another
+    request of the same browser: this request's session is empty, never stored, and
+    sends no cookie (which would replace the new one)."""
     failure: SessionUnavailable | None = None
     """Redis failed while loading: every later use fails the same way."""
 

@@ -44,6 +44,7 @@ import hashlib
 import math
 import re
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, Final, TypeVar
@@ -61,6 +62,14 @@ User = str | int
 
 META_KEY: Final = "__tiered_cache__"
 """The reserved key of the stored map that holds the session's bookkeeping."""
+
+MOVED: Final = b"\x00tiered_cache: moved to a new id until "
+"""How what a login or rotation leaves under the old id begins (bytes no session encodes
+to), followed by the epoch second until which it holds; :meth:`SessionStore.load` returns
+it for a session moved that recently."""
+MOVED_TTL: Final = 30
+"""Seconds the marker holds: longer than any request that still carries the old cookie.
+(A load slides the key's TTL like any session's, so the time is in the value.)"""
 
 _LATEST_ISSUED: Final = 32_503_680_000.0
 """3000-01-01 in epoch seconds: a later "issued" time was not written by us."""
@@ -262,6 +271,17 @@ def _record(data: dict[str, Any], raw: bytes) -> Record:
     return Record(data, _issued(meta.get("t")), user, raw)
 
 
+def _moved_marker(now: float) -> bytes:
+    """The marker a login or rotation at ``now`` leaves under the old id."""
+    return MOVED + str(int(now) + MOVED_TTL).encode()
+
+
+def _moved_until(raw: bytes) -> int:
+    """The epoch second until which a marker holds (0 if it is garbled)."""
+    digits = raw[len(MOVED) :]
+    return int(digits) if digits.isdigit() and len(digits) < 20 else 0
+
+
 def _issued(value: object) -> float | None:
     """The stored "issued" time, if it is one we could have written: a finite number of
     epoch seconds before the year 3000 (else None, and the cookie is reissued)."""
@@ -340,10 +360,11 @@ class SessionStore:
             raise SessionUnavailable(retry_after=self.retry_after)
         return result
 
-    def load(self, sid: str) -> Record | None:
+    def load(self, sid: str) -> Record | bytes | None:
         """Read session ``sid`` and slide its TTL, in one ``GETEX``.
 
-        :returns: its record, or None when it does not exist or is not a session of ours
+        :returns: its record; :data:`MOVED` when a login or rotation has just moved it
+            to a new id; or None when it does not exist or is not a session of ours
             (logged as a warning: foreign, truncated or tampered bytes).
         :raises SessionUnavailable: on an outage.
         """
@@ -356,6 +377,9 @@ class SessionStore:
         raw = self.run("session load", lambda client: get_reply(client, key, ex=ttl))
         if raw is None:
             return None
+        if isinstance(raw, bytes) and raw.startswith(MOVED):
+            # Moved recently: an inert session; long ago: a dead id, like any other.
+            return MOVED if _moved_until(raw) > time.time() else None
         if isinstance(raw, redis.ResponseError) and not str(raw).startswith("WRONGTYPE"):
             self._log.warning("session-load", "session %s could not be read: %s", key, raw)
             raise SessionUnavailable(retry_after=self.retry_after) from raw
@@ -379,13 +403,15 @@ class SessionStore:
         return raw if written else None
 
     def update(self, sid: str, record: Record) -> bytes | None:
-        """Rewrite an existing session (``SET XX``): a revoked one is never brought back.
+        """Rewrite an existing session: one revoked, or moved to a new id by a login or
+        rotation, is never brought back (one script call: ``SET XX`` and the marker check).
 
         :returns: the stored bytes, or None when the session is gone.
         """
-        raw, key = self.codec.encode(record), self.key(sid)
-        written = self.run("session save", lambda c: c.set(key, raw, xx=True, ex=self.ttl))
-        return raw if written else None
+        raw, keys = self.codec.encode(record), [self.key(sid)]
+        args = [raw, self.ttl, b"", "", sid, 0, self.index_ttl, MOVED]
+        written = self.run("session save", lambda c: self._store(keys, args, client=c))
+        return raw if written == 1 else None
 
     def renew(self, sid: str, record: Record, *, loaded: bytes | None, now: float) -> bytes | bool:
         """Rewrite a session with a new cookie time, renewing its index entry.
@@ -400,7 +426,7 @@ class SessionStore:
         if record.user is not None:
             keys.append(self.index(record.user))
             score = str(int(now) + self.index_ttl)
-        args = [raw, self.ttl, loaded or b"", score, sid, int(now), self.index_ttl]
+        args = [raw, self.ttl, loaded or b"", score, sid, int(now), self.index_ttl, MOVED]
         done = self.run("session renew", lambda c: self._store(keys, args, client=c))
         return raw if done == 1 else done == -1
 
@@ -420,17 +446,20 @@ class SessionStore:
             score = str(int(now) + self.index_ttl)
         old_key = None if old is None else self.key(old)
         if old_key is not None and self._cluster and not self._same_slot(old_key, new_key):
-            # Another slot: delete it first, on its own; a failure after this is a 503
+            # Another slot: mark it moved first, on its own; a failure after this is a 503
             # with the old id already dead, never a fixation window.
-            existed = self.run("session rotate", lambda c: c.delete(old_key))
-            if not existed and keep_only_if_alive:
+            held = self.run(
+                "session rotate",
+                lambda c: c.set(old_key, _moved_marker(now), ex=MOVED_TTL, xx=True, get=True),
+            )
+            if (held is None or held.startswith(MOVED)) and keep_only_if_alive:
                 return None
             old_key, keep_only_if_alive = None, False
         if old_key is not None:
             keys.append(old_key)
         args = [raw, self.ttl, new, old or "", score, int(now)]
         args += ["0" if old_key is None else "1", "1" if keep_only_if_alive else "0"]
-        args.append(self.index_ttl)
+        args += [self.index_ttl, MOVED, _moved_marker(now), MOVED_TTL]
         done = self.run("session rotate", lambda c: self._rotate(keys, args, client=c))
         return raw if done == 1 else None
 
@@ -452,7 +481,7 @@ class SessionStore:
 
     def revoke(self, user: User) -> int:
         """Destroy every session of ``user`` in one script call; how many there were."""
-        keys, args = [self.index(user)], [self.settings.key_prefix]
+        keys, args = [self.index(user)], [self.settings.key_prefix, MOVED]
         return int(self.run("session revoke", lambda c: self._revoke(keys, args, client=c)))
 
     def _same_slot(self, a: str, b: str) -> bool:

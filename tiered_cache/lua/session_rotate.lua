@@ -1,10 +1,13 @@
--- Move a session to a new id (login, rotate): write it under the new key, delete the old
--- key in the same step, and record the new id in the user's index.
+-- Move a session to a new id (login, rotate): write it under the new key, leave a
+-- short-lived "moved" marker under the old key in the same step (a request of the same
+-- browser still carrying the old cookie then gets an inert empty session, not a new
+-- session whose cookie could replace the new one), and record the new id in the user's
+-- index.
 --
 -- KEYS[1]  the new session key (written with NX: a fresh random id)
 -- KEYS[2]  the user's index (sorted set of session ids), when ARGV[5] ~= ''
 -- KEYS[#]  the old session key, last, when ARGV[7] == '1' (on a Redis Cluster the caller
---          deletes an old key of another slot itself, before this script runs)
+--          marks an old key of another slot itself, before this script runs)
 --
 -- ARGV[1]  the encoded session
 -- ARGV[2]  the session TTL (seconds)
@@ -17,19 +20,31 @@
 -- ARGV[8]  '1' when the old session must still exist: rotating a stored session that was
 --          revoked meanwhile must not bring it back
 -- ARGV[9]  the index TTL (seconds): the index outlives every session it lists
+-- ARGV[10] how the "moved" marker begins (bytes no session can begin with)
+-- ARGV[11] the marker to leave under the old id (ARGV[10], then until when it holds)
+-- ARGV[12] the marker's TTL (seconds)
 --
--- Returns 1 when the session was written, 0 when the old session was gone (nothing
--- written), -1 when the new id was taken (nothing written).
+-- Returns 1 when the session was written, 0 when the old session was gone or already
+-- moved (nothing written), -1 when the new id was taken (nothing written).
 
 local has_index = ARGV[5] ~= ''
+local old = nil
 if ARGV[7] == '1' then
-    local existed = redis.call('DEL', KEYS[#KEYS])
-    if existed == 0 and ARGV[8] == '1' then
+    old = KEYS[#KEYS]
+    local kind = redis.call('TYPE', old)['ok']
+    local alive = kind ~= 'none'
+    if kind == 'string' then
+        alive = string.sub(redis.call('GET', old), 1, #ARGV[10]) ~= ARGV[10]
+    end
+    if not alive and ARGV[8] == '1' then
         return 0
     end
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
     return -1
+end
+if old then
+    redis.call('SET', old, ARGV[11], 'EX', ARGV[12])
 end
 if has_index then
     local index = KEYS[2]

@@ -1,5 +1,6 @@
--- Rewrite an existing session and renew its entry in the user's index: the write of a
--- session whose cookie is reissued (past half of its lifetime).
+-- Rewrite an existing session, and renew its entry in the user's index when given: every
+-- write of a changed session, and of one whose cookie is reissued (past half of its
+-- lifetime).
 --
 -- KEYS[1]  the session key
 -- KEYS[2]  the user's index (sorted set of session ids), when ARGV[4] ~= ''
@@ -13,22 +14,28 @@
 -- ARGV[5]  the session id (the index member)
 -- ARGV[6]  now (epoch seconds): index entries scored before it are pruned
 -- ARGV[7]  the index TTL (seconds)
+-- ARGV[8]  how the "moved" marker a login or rotation leaves under the old id begins
 --
--- Returns 1 when written, 0 when the session is gone (revoked, logged out, expired: it is
--- never brought back), -1 when a renewal found it changed by another request meanwhile.
+-- Returns 1 when written, 0 when the session is gone (revoked, logged out, expired, or
+-- moved to a new id: it is never brought back), -1 when a renewal found it changed by
+-- another request meanwhile.
 
-if ARGV[3] ~= '' then
-    local current = redis.call('GET', KEYS[1])
-    if not current then
-        return 0
-    end
-    if current ~= ARGV[3] then
-        return -1
-    end
-end
-if not redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EX', ARGV[2]) then
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
     return 0
 end
+if kind == 'string' then
+    local current = redis.call('GET', KEYS[1])
+    if string.sub(current, 1, #ARGV[8]) == ARGV[8] then
+        return 0
+    end
+    if ARGV[3] ~= '' and current ~= ARGV[3] then
+        return -1
+    end
+elseif ARGV[3] ~= '' then
+    return -1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EX', ARGV[2])
 if ARGV[4] ~= '' then
     local index = KEYS[2]
     redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. ARGV[6])
