@@ -11,13 +11,14 @@ What it changes in flask-session 0.8's ``RedisSessionInterface``, and why:
 - The session loads lazily (see :mod:`tiered_cache._session_object`), and its bytes are
   never unpickled (flask-session falls back to ``pickle.loads``).
 - Saving: an unmodified session is not rewritten (its load's ``GETEX`` slid the TTL);
-  an existing one is written with ``SET XX`` and a new one with ``SET NX``, so a session
-  revoked while a request was using it is never written back.
-- The cookie is sent when the session is new, its id changed, or half of the cookie's
-  lifetime has passed (then the stored "issued" time is renewed too); so most responses
-  to a logged-in user carry no ``Set-Cookie``. ``SESSION_REFRESH_EACH_REQUEST`` is not
-  used: the TTL slides on every use without it, and resending the cookie on every
-  response would make every page uncacheable.
+  an existing one is written with ``SET XX`` (in the store script, which also refuses
+  an id a login or rotation moved) and a new one with ``SET NX``, so a session revoked
+  or moved while a request was using it is never written back.
+- The cookie is sent when the session is new, its id changed, its permanence changed,
+  or half of the cookie's lifetime has passed (then the stored "issued" time is renewed
+  too); so most responses to a logged-in user carry no ``Set-Cookie``.
+  ``SESSION_REFRESH_EACH_REQUEST`` is not used: the TTL slides on every use without it,
+  and resending the cookie on every response would make every page uncacheable.
 - The cookie is deleted only by the request that destroyed its session (logout, an
   emptied session) or for a value we could never have issued; not because its session
   was gone, which a concurrent login or rotation of the same browser also causes.

@@ -18,9 +18,11 @@ What a request can rely on:
   breaker is open); never a 500, a hang, or a silently empty session. A write that fails
   when the response is saved turns that response into the same 503.
 - An unmodified session is never rewritten; a changed one is written with ``SET XX`` (a
-  session revoked meanwhile stays dead), a new one with ``SET NX``.
-- ``Set-Cookie`` only when the session is new, its id changed, or half of the cookie's
-  lifetime has passed; deleted on logout and when the cookie names a dead session.
+  session revoked or moved meanwhile stays dead), a new one with ``SET NX``.
+- ``Set-Cookie`` only when the session is new, its id changed, it became permanent or
+  stopped being so, or half of the cookie's lifetime has passed; deleted by the request
+  that ended the session (logout, emptied) and when it holds a value never issued, but
+  not when it names a dead session (a concurrent login may have just moved it).
 - Bytes in Redis are decoded by msgspec, never by pickle; anything else is an empty
   session and a warning.
 - Nothing of a session is held in L1: a revoked session is dead on its next request.
