@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 from flask import Flask, session
+from flask.testing import FlaskClient
 from redis.cluster import RedisCluster
 from werkzeug.test import TestResponse
 
@@ -162,17 +163,17 @@ IN_FLIGHT: dict[str, Callable[[TieredCache], None]] = {
 }
 
 
-@pytest.mark.parametrize("action", list(IN_FLIGHT))
-def test_a_session_revoked_in_flight_is_not_written_back(
-    make_app: AppFactory, redis_server: RedisServer, action: str
-) -> None:
-    app, tc = make_app(redis_server.url)
+def in_flight(
+    app: Flask, tc: TieredCache, action: str, meanwhile: Callable[[FlaskClient], None]
+) -> tuple[FlaskClient, TestResponse]:
+    """Alice's ``/hook`` request loads her session, waits while ``meanwhile(alice)`` runs,
+    then does ``action`` and ends; its client and response."""
     clock = Clock()
     interface(app).clock = clock
     entered, release = threading.Event(), threading.Event()
 
     def hook() -> None:
-        assert session.get("user_id") == "alice"  # loaded before the revocation
+        assert session.get("user_id") == "alice"  # loaded before what happens meanwhile
         entered.set()
         assert release.wait(30)
         IN_FLIGHT[action](tc)
@@ -186,12 +187,25 @@ def test_a_session_revoked_in_flight_is_not_written_back(
     request.start()
     try:
         assert entered.wait(30)
-        assert run_in_processes(revoke_in_another_process, [(redis_server.url, "alice")]) == [1]
+        meanwhile(client)
     finally:
         release.set()
         request.join(30)
     [response] = responses
     assert response.status_code == 200
+    return client, response
+
+
+@pytest.mark.parametrize("action", list(IN_FLIGHT))
+def test_a_session_revoked_in_flight_is_not_written_back(
+    make_app: AppFactory, redis_server: RedisServer, action: str
+) -> None:
+    app, tc = make_app(redis_server.url)
+
+    def revoke(_: FlaskClient) -> None:
+        assert run_in_processes(revoke_in_another_process, [(redis_server.url, "alice")]) == [1]
+
+    client, response = in_flight(app, tc, action, revoke)
     admin = redis_server.client()
     assert [k for k in admin.keys("session:*")] == []  # nothing brought back, nothing new
     # No cookie either: not renewed, and not deleted (the session may have moved under
@@ -209,37 +223,16 @@ def test_a_session_moved_in_flight_keeps_its_old_id_dead(
     it must not write it back under the old id (which would keep that id alive), nor
     send a cookie."""
     app, tc = make_app(redis_server.url)
-    clock = Clock()
-    interface(app).clock = clock
-    entered, release = threading.Event(), threading.Event()
-
-    def hook() -> None:
-        assert session.get("user_id") == "alice"  # loaded before the rotation
-        entered.set()
-        assert release.wait(30)
-        IN_FLIGHT[action](tc)
-
-    set_hook(app, hook)
-    client = logged_in(app, "alice")
-    old = sid(client)
-    assert old is not None
-    if action == "renewed":
-        clock.advance(3600 * 24 * 20)
     other = app.test_client()  # the same browser, another request
-    other.set_cookie("session", old)
-    responses: list[TestResponse] = []
-    request = threading.Thread(target=lambda: responses.append(client.post("/hook")))
-    request.start()
-    try:
-        assert entered.wait(30)
+
+    def rotate(alice: FlaskClient) -> None:
+        other.set_cookie("session", sid(alice) or "")
         assert "Set-Cookie" in other.post("/rotate").headers
-    finally:
-        release.set()
-        request.join(30)
-    [response] = responses
-    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+
+    client, response = in_flight(app, tc, action, rotate)
+    assert "Set-Cookie" not in response.headers
     admin = redis_server.client()
-    assert moved(admin, old)  # the old id stays dead
+    assert moved(admin, sid(client))  # the old id stays dead
     assert other.get("/me").text == "alice"  # the new one is alive
     admin.close()
 
