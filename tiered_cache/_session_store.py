@@ -271,9 +271,10 @@ def _record(data: dict[str, Any], raw: bytes) -> Record:
     return Record(data, _issued(meta.get("t")), user, raw)
 
 
-def _moved_marker(now: float) -> bytes:
-    """The marker a login or rotation at ``now`` leaves under the old id."""
-    return MOVED + str(int(now) + MOVED_TTL).encode()
+def _moved_marker() -> bytes:
+    """The marker a login or rotation leaves under the old id now (by the real clock,
+    which :meth:`SessionStore.load` compares it with)."""
+    return MOVED + str(int(time.time()) + MOVED_TTL).encode()
 
 
 def _moved_until(raw: bytes) -> int:
@@ -433,7 +434,8 @@ class SessionStore:
     def rotate(
         self, old: str | None, new: str, record: Record, *, keep_only_if_alive: bool, now: float
     ) -> bytes | None:
-        """Write ``record`` under ``new`` and delete ``old`` in the same step.
+        """Write ``record`` under ``new`` and mark ``old`` moved (:data:`MOVED`) in the
+        same step.
 
         :param old: the id to retire (None: the session was never stored).
         :param keep_only_if_alive: write nothing when ``old`` no longer exists.
@@ -450,7 +452,7 @@ class SessionStore:
             # with the old id already dead, never a fixation window.
             held = self.run(
                 "session rotate",
-                lambda c: c.set(old_key, _moved_marker(now), ex=MOVED_TTL, xx=True, get=True),
+                lambda c: c.set(old_key, _moved_marker(), ex=MOVED_TTL, xx=True, get=True),
             )
             if (held is None or held.startswith(MOVED)) and keep_only_if_alive:
                 return None
@@ -459,7 +461,7 @@ class SessionStore:
             keys.append(old_key)
         args = [raw, self.ttl, new, old or "", score, int(now)]
         args += ["0" if old_key is None else "1", "1" if keep_only_if_alive else "0"]
-        args += [self.index_ttl, MOVED, _moved_marker(now), MOVED_TTL]
+        args += [self.index_ttl, MOVED, _moved_marker(), MOVED_TTL]
         done = self.run("session rotate", lambda c: self._rotate(keys, args, client=c))
         return raw if done == 1 else None
 
