@@ -224,6 +224,23 @@ def test_signed_ids(make_app: AppFactory) -> None:
     assert forged.get("/me").text == "None"
 
 
+def test_signed_ids_survive_a_secret_key_rotation(make_app: AppFactory) -> None:
+    """Flask 3.1's SECRET_KEY_FALLBACKS: cookies signed with the old key still verify,
+    new ones are signed with the new key."""
+    app, _ = make_app(SESSION_USE_SIGNER=True)
+    client = logged_in(app, "alice")
+    old_key = app.secret_key
+    app.secret_key = app.config["SECRET_KEY"] = "rotated " + str(old_key)
+    unverified = app.test_client()
+    unverified.set_cookie("session", sid(client) or "")
+    assert unverified.get("/me").text == "None"  # without the fallback: not ours
+    app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+    assert client.get("/me").text == "alice"
+    bob = logged_in(app, "bob")
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    assert bob.get("/me").text == "bob"  # signed with the new key
+
+
 def test_session_transaction_in_the_test_client(make_app: AppFactory) -> None:
     app, _ = make_app()
     client = app.test_client()

@@ -36,7 +36,7 @@ from flask_session.base import (  # type: ignore[import-untyped]
     ServerSideSessionInterface,
 )
 from flask_session.redis.redis import RedisSessionInterface  # type: ignore[import-untyped]
-from itsdangerous import BadSignature
+from itsdangerous import BadSignature, Signer
 
 from ._page_keys import USER_KEY
 from ._session_object import TieredSession
@@ -111,6 +111,15 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             session.tc.clear_cookie = bool(value)
             return session
         return TieredSession(sid, loader=self._load)
+
+    def _get_signer(self, app: Flask) -> Signer:
+        """flask-session's signer, verifying with ``SECRET_KEY_FALLBACKS`` too (Flask
+        3.1's key rotation, as Flask's own cookie session does): signs with
+        ``SECRET_KEY``."""
+        if not app.secret_key:
+            raise KeyError("SECRET_KEY must be set when SESSION_USE_SIGNER=True")
+        keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or ()), app.secret_key]
+        return Signer(keys, salt="flask-session", key_derivation="hmac")
 
     def _cookie_sid(self, app: Flask, value: str) -> str | None:
         """The id in a cookie, when it is one we could have issued."""
