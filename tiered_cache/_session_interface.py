@@ -177,7 +177,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         now = self.clock()
         # A session made permanent ("remember me") or not any more needs its cookie sent
         # again, with an expiry date or without one.
-        moved = session.is_permanent() != state.permanent
+        permanence_changed = session.is_permanent() != state.permanent
         if not state.stored:
             self._written(session, self.store.create(session.sid, session.record(now)), now)
             state.cookie_due = state.stored
@@ -186,8 +186,9 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         elif session.modified:
             raw = self.store.update(session.sid, session.record(state.issued))
             self._written(session, raw, state.issued)
-        state = session.tc  # written: it holds the permanence now
-        state.cookie_due = state.cookie_due or (moved and state.permanent == session.is_permanent())
+        state = session.tc  # a write recorded the permanence it stored
+        written = state.permanent == session.is_permanent()
+        state.cookie_due = state.cookie_due or (permanence_changed and written)
 
     def _renew(self, session: TieredSession, now: float) -> None:
         """Renew the stored "issued" time and the cookie (and write what changed).
