@@ -297,6 +297,10 @@ def test_cost_above_a_limits_amount_is_never_admitted(
             90,
         ]
     )
+    # Two limits too small: both ways name the smallest.
+    both = [limiter.hit("10/minute;5/second", "j", cost=11)]
+    both.append(limiter.status("10/minute;5/second", "j", cost=11))
+    assert [str(d.refused_by) for d in both] == ["5/second", "5/second"]
     message = str(RateLimitExceeded("10/minute", never.retry_after))
     assert "never" in message and "inf" not in message
 

@@ -305,25 +305,29 @@ def _make_plan(limits: tuple[Limit, ...], strategy: str) -> _Plan:
 def _decision(plan: _Plan, reply: Sequence[int], cost: int) -> Decision:
     """A :class:`Decision` from a script's reply (see ``scripts/_driver.lua``).
 
-    A limit whose amount is less than ``cost`` can never admit the request: the scripts
-    refuse it (their wait for it is a placeholder), and its wait is infinite here.
+    A cost above the smallest limit's amount can never be admitted: the scripts refuse
+    it (their wait for it is a placeholder), and here it is refused by that limit, with
+    an infinite wait, as :meth:`RateLimiter.hit` refuses it without asking.
     """
     admitted, retry_us, now_us = (int(n) for n in reply[:3])
     now = now_us / 1e6
     states = []
     refused_by = None
-    longest = 0.0
+    longest = 0
     for i, limit in enumerate(plan.limits):
         remaining, reset_us, wait_us = (int(n) for n in reply[3 + 3 * i : 6 + 3 * i])
         states.append(LimitState(limit, remaining, reset_us / 1e6, now + reset_us / 1e6))
-        wait = math.inf if cost > limit.amount else wait_us / 1e6
-        if wait > longest:
-            refused_by, longest = limit, wait
-    if admitted:
-        return Decision(admitted=True, states=tuple(states))
-    retry_after = longest if math.isinf(longest) else retry_us / 1e6
+        if wait_us > longest:
+            refused_by, longest = limit, wait_us
+    if cost > plan.smallest.amount:
+        return Decision(
+            admitted=False, states=tuple(states), retry_after=math.inf, refused_by=plan.smallest
+        )
     return Decision(
-        admitted=False, states=tuple(states), retry_after=retry_after, refused_by=refused_by
+        admitted=bool(admitted),
+        states=tuple(states),
+        retry_after=0.0 if admitted else retry_us / 1e6,
+        refused_by=None if admitted else refused_by,
     )
 
 
