@@ -409,9 +409,8 @@ class SessionStore:
 
         :returns: the stored bytes, or None when the session is gone.
         """
-        raw, keys = self.codec.encode(record), [self.key(sid)]
-        args = [raw, self.ttl, b"", "", sid, 0, self.index_ttl, MOVED]
-        written = self.run("session save", lambda c: self._store(keys, args, client=c))
+        raw = self.codec.encode(record)
+        written = self._rewrite("session save", sid, raw, loaded=None, user=None, now=0)
         return raw if written == 1 else None
 
     def renew(self, sid: str, record: Record, *, loaded: bytes | None, now: float) -> bytes | bool:
@@ -423,13 +422,27 @@ class SessionStore:
             logged out, expired), True when another request changed it meanwhile.
         """
         raw = self.codec.encode(record)
+        done = self._rewrite("session renew", sid, raw, loaded=loaded, user=record.user, now=now)
+        return raw if done == 1 else done == -1
+
+    def _rewrite(
+        self,
+        what: str,
+        sid: str,
+        raw: bytes,
+        *,
+        loaded: bytes | None,
+        user: User | None,
+        now: float,
+    ) -> int:
+        """One call of ``lua/session_store.lua``, renewing ``user``'s index entry when
+        given: 1 written, 0 gone or moved, -1 changed since ``loaded`` (when given)."""
         keys, score = [self.key(sid)], ""
-        if record.user is not None:
-            keys.append(self.index(record.user))
+        if user is not None:
+            keys.append(self.index(user))
             score = str(int(now) + self.index_ttl)
         args = [raw, self.ttl, loaded or b"", score, sid, int(now), self.index_ttl, MOVED]
-        done = self.run("session renew", lambda c: self._store(keys, args, client=c))
-        return raw if done == 1 else done == -1
+        return int(self.run(what, lambda c: self._store(keys, args, client=c)))
 
     def rotate(
         self, old: str | None, new: str, record: Record, *, keep_only_if_alive: bool, now: float
