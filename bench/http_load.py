@@ -21,7 +21,7 @@ connections) stands in, and the output says so: its figures are lower and GIL-bo
 the ratios still compare like with like.
 
 On a machine with two cores or more, gunicorn (master and workers) is pinned to the last
-core (``taskset``) and the load generator runs on the others: a load generator that
+core (``taskset``) and the load generator is pinned to the others: a load generator that
 steals the server's CPU makes every variant look alike. The server's core is then the
 bottleneck, so requests/s measure what each variant costs per request. Absolute figures
 are this machine's; the ratios are the point.
@@ -91,10 +91,26 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"  # not the example app's
 CORES = os.cpu_count() or 1
 PIN = shutil.which("taskset") is not None and CORES >= 2
+SERVER_CORE = CORES - 1
+LOAD_CORES = range(CORES - 1)
+"""Where the load generator runs when gunicorn is pinned: every core but the server's."""
 
 
-def _pinned(command: list[str], core: int) -> list[str]:
-    return ["taskset", "-c", str(core), *command] if PIN else command
+def _cores(cores: range) -> str:
+    """``cores`` as taskset's list: ``0`` or ``0-2``."""
+    return str(cores[0]) if len(cores) == 1 else f"{cores[0]}-{cores[-1]}"
+
+
+def _pinned(command: list[str], cores: range) -> list[str]:
+    return ["taskset", "-c", _cores(cores), *command] if PIN else command
+
+
+PINNING = (
+    f"gunicorn pinned to core {SERVER_CORE}, the load to {_cores(LOAD_CORES)}"
+    if PIN
+    else "no CPU pinning"
+)
+"""Where the servers and the load generator run, as the output says it."""
 
 
 PASSES = (
@@ -113,11 +129,8 @@ def run(ctx: Context) -> Section:
     section.note(
         f"load: {'wrk' if load is wrk_load else 'Python threads (wrk not installed)'}, "
         f"{CONNECTIONS} connections, {duration:g} s a run, median of {repeats}; "
-        + (
-            f"gunicorn pinned to core {CORES - 1} (the last pass: not pinned)"
-            if PIN
-            else "no CPU pinning"
-        )
+        + PINNING
+        + (" (the last pass: neither pinned)" if PIN else "")
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
     same_bytes: set[bytes] = set()
@@ -135,9 +148,10 @@ def run(ctx: Context) -> Section:
                 )
                 with server:
                     x_cache[variant], bodies[variant] = server.warm()
-                    load(server.port, WARM_UP)  # a fresh worker is slower for a second or two
+                    # A fresh worker is slower for a second or two.
+                    load(server.port, WARM_UP, pinned=one.pinned)
                     cpu = server.cpu_seconds()
-                    figures = load(server.port, duration)
+                    figures = load(server.port, duration, pinned=one.pinned)
                     cpu = server.cpu_seconds() - cpu
                     figures["cpu_us"] = cpu / max(1.0, figures["requests"]) * 1e6
                     runs[variant].append(figures)
@@ -265,7 +279,7 @@ class Gunicorn:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Gunicorn:
-        command = _pinned(self._command, CORES - 1) if self._pin else self._command
+        command = _pinned(self._command, range(SERVER_CORE, CORES)) if self._pin else self._command
         self._process = subprocess.Popen(command, env=self._env, cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -343,14 +357,22 @@ def get_page(
         connection.close()
 
 
-def wrk_load(port: int, duration: float, path: str = "/item") -> dict[str, float]:
-    command = [
-        "wrk",
-        "-t2",
-        f"-c{CONNECTIONS}",
-        f"-d{duration:g}s",
-        f"http://127.0.0.1:{port}{path}",
-    ]
+def wrk_load(
+    port: int, duration: float, path: str = "/item", *, pinned: bool = True
+) -> dict[str, float]:
+    """``wrk`` for ``duration`` seconds; ``pinned``: on :data:`LOAD_CORES`, a thread each.
+
+    Pinned only when gunicorn is: a load generator left free shares the server's core
+    whenever the scheduler puts one of its threads there, and then measures the
+    scheduler rather than the server (its requests/s drift between variants by more
+    than the variants differ).
+    """
+    pin = pinned and PIN
+    threads = min(len(LOAD_CORES), 2) if pin else 2
+    command = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{duration:g}s"]
+    command.append(f"http://127.0.0.1:{port}{path}")
+    if pin:
+        command = _pinned(command, LOAD_CORES)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
@@ -363,13 +385,20 @@ def wrk_load(port: int, duration: float, path: str = "/item") -> dict[str, float
     return {"rps": rps, "errors": errors, "requests": requests}
 
 
-def python_load(port: int, duration: float, path: str = "/item") -> dict[str, float]:
-    """Keep-alive GETs from CONNECTIONS threads for ``duration`` seconds."""
+def python_load(
+    port: int, duration: float, path: str = "/item", *, pinned: bool = True
+) -> dict[str, float]:
+    """Keep-alive GETs from CONNECTIONS threads for ``duration`` seconds.
+
+    ``pinned``: each thread runs on :data:`LOAD_CORES` only (see :func:`wrk_load`).
+    """
     counts = [0] * CONNECTIONS
     errors = [0] * CONNECTIONS
     deadline = time.monotonic() + duration
 
     def client(index: int) -> None:
+        if pinned and PIN:
+            os.sched_setaffinity(0, LOAD_CORES)  # this thread's, on Linux
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         while time.monotonic() < deadline:
             try:

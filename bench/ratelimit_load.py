@@ -27,7 +27,14 @@ import redis
 
 from ._report import Section
 from ._setup import Context
-from .http_load import CONNECTIONS, CORES, PIN, Gunicorn, get_page, python_load, wrk_load
+from .http_load import (
+    CONNECTIONS,
+    PINNING,
+    Gunicorn,
+    get_page,
+    python_load,
+    wrk_load,
+)
 from .ratelimit_app import LIMIT, PATH, VARIANTS
 
 NAME = "ratelimit"
@@ -51,8 +58,7 @@ def run(ctx: Context) -> Section:
         f"limit {LIMIT!r} (every request admitted); load: "
         f"{'wrk' if load is wrk_load else 'Python threads (wrk not installed)'}, "
         f"{CONNECTIONS} connections, {duration:g} s a run after {warm_up:g} s discarded, "
-        f"median of {repeats}; "
-        + (f"gunicorn pinned to core {CORES - 1}, load to core 0" if PIN else "no CPU pinning")
+        f"median of {repeats}; " + PINNING
     )
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     counts: dict[str, dict[str, Any]] = {}
