@@ -232,14 +232,19 @@ def _cost_targets(section: Section, tag: str, figures: dict[str, dict[str, Any]]
     """The targets that compare what variants cost per request: (b)/(a), (b)/(d), (c)/(f).
 
     Each is the median of the pair's ratios within a repetition (the two were served one
-    right after the other); the ratios of the two variants' medians follow in a note.
+    right after the other); every pair's ratio, and the ratios of the two variants'
+    medians, follow in notes, so that a run too noisy to judge by says so.
     """
-    of_medians = []
+    of_medians, each_pair = [], []
     for short, label, top, bottom, threshold in _PAIRS:
         pairs = zip(figures[top]["runs"], figures[bottom]["runs"], strict=True)
-        paired = statistics.median(a / b for a, b in pairs)
-        section.target(f"{tag} {label}, paired runs", paired, threshold, at_least=True)
+        ratios = [a / b for a, b in pairs]
+        section.target(
+            f"{tag} {label}, paired runs", statistics.median(ratios), threshold, at_least=True
+        )
+        each_pair.append(f"{short} {' / '.join(f'{r:.2f}' for r in ratios)}")
         of_medians.append(f"{short} {figures[top]['rps'] / figures[bottom]['rps']:.3f}")
+    section.note(f"{tag} every pair's ratio, run by run: {'; '.join(each_pair)}")
     section.note(f"{tag} the same ratios of the variants' medians: {', '.join(of_medians)}")
     cpu = {variant: f["cpu_us"] for variant, f in figures.items()}
     section.note(
