@@ -6,6 +6,7 @@ after the race's other side has happened; nothing about Redis is simulated.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -108,3 +109,38 @@ def test_a_write_raced_by_another_process_leaves_no_stale_l1_copy(
     ours._tier.run = original  # type: ignore[method-assign]
     assert redis.Redis.from_url(redis_url).get(gkey) is not None
     assert ours.get("k") == "theirs"
+
+
+def test_what_a_leader_does_to_its_result_does_not_reach_its_followers(
+    make_cache: MakeCache,
+) -> None:
+    # The threads that followed a single flight copy its value once it lands, which may be
+    # after the leader's caller got the value and began changing it.
+    cache = make_cache()
+    results: list[Any] = []
+
+    def follow() -> None:
+        results.append(cache.get_or_set("k", lambda: "a follower's own load"))
+
+    followers = [threading.Thread(target=follow) for _ in range(3)]
+    switch_interval = sys.getswitchinterval()
+
+    def load() -> dict[str, list[Any]]:
+        for thread in followers:
+            thread.start()
+        assert until(lambda: cache.stats()["stampede_waits"] == 3)
+        # From here the leader keeps the GIL until it blocks: the followers, woken when
+        # the flight lands, copy its value only after its caller has changed its own.
+        sys.setswitchinterval(100.0)
+        return {"items": [1, 2]}
+
+    try:
+        mine = cache.get_or_set("k", load)
+        mine["items"].append("the leader's own change")
+    finally:
+        sys.setswitchinterval(switch_interval)
+    for thread in followers:
+        thread.join(10)
+    assert mine == {"items": [1, 2, "the leader's own change"]}
+    assert results == [{"items": [1, 2]}] * 3
+    assert cache.get("k") == {"items": [1, 2]}

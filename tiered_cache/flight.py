@@ -27,12 +27,13 @@ RELEASE_SCRIPT = Lock.LUA_RELEASE_SCRIPT
 class Flight:
     """One in-process computation that several threads wait for."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "followers", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.followers = 0
 
 
 class Flights:
@@ -47,20 +48,26 @@ class Flights:
         with self._lock:
             flight = self._pending.get(key)
             if flight is not None:
+                flight.followers += 1
                 return flight, False
             flight = self._pending[key] = Flight()
             return flight, True
 
     def land(
         self, key: Hashable, flight: Flight, value: Any = None, error: BaseException | None = None
-    ) -> None:
-        """Publish the leader's outcome to its followers and retire the flight."""
+    ) -> bool:
+        """Publish the leader's outcome to its followers and retire the flight.
+
+        :returns: whether any caller followed it (none can join once it has landed).
+        """
         flight.value = value
         flight.error = error
         with self._lock:
             if self._pending.get(key) is flight:
                 del self._pending[key]
+            followed = flight.followers > 0
         flight.done.set()
+        return followed
 
 
 class Waiters:

@@ -95,7 +95,10 @@ class Loading:
         except BaseException as exc:
             self.flights.land(load.gkey, flight, error=exc)
             raise
-        self.flights.land(load.gkey, flight, value=value)
+        if self.flights.land(load.gkey, flight, value=value):
+            # The followers copy ``value`` after this returns: the leader's caller gets a
+            # copy of its own, or what it did to its result would reach theirs.
+            return private(value)
         return value
 
     def _lead(self, load: Load) -> Any:
