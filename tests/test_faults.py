@@ -23,8 +23,9 @@ import pytest
 import redis
 
 from tests.redis_harness import RedisServer, free_port
-from tiered_cache import MISS, Cache, CacheUnavailable
+from tiered_cache import MISS, Cache, CacheUnavailable, versions
 from tiered_cache.framing import pack
+from tiered_cache.keys import encode_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -488,6 +489,36 @@ def test_restart_with_data_loss_resets_namespace_versions(
     _wait_for(lambda: b.namespace("ns").get("k") == "new", timeout=3.0, what="B to agree with A")
     assert a.invalidate_namespace("ns") > 3  # no number handed out before the restart
     _wait_for(lambda: b.namespace("ns").get("k", MISS) is MISS, timeout=3.0, what="the bump")
+
+
+def test_a_namespace_version_redis_did_not_give_keys_nothing_in_redis(
+    redis_server: RedisServer, caches: list[Cache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counter read fails (a connection reset, the breaker half-opening) but the next
+    # call would work: the namespace's data must not be read or written under a guessed
+    # version, where a value is out of reach of every invalidation of the namespace.
+    writer = _make(caches, redis_server)
+    assert writer.namespace("ns").set("k", "current") is True
+    client = redis.Redis.from_url(redis_server.url)
+    version_0 = writer._layout.space(encode_name("ns"), 0)
+    guessed = version_0 + "k"
+    client.set(guessed, _json_frame(b'"left under version 0"'))
+
+    failures = [2]
+    real_read_counter = versions.read_counter
+
+    def flaky(c: Any, counter: str) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise redis.ConnectionError("connection reset by peer")
+        return real_read_counter(c, counter)
+
+    monkeypatch.setattr(versions, "read_counter", flaky)
+    reader = _make(caches, redis_server, breaker_failures=5)  # has not fetched "ns" yet
+    assert reader.namespace("ns").get("k", MISS) is MISS
+    assert reader.namespace("ns").set("other", "value") is False
+    assert client.keys(version_0 + "*") == [guessed.encode()]
+    _wait_for(lambda: reader.namespace("ns").get("k") == "current", what="the real version")
 
 
 # -- 7. Locks never fail open ------------------------------------------------------------

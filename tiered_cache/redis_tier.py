@@ -373,6 +373,18 @@ class RedisTier:
         self.breaker.success()
         return result
 
+    def hold_off(self) -> None:
+        """Fail this thread's calls at once for ``quiet`` seconds, as after a timeout.
+
+        For a caller whose next calls would depend on one that just failed: a key built
+        from a namespace version Redis could not give must not be read or written. A
+        thread already holding off is not held longer: its calls fail at once, and it
+        must get back to Redis when the time is up.
+        """
+        now = self._timer()
+        if getattr(self._failed, "until", 0.0) <= now:
+            self._failed.until = now + self._quiet
+
     def _outage(self, what: str, exc: BaseException, fail_open: bool) -> Unavailable:
         """A call failed for want of a working Redis: count it, then fail open or raise."""
         self.breaker.failure()

@@ -90,7 +90,10 @@ class NamespaceVersions:
     def get(self, name: str) -> int:
         """Return the current version of ``name``, fetching it when not trusted.
 
-        With Redis unavailable the last known version (or 0) is used and not recorded.
+        With Redis unavailable the last known version (or 0) keys L1 and is not
+        recorded, and this thread's Redis calls fail at once for a moment: keyed by a
+        version guessed here, a read could find, and a write leave, a value that no
+        invalidation of the namespace reaches.
         """
         version = self.cached(name)
         if version is not None:
@@ -100,6 +103,7 @@ class NamespaceVersions:
         counter = self._layout.counter(name)
         raw = self._tier.run("namespace version", lambda client: read_counter(client, counter))
         if raw is UNAVAILABLE:
+            self._tier.hold_off()
             known = self._known.get(name)
             return known[0] if known else 0
         try:
