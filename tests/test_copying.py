@@ -187,4 +187,36 @@ def test_deep_nesting_does_not_raise() -> None:
         child: list[Any] = []
         node.append(child)
         node = child
-    assert copier_for(value) is copy.deepcopy  # too deep to plan; no RecursionError here
+    copier = copier_for(value)  # too deep to plan: no RecursionError here
+    assert copier is not None
+    copied = copier(value)  # nor here, where deepcopy would raise one
+    node, twin = value, copied
+    for depth in range(5001):  # the same shape, and no list shared
+        assert type(twin) is list and twin is not node, depth
+        assert len(twin) == len(node) == (0 if depth == 5000 else 1), depth
+        if twin:
+            node, twin = node[0], twin[0]
+    copied_node = copied
+    for _ in range(4999):
+        copied_node = copied_node[0]
+    copied_node[0].append("changed")
+    assert node == []  # the original's innermost list
+
+
+def test_deep_trees_keep_their_leaves_and_keys() -> None:
+    value: dict[str, Any] = {}
+    node = value
+    for i in range(3000):
+        node["i"] = i
+        node["leaf"] = (i, "x") if i % 2 else {i: [None, 1.5]}
+        node["next"] = node = {}
+    copier = copier_for(value)
+    assert copier is not None
+    copied = copier(value)
+    original, twin = value, copied
+    for i in range(3000):
+        assert twin["i"] == i and twin["leaf"] == original["leaf"]
+        if not i % 2:
+            assert twin["leaf"] is not original["leaf"]
+        original, twin = original["next"], twin["next"]
+    assert twin == {} and twin is not original

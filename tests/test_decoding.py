@@ -417,3 +417,22 @@ def test_mutating_pickled_objects_never_changes_the_cache(make_cache: Callable[.
     got["tags"].add("c")
     got["pair"][0].append(9)
     assert cache.get("obj") == {"tags": {"a", "b"}, "pair": ([1], [2])}
+
+
+def test_values_nested_deeper_than_deepcopy_goes_are_read_and_copied(
+    make_cache: Callable[..., Cache], raw: redis.Redis
+) -> None:
+    # json decodes about a thousand levels, copy.deepcopy about five hundred: a value in
+    # between, planted or set, is read from Redis and from L1 like any other.
+    cache = make_cache()
+    depth = 800
+    raw.set(_key(cache, "planted"), pack(1, time.time() + 300, 0.0, b"[" * depth + b"]" * depth))
+    for _ in range(2):  # from Redis, then from L1
+        got = cache.get("planted")
+        for _ in range(depth - 1):
+            assert type(got) is list and len(got) == 1
+            got = got[0]
+        assert got == []
+        got.append("changed")  # the innermost list of this reader's copy
+    assert cache.stats()["l1_hits"] == 1
+    assert cache.stats()["decode_errors"] == 0

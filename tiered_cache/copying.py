@@ -13,6 +13,9 @@ cheapest copy that is still a deep one:
   nested containers otherwise. All the type checks happen at plan time, not per read.
 - ``copy.deepcopy`` for anything else (objects, sets, dict subclasses, shared or cyclic
   references), which also preserves aliasing.
+- For a tree nested deeper than Python's recursion limit lets a copy recurse (json and
+  msgpack decode about a thousand levels, deepcopy copies about five hundred), an
+  iterative copy.
 
 Measured with ``timeit`` on the development machine (CPython 3.11.7, 2 shared vCPUs;
 best of 5-15 repeats, the range over four runs) for a 10-key dict of strings, numbers,
@@ -192,6 +195,42 @@ def copier_for(value: Any) -> Copier | None:
         return None
     try:
         return _plan(value, set(), {})
-    # Nesting too deep to plan recursively: deepcopy gets the same chance it always had.
-    except (_NotATree, RecursionError):
+    except _NotATree:
         return copy.deepcopy
+    except RecursionError:
+        # Nested deeper than a recursive copy can go (deepcopy too), though json and
+        # msgpack decode a thousand levels: copy it with a stack of its own.
+        return _copy_deep
+
+
+def _copy_deep(value: Any) -> Any:
+    """Deep-copy a dict/list tree of any depth without recursing; deepcopy for the rest.
+
+    What is not a dict or a list is copied by ``copy.deepcopy`` (atomic values are
+    kept), and a value whose containers are shared or cyclic goes to ``copy.deepcopy``
+    whole, which alone keeps aliasing.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return copy.deepcopy(value)
+    root: Any = type(value)()
+    seen = {id(value)}
+    stack: list[tuple[Any, Any]] = [(value, root)]
+    while stack:
+        source, target = stack.pop()
+        pairs = source.items() if type(source) is dict else enumerate(source)
+        for key, item in pairs:
+            child: Any
+            kind = type(item)
+            if kind is dict or kind is list:
+                if id(item) in seen:
+                    return copy.deepcopy(value)
+                seen.add(id(item))
+                child = kind()
+                stack.append((item, child))
+            else:
+                child = item if kind in _ATOMIC else copy.deepcopy(item)
+            if type(target) is dict:
+                target[key] = child
+            else:
+                target.append(child)
+    return root
