@@ -160,6 +160,23 @@ def test_the_views_own_directives_win_and_restrictive_beats_public(
     assert client.get("/personal").headers["Cache-Control"] == "private, max-age=60"
 
 
+def test_cache_control_reads_every_line_in_any_case(app: Flask, client: FlaskClient) -> None:
+    @app.get("/capitals")
+    @cache_control(public=True, max_age=60)
+    def capitals() -> Response:
+        return Response(BODY, headers={"Cache-Control": "Private"})
+
+    @app.get("/two-lines")
+    @cache_control(public=True, max_age=60)
+    def two_lines() -> Response:
+        return Response(
+            BODY, headers=[("Cache-Control", "max-age=5"), ("Cache-Control", "No-Store")]
+        )
+
+    assert client.get("/capitals").headers.getlist("Cache-Control") == ["private, max-age=60"]
+    assert client.get("/two-lines").headers.getlist("Cache-Control") == ["max-age=5, no-store"]
+
+
 def test_no_store_bare_and_called_and_it_drops_public(app: Flask, client: FlaskClient) -> None:
     @app.get("/bare")
     @no_store
@@ -208,6 +225,15 @@ def test_vary_merges_without_duplicates(app: Flask, client: FlaskClient) -> None
     assert client.get("/").headers.getlist("Vary") == [
         "Cookie, Origin, Accept-Encoding, Accept-Language"
     ]
+
+
+def test_vary_keeps_every_line(app: Flask, client: FlaskClient) -> None:
+    @app.get("/")
+    @vary("Accept-Language")
+    def view() -> Response:
+        return Response(BODY, headers=[("Vary", "Cookie"), ("Vary", "Origin")])
+
+    assert client.get("/").headers.getlist("Vary") == ["Cookie, Origin, Accept-Language"]
 
 
 @pytest.mark.parametrize("names", [(), ("Accept, Cookie",), ("",), ("Accept Language",)])

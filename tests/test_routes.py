@@ -349,6 +349,9 @@ def never_stored_app(make_app: AppFactory) -> tuple[Flask, Counter[str]]:
         "no-cache",
         'no-cache="Set-Cookie"',
         "private, max-age=60",
+        "Private",  # directive names are case-insensitive (RFC 9111 5.2)
+        "NO-STORE",
+        "Public, Max-Age=60, No-Cache",
     ):
         name = "cc-" + directive.replace('"', "").replace(" ", "").replace(",", "-")
 
@@ -380,7 +383,7 @@ def test_responses_that_must_not_be_shared_are_never_stored(make_app: AppFactory
     app, calls = never_stored_app(make_app)
     client = app.test_client()
     paths = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
-    assert len(paths) == 10
+    assert len(paths) == 13
     for path in paths:
         for _ in range(2):
             assert xcache(client.get(path)) == "MISS", path
@@ -474,6 +477,14 @@ def test_vary_option_adds_headers_to_the_key(make_app: AppFactory) -> None:
     answer = client.get("/tenant", headers={"X-Tenant": "b"})
     assert (answer.text, xcache(answer), answer.headers["Vary"]) == ("tenant b", "MISS", "X-Tenant")
     assert xcache(client.get("/tenant", headers={"X-Tenant": "a"})) == "HIT-L1"
+
+
+def test_the_vary_option_refuses_a_bare_string_and_star(make_app: AppFactory) -> None:
+    _, tc = make_app()
+    with pytest.raises(TypeError, match="vary"):
+        tc.cached(vary="X-Tenant")
+    with pytest.raises(ValueError, match="vary"):
+        tc.cached(vary=("Accept", "*"))
 
 
 def test_a_variant_is_found_by_another_app(make_app: AppFactory) -> None:
@@ -782,6 +793,28 @@ def test_stale_page_is_served_while_one_request_refreshes_it(make_app: AppFactor
     assert (refreshed[0].text, xcache(refreshed[0])) == ("news 2", "MISS")
     fresh = client.get("/news")
     assert (fresh.text, xcache(fresh)) == ("news 2", "HIT-L1")
+
+
+def test_a_refreshed_page_that_varies_refreshes_its_index_too(make_app: AppFactory) -> None:
+    # The index (the route's Vary names) and the page expire together: a refresh that
+    # wrote only the page would leave the index stale, read from Redis on every request.
+    app, tc = make_app()
+    version = {"n": 1}
+
+    @app.route("/greeting")
+    @tc.cached(timeout=1, stale_ttl=30)
+    def greeting() -> Response:
+        return Response(f"hello {version['n']}", headers={"Vary": "Accept-Language"})
+
+    client = app.test_client()
+    english = {"Accept-Language": "en"}
+    assert client.get("/greeting", headers=english).text == "hello 1"
+    time.sleep(1.05)
+    version["n"] = 2
+    refreshed = client.get("/greeting", headers=english)
+    assert (refreshed.text, xcache(refreshed)) == ("hello 2", "MISS")
+    again = client.get("/greeting", headers=english)
+    assert (again.text, xcache(again)) == ("hello 2", "HIT-L1")
 
 
 def test_a_stale_page_whose_refresh_fails_releases_the_lock(make_app: AppFactory) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import importlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Flask, current_app
 
@@ -205,7 +205,8 @@ class TieredCache:
         :param timeout: seconds, as :meth:`Cache.set`.
         :param key_prefix: the key's first part (default: the request path).
         :param query_string: key on the (sorted) query string too.
-        :param vary: request headers to key on besides the response's own ``Vary``.
+        :param vary: request headers to key on besides the response's own ``Vary``
+            (a tuple of names; ``"*"`` is refused: such a page is never stored).
         :param namespace: a namespace whose invalidation drops these pages.
         :param unless: called per request; true bypasses the cache (``X-Cache: BYPASS``).
         :param per_user: key by the session's user, so each user has their own page.
@@ -218,6 +219,10 @@ class TieredCache:
         """
         from .routes import RouteOptions, cached_view
 
+        if isinstance(cast(object, vary), str):  # untyped callers: vary="Accept" is a slip
+            raise TypeError(f"cached(vary=...) takes a tuple of header names, not {vary!r}")
+        if "*" in vary:
+            raise ValueError("cached(vary=...): a page that varies on '*' is never shared")
         options = RouteOptions(
             timeout=timeout,
             key_prefix=key_prefix,

@@ -45,9 +45,16 @@ from typing import Any, Final, ParamSpec, Protocol, overload
 
 from flask import Flask, Response, current_app, make_response, request
 from flask.typing import ResponseReturnValue
-from werkzeug.datastructures import ResponseCacheControl
+from werkzeug.datastructures import Headers, ResponseCacheControl
 from werkzeug.exceptions import HTTPException, PreconditionFailed
-from werkzeug.http import generate_etag, http_date, is_resource_modified, parse_date
+from werkzeug.http import (
+    dump_header,
+    generate_etag,
+    http_date,
+    is_resource_modified,
+    parse_date,
+    parse_dict_header,
+)
 
 __all__ = ["cache_control", "etag", "last_modified", "no_store", "vary"]
 
@@ -184,8 +191,21 @@ def _check_directive(name: str, value: bool | int | str) -> None:
         raise TypeError(f"cache_control({name}=...) takes True or field names, not {value!r}")
 
 
+def one_cache_control_line(headers: Headers) -> str:
+    """The ``Cache-Control`` of ``headers`` as one line, directive names in lower case.
+
+    Several lines are one comma-separated list (RFC 9110 5.3) and directive names are
+    case-insensitive (RFC 9111 5.2), while werkzeug's ``cache_control`` reads the first
+    line only and matches names as written: a view's ``Private`` would read as nothing.
+    """
+    directives = parse_dict_header(", ".join(headers.getlist("Cache-Control")))
+    return dump_header({name.lower(): value for name, value in directives.items()})
+
+
 def _merge_cache_control(response: Response, template: ResponseCacheControl) -> None:
     """Add the template's directives the response lacks; restrictive beats ``public``."""
+    if "Cache-Control" in response.headers:
+        response.headers["Cache-Control"] = one_cache_control_line(response.headers)
     header = response.cache_control
     header.update({k: v for k, v in template.items() if k not in header})
     if header.public and (header.private or header.no_store):
@@ -212,6 +232,9 @@ def vary(*headers: str) -> ViewDecorator:
             raise ValueError(f"vary(): {name!r} is not a header name")
 
     def add(response: Response) -> None:
+        lines = response.headers.getlist("Vary")
+        if len(lines) > 1:  # werkzeug reads the first line and rewrites them all
+            response.headers["Vary"] = ", ".join(lines)
         response.vary.update(headers)  # werkzeug's HeaderSet: case-insensitive, no repeats
 
     def decorate(view: View[P]) -> Callable[P, Response]:

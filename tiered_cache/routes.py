@@ -73,8 +73,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import current_app, request
 from flask.signals import request_finished
-from werkzeug.datastructures import Headers
-from werkzeug.http import generate_etag, unquote_etag
+from werkzeug.datastructures import Headers, ResponseCacheControl
+from werkzeug.http import generate_etag, parse_cache_control_header, unquote_etag
 
 from ._page_keys import (
     Location,
@@ -98,6 +98,7 @@ from ._response_entry import (
     vary_names,
 )
 from .flight import release
+from .http import one_cache_control_line
 from .keys import KeyLayout
 from .redis_tier import UNAVAILABLE
 from .sentinels import MISS
@@ -159,6 +160,8 @@ class Lookup:
     """The ``Vary`` names the route key's index held, if it held one."""
     entry_key: str
     """The key the page lives (or will live) under."""
+    index_stale: bool = False
+    """The index was past its time: the page stored next writes it again."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -171,6 +174,7 @@ class Pending:
     key: str
     index: tuple[str, ...] | None
     lock: tuple[str, bytes] | None
+    index_stale: bool
     session_before: str | None = None
     """The session's digest before the view ran, when hooks had already changed it."""
     session_read: bool = False
@@ -234,8 +238,9 @@ class Routes:
         found = self.pages.get(value)
         index = None
         entry_key = key
+        index_stale = False
         if type(found) is tuple:
-            index = found
+            index, index_stale = found, source == STALE
             digest_session_for(index, environ)
             entry_key = variant_key(key, index, environ)
             value, page_source = self._read(keyspace, entry_key, stale_ttl)
@@ -248,8 +253,8 @@ class Routes:
         if isinstance(found, Page):
             digest_session_for(found.vary, environ)
             if found.matches(environ):
-                return Lookup(found, source, index, entry_key)
-        return Lookup(None, MISSED, index, entry_key)
+                return Lookup(found, source, index, entry_key, index_stale)
+        return Lookup(None, MISSED, index, entry_key, index_stale)
 
     def _read(self, keyspace: Keyspace, key: str, stale_ttl: float) -> tuple[Any, str]:
         """The value under ``key`` and where it came from (MISS and ``MISS`` if none)."""
@@ -328,7 +333,9 @@ class Routes:
             if lock is None:  # another request (in any worker) is refreshing it
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
-        pending = Pending(self, options, keyspace, key, found.index, lock, session_before())
+        pending = Pending(
+            self, options, keyspace, key, found.index, lock, found.index_stale, session_before()
+        )
         return self._run(view, pending)
 
     def _run(self, view: Callable[[], Any], pending: Pending) -> Response:
@@ -399,7 +406,9 @@ class Routes:
         entry_key = pending.key
         if names or pending.index:
             index = vary_names((*names, *(pending.index or ())))
-            if index != pending.index:
+            # An index past its time is written again with the page, or it would stay
+            # stale (read from Redis on every request, never held in L1) until it expired.
+            if index != pending.index or pending.index_stale:
                 self._put(pending, pending.key, encode_index(index))
             entry_key = variant_key(pending.key, index, environ)
         self._put(pending, entry_key, text)
@@ -546,7 +555,8 @@ def _storable(options: RouteOptions, response: Response) -> bool:
         return False
     if response.is_streamed or response.direct_passthrough or "Set-Cookie" in response.headers:
         return False
-    control = response.cache_control
+    line = one_cache_control_line(response.headers)  # "Private" is private too
+    control = parse_cache_control_header(line, cls=ResponseCacheControl)
     if control.private or control.no_store or control.no_cache:
         return False
     return "*" not in response.vary
