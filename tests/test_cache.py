@@ -570,3 +570,17 @@ def test_a_bump_of_an_evicted_counter_drops_the_namespace_here_too(
     assert plain(redis_url).delete(counter) == 1
     assert cache.invalidate_namespace("users") > old
     assert users.get("1") is None
+
+
+def test_a_stale_read_after_close_serves_the_stale_value(make_cache: MakeCache) -> None:
+    # A closed cache (or an exiting interpreter) refuses new background refreshes: the
+    # reader of a stale value still gets it, not the executor's RuntimeError.
+    cache = make_cache(ttl_jitter=0)
+    stale = {"timeout": 1, "stale_ttl": 30, "early_refresh": False}
+    for key in ("a", "b"):
+        assert cache.get_or_set(key, lambda key=key: f"{key} 1", **stale) == f"{key} 1"
+    time.sleep(1.05)
+    assert cache.get_or_set("a", lambda: "a 2", **stale) == "a 1"  # refreshes in the background
+    assert until(lambda: cache.get("a") == "a 2")
+    cache.close()
+    assert cache.get_or_set("b", lambda: "b 2", **stale) == "b 1"

@@ -249,7 +249,11 @@ class Loading:
                     max_workers=2, thread_name_prefix="tiered_cache-refresh"
                 )
             executor = self._executor
-        executor.submit(self._refresh, load, seen)
+        try:
+            executor.submit(self._refresh, load, seen)
+        except RuntimeError:  # closed, or the interpreter is exiting: the reader still
+            with self._refresh_lock:  # gets its stale value, and a later one may refresh
+                self._refreshing.discard(load.gkey)
 
     def _refresh(self, load: Load, seen: float) -> None:
         """One background refresh, if this process wins the lock and it is still due."""
