@@ -479,6 +479,34 @@ def test_vary_option_adds_headers_to_the_key(make_app: AppFactory) -> None:
     assert xcache(client.get("/tenant", headers={"X-Tenant": "a"})) == "HIT-L1"
 
 
+def test_a_hooks_second_vary_line_survives_the_session_layer(make_app: AppFactory) -> None:
+    # The session layer adds Cookie with werkzeug's response.vary, which reads the first
+    # Vary line and writes one line in place of all: the hook's Origin (a second line, as
+    # flask-cors adds it) must still key the page, or one origin gets another's CORS.
+    app, tc = make_app()
+
+    @app.route("/profile")
+    @tc.cached()
+    def profile() -> Response:
+        name = session.get("user", "nobody")
+        return Response(f"profile of {name}", headers={"Vary": "Accept-Language"})
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        response.headers["Access-Control-Allow-Origin"] = request.headers.get("Origin", "*")
+        response.headers.add("Vary", "Origin")
+        return response
+
+    client = app.test_client()
+    first = client.get("/profile", headers={"Origin": "https://a.example"})
+    assert xcache(first) == "MISS"
+    assert first.headers.getlist("Vary") == ["Accept-Language, Origin, Cookie"]
+    assert xcache(client.get("/profile", headers={"Origin": "https://a.example"})) == "HIT-L1"
+    other = client.get("/profile", headers={"Origin": "https://b.example"})
+    assert xcache(other) == "MISS"
+    assert other.headers["Access-Control-Allow-Origin"] == "https://b.example"
+
+
 def test_the_vary_option_refuses_a_bare_string_and_star(make_app: AppFactory) -> None:
     _, tc = make_app()
     with pytest.raises(TypeError, match="vary"):

@@ -351,6 +351,8 @@ class Routes:
             self.unlock(pending)
             raise
         response.headers["X-Cache"] = MISSED
+        if type(response.headers) is Headers:
+            response.headers.__class__ = _AllLines
         self._count_miss(+1)
         request.environ[PENDING] = pending
         return response
@@ -560,6 +562,26 @@ def _storable(options: RouteOptions, response: Response) -> bool:
     if control.private or control.no_store or control.no_cache:
         return False
     return "*" not in response.vary
+
+
+class _AllLines(Headers):
+    """A miss's headers, whose ``Vary`` and ``Cache-Control`` read as all their lines.
+
+    werkzeug's ``response.vary`` and ``response.cache_control`` read ``headers.get``
+    (the first line) and write one line in place of them all: the session layer's
+    ``vary.add("Cookie")``, after a hook added ``Vary: Origin`` as a second line (as
+    flask-cors does), would drop ``Origin``, and the page would be keyed without it.
+    """
+
+    def get(self, key: Any, default: Any = None, type: Any = None) -> Any:  # type: ignore[override]
+        if type is None and isinstance(key, str) and key.lower() in _LISTS:
+            lines = self.getlist(key)
+            if len(lines) > 1:
+                return ", ".join(lines)
+        return super().get(key, default, type)
+
+
+_LISTS: Final = frozenset({"vary", "cache-control"})
 
 
 def _one_line_each(headers: Headers) -> None:
