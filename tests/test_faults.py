@@ -521,6 +521,18 @@ def test_a_namespace_version_redis_did_not_give_keys_nothing_in_redis(
     _wait_for(lambda: reader.namespace("ns").get("k") == "current", what="the real version")
 
 
+def test_a_hold_off_spares_the_calls_that_decide_their_own_outage(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    cache = _make(caches, redis_server)
+    cache._tier.hold_off()
+    assert cache.set("k", "v") is False  # the cache's own calls fail at once
+    # Sessions and rate limits pass fail_open themselves: they still try Redis.
+    assert cache._tier.run("session load", lambda c: c.ping(), fail_open=False) is True
+    assert cache._tier.run("rate limit", lambda c: c.ping(), fail_open=True) is True
+    _wait_for(lambda: cache.set("k", "v"), what="the hold-off to end")
+
+
 # -- 7. Locks never fail open ------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from flask import Flask, Response, g, request, request_finished, session
 from flask.testing import FlaskClient
 
 from tests.waiting import until
+from tiered_cache import versions
 from tiered_cache._response_entry import Page
 from tiered_cache.flask_ext import TieredCache
 from tiered_cache.http import etag
@@ -746,6 +747,39 @@ def test_a_page_made_before_an_invalidation_is_not_served_after_it(
     response = client.get("/product")
     assert (xcache(response), response.text) == ("MISS", "price new")
     assert xcache(client.get("/product")) == "HIT-L1"
+
+
+def test_a_miss_whose_namespace_version_was_guessed_stores_nothing(
+    make_app: AppFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis could not give the namespace's version (the read failed, the next would
+    # work): the view runs longer than the thread holds off Redis, then its page must not
+    # be stored under the guessed version, where no invalidation reaches it.
+    app, tc = make_app()
+
+    @app.route("/slow")
+    @tc.cached(namespace="slow")
+    def slow() -> str:
+        time.sleep(0.4)  # socket_timeout (the hold-off) is 0.25 s
+        return "slow page"
+
+    failures = [1]
+    real_read_counter = versions.read_counter
+
+    def flaky(client: Any, counter: str) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise redis.ConnectionError("connection reset by peer")
+        return real_read_counter(client, counter)
+
+    monkeypatch.setattr(versions, "read_counter", flaky)
+    client = app.test_client()
+    assert xcache(client.get("/slow")) == "MISS"
+    with app.app_context():
+        guessed_space = tc.cache._layout.space("slow", 0)
+    assert redis.Redis.from_url(redis_url).keys(guessed_space + "*") == []
+    assert xcache(client.get("/slow")) == "MISS"  # the real version this time: stored
+    assert xcache(client.get("/slow")) == "HIT-L1"
 
 
 def test_timeout_expires_pages(make_app: AppFactory) -> None:

@@ -44,6 +44,10 @@ class Keyspace:
         version = self._cache._versions.cached(self._ns)
         return None if version is None else (_NS_MARK, self._ns, version, key)
 
+    guessed = False
+    """Whether the namespace version this keyspace is pinned to is a guess: Redis could
+    not give it, so nothing may be stored under it (see :meth:`_pinned`)."""
+
     def _pinned(self) -> Keyspace:
         """This keyspace with its namespace version read once, now, and kept.
 
@@ -187,18 +191,19 @@ class Namespace(Keyspace):
 
     def _pinned(self) -> Keyspace:
         assert self._ns is not None
-        return _PinnedNamespace(self, self._cache._versions.get(self._ns))
+        return _PinnedNamespace(self, *self._cache._versions.get_or_guess(self._ns))
 
 
 class _PinnedNamespace(Namespace):
     """A namespace at one version: an invalidation after the pin makes its keys stale."""
 
-    def __init__(self, namespace: Namespace, version: int) -> None:
+    def __init__(self, namespace: Namespace, version: int, guessed: bool) -> None:
         # Not Namespace.__init__: the name is encoded already.
         self._cache = namespace._cache
         self.name = namespace.name
         self._ns = namespace._ns
         self._version = version
+        self.guessed = guessed
 
     def _local(self, key: str) -> Hashable:
         return (_NS_MARK, self._ns, self._version, key)

@@ -347,10 +347,11 @@ class RedisTier:
             ours, not an outage: it does not count against the breaker). An
             :func:`outage_reply` (READONLY after a failover, OOM...) is an outage.
         """
-        if fail_open is None:
-            fail_open = self.fail_open
         failed = self._failed
         until = getattr(failed, "until", 0.0)
+        if fail_open is None:
+            fail_open = self.fail_open
+            until = max(until, getattr(failed, "held", 0.0))  # see hold_off
         if until and until > self._timer():
             return self._unavailable(what, None, fail_open, "a call just failed in this thread")
         if not self.breaker.allow():
@@ -374,16 +375,17 @@ class RedisTier:
         return result
 
     def hold_off(self) -> None:
-        """Fail this thread's calls at once for ``quiet`` seconds, as after a timeout.
+        """Fail this thread's cache calls at once for ``quiet`` seconds.
 
         For a caller whose next calls would depend on one that just failed: a key built
-        from a namespace version Redis could not give must not be read or written. A
-        thread already holding off is not held longer: its calls fail at once, and it
-        must get back to Redis when the time is up.
+        from a namespace version Redis could not give must not be read or written. Only
+        calls that take the tier's own ``fail_open`` (the cache's) are held off; sessions
+        and rate limits, which pass their own, still try Redis. A thread already holding
+        off is not held longer: it must get back to Redis when the time is up.
         """
         now = self._timer()
-        if getattr(self._failed, "until", 0.0) <= now:
-            self._failed.until = now + self._quiet
+        if getattr(self._failed, "held", 0.0) <= now:
+            self._failed.held = now + self._quiet
 
     def _outage(self, what: str, exc: BaseException, fail_open: bool) -> Unavailable:
         """A call failed for want of a working Redis: count it, then fail open or raise."""

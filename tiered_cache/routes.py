@@ -374,8 +374,8 @@ class Routes:
     def store(self, pending: Pending, response: Response) -> None:
         """Store the final response of a miss when the rules allow it."""
         options = pending.options
-        if request.method != "GET":
-            return
+        if request.method != "GET" or pending.keyspace.guessed:
+            return  # a guessed namespace version keys what no invalidation reaches
         _one_line_each(response.headers)
         if not _storable(options, response):
             return

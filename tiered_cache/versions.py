@@ -88,7 +88,12 @@ class NamespaceVersions:
         return None
 
     def get(self, name: str) -> int:
-        """Return the current version of ``name``, fetching it when not trusted.
+        """Return the current version of ``name``; see :meth:`get_or_guess`."""
+        return self.get_or_guess(name)[0]
+
+    def get_or_guess(self, name: str) -> tuple[int, bool]:
+        """Return the current version of ``name``, fetching it when not trusted, and
+        whether it is a guess (Redis could not give it).
 
         With Redis unavailable the last known version (or 0) keys L1 and is not
         recorded, and this thread's Redis calls fail at once for a moment: keyed by a
@@ -97,7 +102,7 @@ class NamespaceVersions:
         """
         version = self.cached(name)
         if version is not None:
-            return version
+            return version, False
         epoch = self._epoch
         fetched_at = self._timer()
         counter = self._layout.counter(name)
@@ -105,12 +110,12 @@ class NamespaceVersions:
         if raw is UNAVAILABLE:
             self._tier.hold_off()
             known = self._known.get(name)
-            return known[0] if known else 0
+            return (known[0] if known else 0), True
         try:
             version = int(raw) if isinstance(raw, bytes) else 0
         except ValueError:  # not a counter of ours: start from 0, as if absent
             version = 0
-        return self._record(name, version, fetched_at, epoch)
+        return self._record(name, version, fetched_at, epoch), False
 
     def forget(self, name: str) -> None:
         """Drop the version of ``name`` (another process bumped it); fetches in flight lose."""
