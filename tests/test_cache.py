@@ -572,6 +572,16 @@ def test_a_bump_of_an_evicted_counter_drops_the_namespace_here_too(
     assert users.get("1") is None
 
 
+def test_a_closed_cache_starts_no_refresh(make_cache: MakeCache) -> None:
+    cache = make_cache(ttl_jitter=0)
+    stale = {"timeout": 1, "stale_ttl": 30, "early_refresh": False}
+    assert cache.get_or_set("k", lambda: "k 1", **stale) == "k 1"
+    time.sleep(1.05)
+    cache.close()
+    assert cache.get_or_set("k", lambda: "k 2", **stale) == "k 1"
+    assert cache._loading._executor is None
+
+
 def test_a_stale_read_after_close_serves_the_stale_value(make_cache: MakeCache) -> None:
     # A closed cache (or an exiting interpreter) refuses new background refreshes: the
     # reader of a stale value still gets it, not the executor's RuntimeError.

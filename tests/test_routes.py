@@ -514,6 +514,14 @@ def test_the_vary_option_refuses_a_bare_string_and_star(make_app: AppFactory) ->
         tc.cached(vary="X-Tenant")
     with pytest.raises(ValueError, match="vary"):
         tc.cached(vary=("Accept", "*"))
+    with pytest.raises(ValueError, match="vary"):
+        tc.cached(vary=(name for name in ("Accept", "*")))
+
+    @tc.cached(vary=(name for name in ("X-Tenant",)))  # a generator is read once
+    def tenant() -> str:
+        return "tenant"
+
+    assert tenant.__tiered_cache_route__.vary == ("X-Tenant",)  # type: ignore[attr-defined]
 
 
 def test_a_variant_is_found_by_another_app(make_app: AppFactory) -> None:

@@ -221,13 +221,14 @@ class TieredCache:
 
         if isinstance(cast(object, vary), str):  # untyped callers: vary="Accept" is a slip
             raise TypeError(f"cached(vary=...) takes a tuple of header names, not {vary!r}")
+        vary = tuple(vary)  # once: an untyped caller's generator would be spent by a check
         if "*" in vary:
             raise ValueError("cached(vary=...): a page that varies on '*' is never shared")
         options = RouteOptions(
             timeout=timeout,
             key_prefix=key_prefix,
             query_string=query_string,
-            vary=tuple(vary),
+            vary=vary,
             namespace=namespace,
             unless=unless,
             per_user=per_user,

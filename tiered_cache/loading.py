@@ -78,6 +78,7 @@ class Loading:
         self._refresh_lock = threading.Lock()
         self._refreshing: set[str] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
 
     def get_or_set(self, load: Load) -> Any:
         """Return the value of ``load.gkey``; L1 was already missed."""
@@ -241,7 +242,7 @@ class Loading:
             another by the time the refresh runs, someone refreshed it already.
         """
         with self._refresh_lock:
-            if load.gkey in self._refreshing:
+            if self._closed or load.gkey in self._refreshing:
                 return
             self._refreshing.add(load.gkey)
             if self._executor is None:
@@ -275,7 +276,9 @@ class Loading:
                 self._refreshing.discard(load.gkey)
 
     def close(self) -> None:
-        """Stop background refreshes that have not started."""
+        """Stop background refreshes that have not started, and start no more."""
+        with self._refresh_lock:
+            self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
