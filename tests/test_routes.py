@@ -887,6 +887,26 @@ def test_a_refreshed_page_that_varies_refreshes_its_index_too(make_app: AppFacto
     assert (again.text, xcache(again)) == ("hello 2", "HIT-L1")
 
 
+def test_the_index_lives_as_long_as_the_last_page_stored_under_it(
+    make_app: AppFactory,
+) -> None:
+    app, tc = make_app()
+
+    @app.route("/greeting")
+    @tc.cached(timeout=2, stale_ttl=30)
+    def greeting() -> Response:
+        language = request.headers["Accept-Language"]
+        return Response(f"hello in {language}", headers={"Vary": "Accept-Language"})
+
+    client = app.test_client()
+    assert xcache(client.get("/greeting", headers={"Accept-Language": "en"})) == "MISS"
+    time.sleep(1.2)
+    french = {"Accept-Language": "fr"}
+    assert xcache(client.get("/greeting", headers=french)) == "MISS"
+    time.sleep(0.9)  # the English page (and the index it wrote) past its time; French not
+    assert xcache(client.get("/greeting", headers=french)) == "HIT-L1"
+
+
 def test_a_stale_page_whose_refresh_fails_releases_the_lock(make_app: AppFactory) -> None:
     app, tc = make_app()
     state = {"fail": False, "n": 0}

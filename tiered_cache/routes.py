@@ -160,8 +160,6 @@ class Lookup:
     """The ``Vary`` names the route key's index held, if it held one."""
     entry_key: str
     """The key the page lives (or will live) under."""
-    index_stale: bool = False
-    """The index was past its time: the page stored next writes it again."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -174,7 +172,6 @@ class Pending:
     key: str
     index: tuple[str, ...] | None
     lock: tuple[str, bytes] | None
-    index_stale: bool
     session_before: str | None = None
     """The session's digest before the view ran, when hooks had already changed it."""
     session_read: bool = False
@@ -238,9 +235,8 @@ class Routes:
         found = self.pages.get(value)
         index = None
         entry_key = key
-        index_stale = False
         if type(found) is tuple:
-            index, index_stale = found, source == STALE
+            index = found
             digest_session_for(index, environ)
             entry_key = variant_key(key, index, environ)
             value, page_source = self._read(keyspace, entry_key, stale_ttl)
@@ -253,8 +249,8 @@ class Routes:
         if isinstance(found, Page):
             digest_session_for(found.vary, environ)
             if found.matches(environ):
-                return Lookup(found, source, index, entry_key, index_stale)
-        return Lookup(None, MISSED, index, entry_key, index_stale)
+                return Lookup(found, source, index, entry_key)
+        return Lookup(None, MISSED, index, entry_key)
 
     def _read(self, keyspace: Keyspace, key: str, stale_ttl: float) -> tuple[Any, str]:
         """The value under ``key`` and where it came from (MISS and ``MISS`` if none)."""
@@ -333,9 +329,7 @@ class Routes:
             if lock is None:  # another request (in any worker) is refreshing it
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
-        pending = Pending(
-            self, options, keyspace, key, found.index, lock, found.index_stale, session_before()
-        )
+        pending = Pending(self, options, keyspace, key, found.index, lock, session_before())
         return self._run(view, pending)
 
     def _run(self, view: Callable[[], Any], pending: Pending) -> Response:
@@ -408,10 +402,10 @@ class Routes:
         entry_key = pending.key
         if names or pending.index:
             index = vary_names((*names, *(pending.index or ())))
-            # An index past its time is written again with the page, or it would stay
-            # stale (read from Redis on every request, never held in L1) until it expired.
-            if index != pending.index or pending.index_stale:
-                self._put(pending, pending.key, encode_index(index))
+            # Written again with every page, so that it never expires before one of the
+            # pages it leads to: past its time it would be read from Redis on every
+            # request (never held in L1, never found by the fast path) while they last.
+            self._put(pending, pending.key, encode_index(index))
             entry_key = variant_key(pending.key, index, environ)
         self._put(pending, entry_key, text)
         self.pages.get(text)  # the string L1 now holds: hits find it decoded, by identity
