@@ -594,3 +594,27 @@ def test_a_stale_read_after_close_serves_the_stale_value(make_cache: MakeCache) 
     assert until(lambda: cache.get("a") == "a 2")
     cache.close()
     assert cache.get_or_set("b", lambda: "b 2", **stale) == "b 1"
+
+
+def test_foreign_bus_messages_are_ignored_without_a_reconnect(
+    make_cache: MakeCache, redis_url: str
+) -> None:
+    writer, reader = make_cache(), make_cache()
+    warm(reader)
+    for key in ("kept", "dropped"):
+        assert writer.set(key, key) is True
+    # The reader fills its L1 once the writes' own announcements have reached it.
+    assert until(lambda: reader.stats()["invalidations_received"] == 2)
+    for key in ("kept", "dropped"):
+        assert reader.get(key) == key
+    raw = plain(redis_url)
+    junk = [b"", b"not json", b"\xff\xfe", b"[1, 2]", b'{"s": 1}', b'{"s": "x", "r": [[1]]}']
+    junk.append(b"[" * 100_000 + b"]" * 100_000)  # deeper than json can follow
+    for message in junk:
+        raw.publish(reader._layout.channel, message)
+    writer.delete("dropped")  # a real message after the junk: delivered in order
+    assert until(lambda: reader.get("dropped", MISS) is MISS)
+    hits = reader.stats()["l1_hits"]
+    assert reader.get("kept") == "kept"
+    assert reader.stats()["l1_hits"] == hits + 1  # L1 was not flushed by a reconnection
+    assert reader.stats()["bus_reconnects"] == 0 and reader.stats()["bus_connected"]

@@ -262,7 +262,9 @@ class Bus:
         """Decode one message and hand it over unless it is our own."""
         try:
             message = Message.decode(data)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        # RecursionError: nesting json cannot follow. Raised on, it would end the session,
+        # and every reconnection flushes L1.
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             self._log.warning("bus-message", "ignoring a foreign bus message: %s", exc)
             return
         if message.sender != self.sender:
