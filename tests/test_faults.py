@@ -25,7 +25,7 @@ import redis
 from tests.redis_harness import RedisServer, free_port
 from tiered_cache import MISS, Cache, CacheUnavailable, versions
 from tiered_cache.framing import pack
-from tiered_cache.keys import encode_name
+from tiered_cache.keys import DEFAULT_NAMESPACE, KeyLayout, encode_name
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -531,6 +531,32 @@ def test_a_hold_off_spares_the_calls_that_decide_their_own_outage(
     assert cache._tier.run("session load", lambda c: c.ping(), fail_open=False) is True
     assert cache._tier.run("rate limit", lambda c: c.ping(), fail_open=True) is True
     _wait_for(lambda: cache.set("k", "v"), what="the hold-off to end")
+
+
+def test_a_load_whose_store_fails_releases_its_flight_lock_when_redis_answers(
+    redis_server: RedisServer, caches: list[Cache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write, with the lock's release riding on it, fails; Redis answers the next
+    # call: the lock goes at once, so other processes' waiters need not wait it out.
+    cache = _make(caches, redis_server)
+    real_run = cache._tier.run
+    failed: list[str] = []
+
+    def run(what: str, call: Callable[[Any], Any], **options: Any) -> Any:
+        if what == "set" and not failed:
+            failed.append(what)
+
+            def reset(client: Any) -> None:
+                raise redis.ConnectionError("connection reset by peer")
+
+            return real_run(what, reset, **options)
+        return real_run(what, call, **options)
+
+    monkeypatch.setattr(cache._tier, "run", run)
+    assert cache.get_or_set("k", lambda: "loaded") == "loaded"
+    assert failed == ["set"]
+    lock = KeyLayout.flight_lock(cache._layout.data(DEFAULT_NAMESPACE, 0, "k"))
+    assert redis.Redis.from_url(redis_server.url).exists(lock) == 0
 
 
 # -- 7. Locks never fail open ------------------------------------------------------------

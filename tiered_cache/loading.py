@@ -211,7 +211,7 @@ class Loading:
         (a value that cannot be stored, say one the serializer refuses, included)."""
         try:
             value, delta = self._run(load.loader)
-            self._cache._store(
+            stored = self._cache._store(
                 load.local,
                 load.gkey,
                 value,
@@ -223,6 +223,10 @@ class Loading:
                 # only ever look at the value again after it expired.
                 early=xfetch_gap(delta) if load.early_refresh and delta else 0.0,
             )
+            if not stored and token is not None:
+                # The write (and the release riding with it) failed: if Redis is back
+                # already, the waiting processes hear now, not when the lock expires.
+                self._abort(load, token)
         except BaseException:
             if token is not None:
                 self._abort(load, token)  # a no-op for a lock the store already released
