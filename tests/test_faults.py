@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import redis
 
+from tests.injected import fail_version_reads
 from tests.redis_harness import RedisServer, free_port
-from tiered_cache import MISS, Cache, CacheUnavailable, versions
+from tiered_cache import MISS, Cache, CacheUnavailable
 from tiered_cache.framing import pack
 from tiered_cache.keys import DEFAULT_NAMESPACE, KeyLayout, encode_name
 
@@ -504,17 +505,8 @@ def test_a_namespace_version_redis_did_not_give_keys_nothing_in_redis(
     guessed = version_0 + "k"
     client.set(guessed, _json_frame(b'"left under version 0"'))
 
-    failures = [2]
-    real_read_counter = versions.read_counter
-
-    def flaky(c: Any, counter: str) -> Any:
-        if failures[0]:
-            failures[0] -= 1
-            raise redis.ConnectionError("connection reset by peer")
-        return real_read_counter(c, counter)
-
-    monkeypatch.setattr(versions, "read_counter", flaky)
-    reader = _make(caches, redis_server, breaker_failures=5)  # has not fetched "ns" yet
+    fail_version_reads(monkeypatch, 2)
+    reader = _make(caches, redis_server)  # has not fetched the version of "ns" yet
     assert reader.namespace("ns").get("k", MISS) is MISS
     assert reader.namespace("ns").set("other", "value") is False
     assert client.keys(version_0 + "*") == [guessed.encode()]

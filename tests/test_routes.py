@@ -14,8 +14,8 @@ import redis
 from flask import Flask, Response, g, request, request_finished, session
 from flask.testing import FlaskClient
 
+from tests.injected import fail_version_reads
 from tests.waiting import until
-from tiered_cache import versions
 from tiered_cache._response_entry import Page
 from tiered_cache.flask_ext import TieredCache
 from tiered_cache.http import etag
@@ -771,16 +771,7 @@ def test_a_miss_whose_namespace_version_was_guessed_stores_nothing(
         time.sleep(0.4)  # socket_timeout (the hold-off) is 0.25 s
         return "slow page"
 
-    failures = [1]
-    real_read_counter = versions.read_counter
-
-    def flaky(client: Any, counter: str) -> Any:
-        if failures[0]:
-            failures[0] -= 1
-            raise redis.ConnectionError("connection reset by peer")
-        return real_read_counter(client, counter)
-
-    monkeypatch.setattr(versions, "read_counter", flaky)
+    fail_version_reads(monkeypatch, 1)
     client = app.test_client()
     assert xcache(client.get("/slow")) == "MISS"
     with app.app_context():
