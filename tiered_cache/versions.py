@@ -96,9 +96,10 @@ class NamespaceVersions:
         whether it is a guess (Redis could not give it).
 
         With Redis unavailable the last known version (or 0) keys L1 and is not
-        recorded, and this thread's Redis calls fail at once for a moment: keyed by a
-        version guessed here, a read could find, and a write leave, a value that no
-        invalidation of the namespace reaches.
+        recorded, and this thread's cache calls fail at once for a moment
+        (:meth:`RedisTier.hold_off`): keyed by a version guessed here, a read could
+        find, and a write leave, a value that no invalidation of the namespace reaches.
+        A caller that may write later than that moment checks the flag itself.
         """
         version = self.cached(name)
         if version is not None:
