@@ -191,6 +191,18 @@ def _check_directive(name: str, value: bool | int | str) -> None:
         raise TypeError(f"cache_control({name}=...) takes True or field names, not {value!r}")
 
 
+def one_line(headers: Headers, name: str) -> None:
+    """Join several ``name`` lines into one (RFC 9110 5.3: they are one list).
+
+    werkzeug's ``response.cache_control`` and ``response.vary`` read the first line
+    only, and writing them replaces every line with it: a ``private`` or a ``Vary:
+    Origin`` that a hook added as a second line would be lost.
+    """
+    lines = headers.getlist(name)
+    if len(lines) > 1:
+        headers[name] = ", ".join(lines)
+
+
 def one_cache_control_line(headers: Headers) -> str:
     """The ``Cache-Control`` of ``headers`` as one line, directive names in lower case.
 
@@ -232,9 +244,7 @@ def vary(*headers: str) -> ViewDecorator:
             raise ValueError(f"vary(): {name!r} is not a header name")
 
     def add(response: Response) -> None:
-        lines = response.headers.getlist("Vary")
-        if len(lines) > 1:  # werkzeug reads the first line and rewrites them all
-            response.headers["Vary"] = ", ".join(lines)
+        one_line(response.headers, "Vary")
         response.vary.update(headers)  # werkzeug's HeaderSet: case-insensitive, no repeats
 
     def decorate(view: View[P]) -> Callable[P, Response]:

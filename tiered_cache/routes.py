@@ -98,7 +98,7 @@ from ._response_entry import (
     vary_names,
 )
 from .flight import release
-from .http import one_cache_control_line
+from .http import one_cache_control_line, one_line
 from .keys import KeyLayout
 from .redis_tier import UNAVAILABLE
 from .sentinels import MISS
@@ -568,27 +568,22 @@ class _AllLines(Headers):
     """
 
     def get(self, key: Any, default: Any = None, type: Any = None) -> Any:  # type: ignore[override]
-        if type is None and isinstance(key, str) and key.lower() in _LISTS:
+        if type is None and isinstance(key, str) and key.lower() in _LISTS_LOWER:
             lines = self.getlist(key)
             if len(lines) > 1:
                 return ", ".join(lines)
         return super().get(key, default, type)
 
 
-_LISTS: Final = frozenset({"vary", "cache-control"})
+_LISTS: Final = ("Cache-Control", "Vary")
+"""The headers whose lines a page is judged and stored by as one list."""
+_LISTS_LOWER: Final = frozenset(name.lower() for name in _LISTS)
 
 
 def _one_line_each(headers: Headers) -> None:
-    """Join several ``Cache-Control`` or ``Vary`` lines into one (RFC 9110 5.3).
-
-    werkzeug's ``response.cache_control`` and ``response.vary`` read the first line
-    only, and writing ``response.vary`` replaces every line with it: a ``private`` or a
-    ``Vary: Origin`` that a hook added as a second line would be lost.
-    """
-    for name in ("Cache-Control", "Vary"):
-        lines = headers.getlist(name)
-        if len(lines) > 1:
-            headers[name] = ", ".join(lines)
+    """Join several ``Cache-Control`` or ``Vary`` lines into one (see :func:`one_line`)."""
+    for name in _LISTS:
+        one_line(headers, name)
 
 
 def _marked(rv: Any, source: str) -> Response:
