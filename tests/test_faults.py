@@ -406,6 +406,53 @@ def test_a_probe_that_raises_a_bug_does_not_jam_the_breaker(
     assert cache.set("k", 1) is True and cache.get("k") == 1
 
 
+def test_a_bug_in_another_thread_does_not_free_the_probe_claim(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    """A call let through before the breaker opened that ends in a bug while another
+    thread holds the half-open probe must leave that claim alone: freed, it would let a
+    second probe go to Redis while the first is still out."""
+    cache = _make(caches, redis_server, breaker_failures=1, breaker_reset=0.2)
+    early_in, early_go, probe_in, probe_go = (threading.Event() for _ in range(4))
+    errors: list[BaseException] = []
+
+    def early_bug(client: Any) -> None:
+        early_in.set()
+        assert early_go.wait(5)
+        raise ValueError("a bug, not an outage")
+
+    def slow_probe(client: Any) -> Any:
+        probe_in.set()
+        assert probe_go.wait(5)
+        return client.ping()  # Redis is gone: an outage, which re-opens the breaker
+
+    def run(what: str, call: Callable[[Any], Any]) -> None:
+        try:
+            cache.redis.run(what, call)
+        except BaseException as exc:
+            errors.append(exc)
+
+    early = threading.Thread(target=run, args=("early", early_bug), daemon=True)
+    early.start()
+    assert early_in.wait(5)  # let through while the breaker was closed
+    redis_server.kill()
+    assert cache.get("k") is None  # the breaker opens
+    time.sleep(0.25)
+    probe = threading.Thread(target=run, args=("probe", slow_probe), daemon=True)
+    probe.start()
+    assert probe_in.wait(5)  # the half-open probe, claimed and still out
+    early_go.set()
+    early.join(5)
+    assert [type(exc) for exc in errors] == [ValueError]
+
+    before = cache.stats()["redis_errors"]
+    assert cache.get("other") is None
+    assert cache.stats()["redis_errors"] == before, "a second probe went to Redis"
+    probe_go.set()
+    probe.join(5)
+    assert cache.stats()["breaker_open"] is True
+
+
 def test_half_open_probe_is_exclusive_across_threads(
     redis_server: RedisServer, caches: list[Cache]
 ) -> None:

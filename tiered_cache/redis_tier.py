@@ -242,6 +242,8 @@ class Breaker:
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
+        self._prober = 0
+        """The thread ident that claimed the half-open probe (meaningful while probing)."""
         self.opened = 0
 
     @property
@@ -257,14 +259,21 @@ class Breaker:
             if self._probing or self._timer() < self._open_until:
                 return False
             self._probing = True
+            self._prober = threading.get_ident()
             return True
 
     def undecided(self) -> None:
         """A call ended without telling whether Redis works (a bug raised): if it was the
-        probe, let the next call probe instead of refusing every call for ever."""
+        probe, let the next call probe instead of refusing every call for ever.
+
+        Only the thread that claimed the probe gives it up: a call let through before
+        the breaker opened, ending now, must not free another thread's claim (two probes
+        at once would double the load on a Redis that is struggling).
+        """
         if self._probing:
             with self._lock:
-                self._probing = False
+                if self._prober == threading.get_ident():
+                    self._probing = False
 
     def success(self) -> None:
         """Record a call that worked."""
