@@ -224,6 +224,34 @@ def test_a_session_page_is_never_served_by_the_fast_path(make_app: AppFactory) -
 # -- header lines and statuses ----------------------------------------------------------------
 
 
+ALL_SESSION_KINDS = [*SESSION_KINDS, SERVER_SIDE[0]]
+
+
+@pytest.mark.parametrize("kind", ALL_SESSION_KINDS)
+def test_a_session_read_only_by_an_after_request_hook_keys_the_page_by_cookie(
+    make_app: AppFactory, kind: dict[str, Any]
+) -> None:
+    """Not the view's read (README: such hooks mostly keep books), but the session layer's
+    ``Vary: Cookie`` for it keeps users apart: a hook that writes the user into the
+    response never hands one user's answer to another, nor to a stranger."""
+    app, calls = session_app(make_app, **kind)
+
+    @app.after_request
+    def who(response: Response) -> Response:
+        response.headers["X-User"] = session.get("user_id", "stranger")
+        return response
+
+    alice, bob, stranger = app.test_client(), app.test_client(), app.test_client()
+    alice.get("/login/alice")
+    bob.get("/login/bob")
+    for _ in range(2):
+        for client, name in ((alice, "alice"), (bob, "bob"), (stranger, "stranger")):
+            answer = client.get("/static-page")
+            assert answer.headers["X-User"] == name
+            assert "Cookie" in answer.headers.get("Vary", "")
+    assert calls["static"] == 3  # each of the three got a page of their own, then a hit
+
+
 def test_a_second_cache_control_line_is_honoured(make_app: AppFactory) -> None:
     app, tc = make_app()
 
