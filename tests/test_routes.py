@@ -183,6 +183,34 @@ def test_if_none_match_gets_304_without_running_the_view(make_app: AppFactory) -
     assert calls["page"] == 1
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_client_s_no_cache_and_if_modified_since_are_answered_from_the_page(
+    make_app: AppFactory, public: bool
+) -> None:
+    """README "Choices": a client's no-cache does not run the view (anyone could make it
+    run on every request), and If-Modified-Since alone gets the whole page on a hit."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/dated")
+    @tc.cached(public=public)
+    def dated() -> Response:
+        calls["dated"] += 1
+        return Response("dated", headers={"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"})
+
+    client = app.test_client()
+    client.get("/dated")
+    for headers in (
+        {"Cache-Control": "no-cache"},
+        {"Pragma": "no-cache"},
+        {"Cache-Control": "max-age=0"},
+        {"If-Modified-Since": "Thu, 22 Oct 2015 07:28:00 GMT"},
+    ):
+        answer = client.get("/dated", headers=headers)
+        assert (answer.status_code, answer.text, xcache(answer)) == (200, "dated", "HIT-L1")
+    assert calls["dated"] == 1
+
+
 def test_if_none_match_on_a_miss_gets_304_too(make_app: AppFactory) -> None:
     app, tc = make_app()
 
