@@ -82,6 +82,11 @@ def test_environment_strings_are_parsed() -> None:
         ("l1_max_items", 1.9),  # not quietly 1
         ("redis_url", "redis://host/abc"),  # redis-py would quietly use db 0
         ("redis_url", "unix://"),
+        ("redis_url", "redis+sentinel://h1:26379,h2:notaport/mymaster"),
+        ("redis_url", "redis+sentinel://h1:26379,h2:65536/mymaster"),
+        ("redis_url", "redis+sentinel://h1:26379,h2:0/mymaster"),
+        ("redis_url", "redis+sentinel://h1:26379,:26379/mymaster"),
+        ("redis_url", "redis+sentinel://h1:26379,/mymaster"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:
@@ -93,6 +98,20 @@ def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:
     assert repr(value) in str(raised.value)
     with pytest.raises(ConfigurationError, match=config_key):
         Cache(**{key: value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://h1:26379,h2:26379/mymaster",
+        "redis+sentinel://:pw@h1:26379,h2:26380,h3/mymaster/2",
+        "redis+sentinel://h1/mymaster",
+    ],
+)
+def test_sentinel_urls_may_name_several_sentinels(url: str) -> None:
+    """The README's ``host:port[,host:port]``: urlsplit alone reads "26379,h2:26379" as a port."""
+    assert CacheConfig.resolve({}, {"TIERED_CACHE_REDIS_URL": url}).redis_url == url
+    Cache(redis_url=url, invalidation=False).close()  # the client is made, Redis untouched
 
 
 def test_unknown_keyword_is_refused() -> None:

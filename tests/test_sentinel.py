@@ -6,11 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from flask import Flask
 
-from tests.redis_harness import RedisServer
-from tests.redis_sentinel import SentinelServer
+from tests.flask_apps import close_app
+from tests.redis_harness import HOST, RedisServer, free_port
+from tests.redis_sentinel import SERVICE, SentinelServer
 from tests.waiting import until
-from tiered_cache import MISS, Cache, CacheUnavailable
+from tiered_cache import MISS, Cache, CacheUnavailable, TieredCache
 
 
 @pytest.fixture
@@ -46,3 +48,22 @@ def test_an_unknown_service_is_an_outage_not_a_crash(sentinel: SentinelServer) -
         assert cache.get("k", MISS) is MISS
     with Cache(redis_url=url, fail_open=False) as cache, pytest.raises(CacheUnavailable):
         cache.get("k")
+
+
+def test_an_app_with_two_sentinels_skips_the_dead_one(
+    sentinel: SentinelServer, redis_server: RedisServer
+) -> None:
+    """``host:port,host:port``: the first Sentinel refuses connections, the second answers."""
+    url = f"redis+sentinel://{HOST}:{free_port()},{sentinel.host}:{sentinel.port}/{SERVICE}"
+    app = Flask("two_sentinels")
+    app.config.update(TIERED_CACHE_REDIS_URL=url, TIERED_CACHE_FAIL_OPEN=False)
+    tc = TieredCache(app)
+    try:
+        with app.app_context():
+            assert tc.set("k", {"v": 1})
+            assert tc.get("k") == {"v": 1}
+        key = TieredCache.state(app).cache._layout.data("", 0, "k")
+        with redis_server.client() as master:
+            assert master.exists(key) == 1  # the data really is on the monitored master
+    finally:
+        close_app(app)

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigurationError
 from .ratelimit.limits import STRATEGIES, parse_limits
@@ -109,6 +109,9 @@ def _redis_url(value: Any) -> str:
     parts = urlsplit(value)
     if parts.scheme not in URL_SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(URL_SCHEMES)}")
+    if parts.scheme == "redis+sentinel":
+        _sentinel_addresses(parts.netloc)
+        return value
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("no host in the URL")
     try:
@@ -123,6 +126,18 @@ def _redis_url(value: Any) -> str:
 
 
 _DB_PATH = re.compile(r"/?|/[0-9]+/?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _sentinel_addresses(netloc: str) -> None:
+    """Check each ``host[:port]`` of a ``redis+sentinel`` URL (no port means 26379)."""
+    # Split as redis_tier._sentinel_client splits; urlsplit reads "26379,h2:26379" as a port.
+    for address in unquote(netloc.rpartition("@")[2]).split(","):
+        host, colon, port = address.partition(":")
+        if not host:
+            raise ValueError(f"no host in the sentinel address {address!r}")
+        if colon and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+            raise ValueError(f"bad port in the sentinel address {address!r}")
 
 
 def _secret(value: Any) -> str | bytes | None:
