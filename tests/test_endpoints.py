@@ -456,3 +456,193 @@ def test_process_start_hooks_run_once_per_process(make_app: MakeApp) -> None:
         _STARTS.clear()
     assert inherited == [os.getpid()]
     assert len(after) == 2 and after[1] != os.getpid()
+
+
+# -- junk and error replies never fail a reader; counters never go back -------------------
+
+
+def _junk_records(index: str) -> dict[str, bytes]:
+    """Records another worker (or anything else) may have left under the stats keys."""
+    good = {"host": "h", "pid": 1, "id": "x", "app": "a", "started": 1.0, "published": 2.0}
+    junk = {
+        "pid-is-a-name": {**good, "pid": "web-1"},
+        "published-null": {**good, "published": None},
+        "started-text": {**good, "started": "x"},
+        "no-host": {k: v for k, v in good.items() if k != "host"},
+        "not-a-dict": [1, 2],
+    }
+    keys = {
+        index.removesuffix("index") + name: json.dumps(record).encode()
+        for name, record in (
+            (name, {**record, "stats": {}} if isinstance(record, dict) else record)
+            for name, record in junk.items()
+        )
+    }
+    keys[index.removesuffix("index") + "deep"] = b"[" * 100_000
+    keys[index.removesuffix("index") + "not-json"] = b"\xff\xfe"
+    figure = {**good, "id": "figure", "stats": {"l1_hits": "many", "l2_hits": 3}}
+    keys[index.removesuffix("index") + "bad-figure"] = json.dumps(figure).encode()
+    return keys
+
+
+def test_junk_under_the_stats_keys_never_fails_a_reader(make_app: MakeApp, redis_url: str) -> None:
+    app, _ = make_app()
+    client = app.test_client()
+    client.get("/")
+    index = TieredCache.state(app).cache.layout.stats_index
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        for key, raw in _junk_records(index).items():
+            plain.set(key, raw)
+            plain.sadd(index, key)
+    finally:
+        plain.close()
+    stats = client.get("/_tiered_cache/stats")
+    assert stats.status_code == 200
+    body = stats.get_json()
+    assert body["complete"] is True
+    # Only this worker and the record whose one bad figure was dropped are shown.
+    assert sorted(w["id"] for w in body["workers"]) == sorted(
+        ["figure", publisher_of(TieredCache.state(app)).id]  # type: ignore[union-attr]
+    )
+    other = next(w for w in body["workers"] if w["id"] == "figure")
+    assert other["stats"] == {"l2_hits": 3}
+    scraped = client.get("/_tiered_cache/metrics")
+    assert scraped.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+    assert families["tiered_cache_workers"].samples[0].value == 2
+    result = app.test_cli_runner().invoke(args=["tiered-cache", "stats"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_foreign_key_at_the_stats_index_makes_figures_incomplete_not_a_500(
+    make_app: MakeApp, redis_url: str
+) -> None:
+    """An error reply that is no outage (WRONGTYPE here; an ACL's NOPERM alike)."""
+    app, _ = make_app()
+    client = app.test_client()
+    client.get("/")
+    index = TieredCache.state(app).cache.layout.stats_index
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        plain.delete(index)
+        plain.set(index, "not a set")
+        stats = client.get("/_tiered_cache/stats")
+        scraped = client.get("/_tiered_cache/metrics")
+    finally:
+        plain.delete(index)
+        plain.close()
+    assert stats.status_code == 200
+    body = stats.get_json()
+    assert body["complete"] is False
+    assert [w["this_process"] for w in body["workers"]] == [True]
+    assert scraped.status_code == 200
+
+
+def test_a_read_shows_this_worker_as_redis_now_holds_it(make_app: MakeApp, redis_url: str) -> None:
+    """Not figures taken a moment after the ones published: another worker serving the
+    next scrape would read the older ones from Redis, a counter going backwards."""
+    app, _ = make_app()
+    client = app.test_client()
+    client.get("/")
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None
+    shown = next(
+        w for w in client.get("/_tiered_cache/stats").get_json()["workers"] if w["this_process"]
+    )
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        held = json.loads(plain.get(publisher.key))  # type: ignore[arg-type]
+    finally:
+        plain.close()
+    assert (shown["published"], shown["stats"]) == (held["published"], held["stats"])
+
+
+class _HeldPublishes(redis.Redis):
+    """A real client whose first pipeline pauses after it was built, before it is sent,
+    until ``go_on`` is set (or a second has passed)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(connection_pool=redis.ConnectionPool.from_url(url))
+        self.paused = threading.Event()
+        self.go_on = threading.Event()
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        if self.paused.is_set():
+            return pipe
+        execute = pipe.execute
+
+        def held_execute(raise_on_error: bool = True) -> Any:
+            self.paused.set()
+            self.go_on.wait(1.0)
+            return execute(raise_on_error)
+
+        pipe.execute = held_execute  # type: ignore[method-assign]
+        return pipe
+
+
+def test_an_older_record_never_lands_after_a_newer_one(make_app: MakeApp, redis_url: str) -> None:
+    """The publishing thread and a request may publish at once: the record built first
+    must not be the one Redis keeps."""
+    app, _ = make_app()
+    app.test_client().get("/")
+    state = TieredCache.state(app)
+    publisher = publisher_of(state)
+    assert publisher is not None
+    built: list[float] = []
+    record = publisher.record
+
+    def recording(cache: Any) -> dict[str, Any]:
+        made = record(cache)
+        built.append(made["published"])
+        return made
+
+    publisher.record = recording  # type: ignore[method-assign]
+    tier = state.cache.redis
+    held = _HeldPublishes(redis_url)
+    real, tier.client = tier.client, held  # type: ignore[assignment]
+    try:
+        first = threading.Thread(target=publisher.publish, args=(state.cache,))
+        first.start()
+        assert held.paused.wait(5)  # the first record is built, not yet written
+        second = threading.Thread(target=publisher.publish, args=(state.cache,))
+        second.start()
+        second.join(0.5)  # without the lock it lands now, and the first after it
+        held.go_on.set()
+        first.join(5)
+        second.join(5)
+    finally:
+        tier.client = real
+        del publisher.record
+        held.close()
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        kept = json.loads(plain.get(publisher.key))  # type: ignore[arg-type]
+    finally:
+        plain.close()
+    assert len(built) >= 2
+    assert kept["published"] == max(built)
+
+
+def test_a_publisher_stopped_while_it_starts_stays_stopped(make_app: MakeApp) -> None:
+    """``stop`` (a worker exiting) racing the first request's ``ensure_started``: no
+    thread may be left publishing, untracked, for a worker that is gone."""
+    app, _ = make_app()
+    publisher = publisher_of(TieredCache.state(app))
+    assert publisher is not None and not publisher.running
+    before = len(stats_threads())
+    publisher._lock.acquire()  # ensure_started gets past its quick check, then waits here
+    starting = threading.Thread(target=publisher.ensure_started)
+    stopping = threading.Thread(target=publisher.stop, kwargs={"unpublish": False})
+    try:
+        starting.start()
+        starting.join(0.2)
+        stopping.start()
+        stopping.join(0.2)
+    finally:
+        publisher._lock.release()
+    starting.join(5)
+    stopping.join(5)
+    assert not publisher.running
+    assert len(stats_threads()) == before

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import socket
 import threading
@@ -26,6 +27,8 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
+
+import redis
 
 from ._log import RateLimitedLog
 from .errors import TieredCacheError
@@ -110,6 +113,7 @@ class StatsPublisher:
     def _reset(self) -> None:
         """Forget this process's thread (again, in a forked child)."""
         self._lock = threading.Lock()
+        self._publishing = threading.Lock()  # one record built and SET at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -135,7 +139,7 @@ class StatsPublisher:
             return
         with self._lock:
             cache = self._cache()
-            if self._pid == os.getpid() or cache is None or is_closed(cache):
+            if self._pid == os.getpid() or self._stopped or cache is None or is_closed(cache):
                 return
             self._pid = os.getpid()
             self._stop = threading.Event()
@@ -145,10 +149,13 @@ class StatsPublisher:
             self._thread.start()
 
     def stop(self, timeout: float = 2.0, *, unpublish: bool = True) -> None:
-        """Stop publishing and, by default, remove this worker's figures from Redis."""
-        self._stopped = True
-        self._stop.set()
-        thread = self._thread
+        """Stop publishing for good and, by default, remove this worker's figures from
+        Redis. For good: a publisher stopped (at a worker's exit) never starts again,
+        in this process or in a child it forks."""
+        with self._lock:  # a concurrent ensure_started either ran first or sees this
+            self._stopped = True
+            self._stop.set()
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         cache = self._cache()
@@ -198,12 +205,26 @@ class StatsPublisher:
         :returns: whether Redis took them.
         """
         cache = cache or self._cache()
-        if cache is None:
-            return False
-        try:
-            data = json.dumps(self.record(cache), separators=(",", ":"))
-        except Exception as exc:  # supervised: a bad figure must not end the thread
-            return self._failed("stats", exc)
+        return cache is not None and self.published(cache) is not None
+
+    def published(self, cache: Cache) -> dict[str, Any] | None:
+        """Publish the figures once and return the very record Redis now holds, or None
+        when it took none.
+
+        Built and written under one lock: a record built earlier (by the publishing
+        thread) never lands after a later one (a request's), which would take this
+        worker's counters back in Redis.
+        """
+        with self._publishing:
+            record = self.record(cache)
+            try:
+                data = json.dumps(record, separators=(",", ":"))
+            except Exception as exc:  # supervised: a bad figure must not end the thread
+                self._failed("stats", exc)
+                return None
+            return record if self._write(cache, data) else None
+
+    def _write(self, cache: Cache, data: str) -> bool:
         key, index, ttl_ms = self.key, cache.layout.stats_index, int(self.period * 3000)
 
         def publish(client: Any) -> None:
@@ -260,23 +281,48 @@ def read_published(cache: Cache) -> list[dict[str, Any]] | None:
 
     try:
         raws = tier_of(cache).run("stats read", read)
-    except TieredCacheError:
+    # ResponseError: an error reply that is no outage (a foreign key of another type at
+    # the index, a user whose ACL forbids SMEMBERS): the figures are incomplete, no 500.
+    except (TieredCacheError, redis.ResponseError):
         return None
     if raws is UNAVAILABLE:
         return None
     return [record for raw in raws if (record := _parse(raw)) is not None]
 
 
+_FIELDS: Final = {"host": str, "id": str, "app": str, "pid": int, "started": float}
+"""What a record must hold, and of which type, for the readers to use it (``published``
+too, a float): anything else there is junk, and junk never fails a reader."""
+
+
 def _parse(raw: bytes | None) -> dict[str, Any] | None:
-    """A published record, or None for a key that expired between SCAN and MGET or junk."""
+    """A published record, or None for a key that expired between SMEMBERS and MGET, or
+    for junk: bytes that are no JSON (or nest deeper than json can follow), or a record
+    without the fields of :data:`_FIELDS` and ``published``, each of its type. Its
+    figures that are not numbers are dropped."""
     if raw is None:
         return None
     try:
         record = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    ok = isinstance(record, dict) and isinstance(record.get("stats"), dict)
-    return record if ok else None
+    if not isinstance(record, dict) or not isinstance(record.get("stats"), dict):
+        return None
+    for name, kind in (*_FIELDS.items(), ("published", float)):
+        if not _is(record.get(name), kind):
+            return None
+    # Figures are numbers (flags are bools): anything else is left out, not summed.
+    figures = record["stats"].items()
+    record["stats"] = {k: v for k, v in figures if type(v) in (int, float, bool)}
+    return record
+
+
+def _is(value: Any, kind: type) -> bool:
+    """Whether ``value`` is a ``kind`` (an int is a float; a bool is neither; a float is
+    finite)."""
+    if kind is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is kind
 
 
 def snapshot(cache: Cache, publisher: StatsPublisher | None) -> dict[str, Any]:
@@ -288,16 +334,18 @@ def snapshot(cache: Cache, publisher: StatsPublisher | None) -> dict[str, Any]:
     :returns: ``{"workers": [...], "totals": {...}, "complete": bool}``; ``complete`` is
         false when Redis could not be read (then only this process is shown).
     """
+    mine = None
     if publisher is not None and publisher.running:
-        # Published first: a later read served by another worker then shows this one's
-        # figures no older than these, and a counter never seems to go backwards. (Only
-        # from a worker that publishes: a CLI process must not pose as one.)
-        publisher.publish(cache)
+        # This worker is shown as it now stands in Redis: a later read served by another
+        # worker then shows these very figures or newer ones, and a counter never seems
+        # to go backwards. (Only from a worker that publishes: a CLI process must not
+        # pose as one.)
+        mine = publisher.published(cache)
     published = read_published(cache)
     workers = list(published or [])
     now = time.time()
     if publisher is not None:
-        mine = publisher.record(cache)
+        mine = mine or publisher.record(cache)
         workers = [w for w in workers if not _same_worker(w, mine)]
         workers.append({**mine, "this_process": True})
     for worker in workers:
