@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -196,6 +197,56 @@ def test_delete_with_redis_down_fails(
 def test_redacted_hides_the_password() -> None:
     assert redacted("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
     assert redacted("redis://h:1/0") == "redis://h:1/0"
+    assert redacted("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+def test_redacted_hides_passwords_in_the_query() -> None:
+    """redis-py reads ``password``, ``sentinel_password``... from the query too."""
+    assert redacted("unix:///run/redis.sock?password=s3cret&db=2") == (
+        "unix:///run/redis.sock?password=***&db=2"
+    )
+    assert redacted("redis://u:pw@h:1/0?Sentinel_PASSWORD=a&pass%77ord=b&x=1&flag") == (
+        "redis://u:***@h:1/0?Sentinel_PASSWORD=***&pass%77ord=***&x=1&flag"
+    )
+
+
+SECRET = "s3cret-in-the-query"
+
+
+@pytest.fixture
+def socket_server() -> Iterator[tuple[RedisServer, str]]:
+    """A server that also listens on a unix socket (a short path: sun_path has 108 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="tc-") as directory:
+        path = os.path.join(directory, "redis.sock")
+        with RedisServer(extra_args=("--unixsocket", path)) as server:
+            yield server, path
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_doctor_never_prints_a_password_given_in_the_query(
+    app_factory: Callable[..., Flask], socket_server: tuple[RedisServer, str], transport: str
+) -> None:
+    server, path = socket_server
+    with server.client() as admin:
+        admin.config_set("requirepass", SECRET)
+    base = f"redis://{server.host}:{server.port}/0" if transport == "tcp" else f"unix://{path}"
+    app = app_factory(f"{base}?password={SECRET}")
+    result = run(app, "doctor")
+    assert result.exit_code == 0, result.output  # the password is used: AUTH succeeded
+    assert f"Redis: {base}?password=***" in result.output
+    assert SECRET not in result.output
+
+
+def test_command_errors_never_print_a_password_given_in_the_query(
+    app_factory: Callable[..., Flask], redis_server: RedisServer
+) -> None:
+    app = app_factory(f"{redis_server.url}?password={SECRET}")
+    redis_server.kill()
+    for args in (("clear", "--yes"), ("stats",), ("delete", "k"), ("invalidate", "ns")):
+        result = run(app, *args)
+        assert result.exit_code == 1
+        assert "password=***" in result.output
+        assert SECRET not in result.output
 
 
 # -- doctor ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import click
 from flask.cli import AppGroup
@@ -48,12 +48,20 @@ def _state() -> AppState:
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, fit to print."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its passwords, fit to print: the userinfo's, and the value of every
+    query parameter whose name holds "password" (redis-py reads ``?password=``,
+    ``?sentinel_password=``...). The rest is kept as it was written."""
+    head, question, query = url.partition("?")  # not urlunsplit: it turns unix:/// into unix:/
+    password = urlsplit(head).password
+    if password:
+        head = head.replace(f":{password}@", ":***@", 1)
+    return head + question + "&".join(_masked(field) for field in query.split("&"))
+
+
+def _masked(field: str) -> str:
+    """One ``name=value`` of a query, its value masked when the name holds "password"."""
+    name, equals, _ = field.partition("=")
+    return f"{name}=***" if equals and "password" in unquote_plus(name).lower() else field
 
 
 def _checked(what: str, cache: Cache, call: Callable[[], T]) -> T:
