@@ -194,6 +194,33 @@ def test_delete_with_redis_down_fails(
     assert "unavailable" in result.output
 
 
+def no_traceback(result: Result, exit_code: int, message: str) -> None:
+    """A clean click error: its exit code and message, no exception escaping the command."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args", [("invalidate", ""), ("delete", "-n", "", "k"), ("delete", "--namespace=", "k")]
+)
+def test_an_empty_namespace_is_a_usage_error(make_app: MakeApp, args: tuple[str, ...]) -> None:
+    result = run(make_app(), *args)
+    no_traceback(result, 2, "a namespace name is a non-empty string")
+
+
+def test_an_error_reply_is_a_command_error(app_factory: MakeApp, redis_server: RedisServer) -> None:
+    """Not an outage (the cache does not fail open on it), yet no traceback either."""
+    app = app_factory(redis_server.url)
+    counter = TieredCache.state(app).cache.layout.counter("products")
+    with redis_server.client() as client:
+        client.set(counter, "not a number")
+    result = run(app, "invalidate", "products")
+    no_traceback(result, 1, "invalidate failed: ResponseError")
+    assert "not an integer" in result.output
+
+
 def test_redacted_hides_the_password() -> None:
     assert redacted("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
     assert redacted("redis://h:1/0") == "redis://h:1/0"
@@ -340,6 +367,13 @@ def test_doctor_without_config_get_reads_info() -> None:
     assert checks["maxmemory-policy"]
     assert checks["persistence"].startswith("WARN")
     assert "cannot read" in checks["persistence"]
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf"])
+def test_doctor_timeout_must_be_positive(make_app: MakeApp, timeout: str) -> None:
+    result = run(make_app(), "doctor", "--timeout", timeout)
+    no_traceback(result, 2, "Invalid value for '--timeout'")
+    assert "seconds > 0" in result.output
 
 
 def test_doctor_fails_when_pubsub_does_not_work() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 import time
 import uuid
@@ -21,6 +22,7 @@ from flask.cli import AppGroup
 
 from . import metrics
 from .errors import TieredCacheError
+from .keys import encode_name
 from .redis_tier import REDIS_ERRORS, Client, client_from_url
 
 if TYPE_CHECKING:
@@ -74,6 +76,8 @@ def _checked(what: str, cache: Cache, call: Callable[[], T]) -> T:
         result = call()
     except TieredCacheError as exc:
         raise click.ClickException(f"{what} failed: {exc}") from exc
+    except (*REDIS_ERRORS, ValueError) as exc:  # an error reply that is no outage, say
+        raise click.ClickException(f"{what} failed: {type(exc).__name__}: {exc}") from exc
     stats = cache.stats()
     if stats["redis_errors"] > errors or stats["breaker_open"]:
         url = redacted(cache.config.redis_url)
@@ -142,6 +146,16 @@ def stats_command(as_json: bool) -> None:
 # -- clear, invalidate, delete --------------------------------------------------------
 
 
+def _namespace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A namespace name the cache accepts (not empty), else a usage error."""
+    if value is not None:
+        try:
+            encode_name(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @group.command("clear")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def clear_command(yes: bool) -> None:
@@ -155,7 +169,7 @@ def clear_command(yes: bool) -> None:
 
 
 @group.command("invalidate")
-@click.argument("namespace")
+@click.argument("namespace", callback=_namespace)
 def invalidate_command(namespace: str) -> None:
     """Invalidate NAMESPACE in every worker: it gets a new version."""
     cache = _state().cache
@@ -165,12 +179,15 @@ def invalidate_command(namespace: str) -> None:
 
 @group.command("delete")
 @click.argument("keys", nargs=-1, required=True)
-@click.option("--namespace", "-n", default=None, help="The keys' namespace.")
+@click.option("--namespace", "-n", default=None, callback=_namespace, help="The keys' namespace.")
 def delete_command(keys: tuple[str, ...], namespace: str | None) -> None:
     """Delete KEYS (from every worker's L1 too)."""
     cache = _state().cache
-    space = cache if namespace is None else cache.namespace(namespace)
-    deleted = _checked("delete", cache, lambda: space.delete(*keys))
+
+    def delete() -> int:
+        return (cache if namespace is None else cache.namespace(namespace)).delete(*keys)
+
+    deleted = _checked("delete", cache, delete)
     click.echo(f"Deleted {deleted} of {len(keys)} keys.")
 
 
@@ -189,8 +206,17 @@ class Check:
 COLORS: Final = {"OK": "green", "INFO": "blue", "WARN": "yellow", "FAIL": "red"}
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A finite number of seconds above 0 (FloatRange lets nan through), else a usage error."""
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number of seconds > 0, not {value}")
+    return value
+
+
 @group.command("doctor")
-@click.option("--timeout", default=2.0, show_default=True, help="Seconds per Redis call.")
+@click.option(
+    "--timeout", default=2.0, show_default=True, callback=_seconds, help="Seconds per Redis call."
+)
 @click.option("--pings", default=5, show_default=True, help="PINGs for the latency figures.")
 def doctor_command(timeout: float, pings: int) -> None:
     """Check the app's Redis: reachable, latency, version, memory policy, persistence,
