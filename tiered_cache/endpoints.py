@@ -50,11 +50,18 @@ def publisher_of(state: AppState) -> metrics.StatsPublisher | None:
 
 
 class EndpointUnauthorized(Unauthorized):
-    """401 with ``WWW-Authenticate: Bearer`` and a JSON body."""
+    """401 with ``WWW-Authenticate: Bearer`` and a JSON body.
 
-    def __init__(self, error: str) -> None:
-        challenge = WWWAuthenticate("bearer", {"realm": "tiered_cache", "error": error})
-        super().__init__(www_authenticate=challenge)
+    :param error: the RFC 6750 error code of the challenge (``invalid_token``), or None,
+        for a request that brought no bearer token: the RFC's section 3.1 gives such a
+        request no error code (``invalid_request`` would go with a 400).
+    """
+
+    def __init__(self, error: str | None = None) -> None:
+        parameters: dict[str, str | None] = {"realm": "tiered_cache"}
+        if error is not None:
+            parameters["error"] = error
+        super().__init__(www_authenticate=WWWAuthenticate("bearer", parameters))
         self.error = error
 
     def get_body(self, *args: Any, **kwargs: Any) -> str:
@@ -79,7 +86,7 @@ def _authorize() -> None:
         return
     auth = request.authorization
     if auth is None or auth.type != "bearer" or not auth.token:
-        raise EndpointUnauthorized("invalid_request")
+        raise EndpointUnauthorized()  # none, another scheme (Basic) or an empty "Bearer"
     if not hmac.compare_digest(auth.token.encode(), expected.encode()):
         raise EndpointUnauthorized("invalid_token")
 
