@@ -87,6 +87,11 @@ def test_environment_strings_are_parsed() -> None:
         ("redis_url", "redis+sentinel://h1:26379,h2:0/mymaster"),
         ("redis_url", "redis+sentinel://h1:26379,:26379/mymaster"),
         ("redis_url", "redis+sentinel://h1:26379,/mymaster"),
+        ("redis_url", "redis+sentinel://h1:26379"),
+        ("redis_url", "redis+sentinel://h1:26379/"),
+        ("redis_url", "redis+sentinel://h1:26379/mymaster/x"),
+        ("redis_url", "redis+sentinel://h1:26379/mymaster/0/1"),
+        ("redis_url", "redis+sentinel://h1:26379/mymaster?db=x"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigurationError
 from .ratelimit.limits import STRATEGIES, parse_limits
@@ -111,6 +111,7 @@ def _redis_url(value: Any) -> str:
         raise ValueError(f"scheme must be one of {', '.join(URL_SCHEMES)}")
     if parts.scheme == "redis+sentinel":
         _sentinel_addresses(parts.netloc)
+        _sentinel_path(parts.path, parts.query)
         return value
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("no host in the URL")
@@ -138,6 +139,20 @@ def _sentinel_addresses(netloc: str) -> None:
             raise ValueError(f"no host in the sentinel address {address!r}")
         if colon and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
             raise ValueError(f"bad port in the sentinel address {address!r}")
+
+
+def _sentinel_path(path: str, query: str) -> None:
+    """Check the ``/service[/db]`` (or ``?db=``) of a ``redis+sentinel`` URL, read as
+    redis_tier._sentinel_client reads it."""
+    names = [name for name in path.split("/") if name]
+    if not names:
+        raise ValueError("no service name in the URL: redis+sentinel://host:port/service")
+    dbs = names[1:] or parse_qs(query).get("db", [])
+    if len(names) > 2 or not all(_DB.fullmatch(db) for db in dbs):
+        raise ValueError("after the service name, only a database number: /service/0")
+
+
+_DB = re.compile(r"[0-9]+")
 
 
 def _secret(value: Any) -> str | bytes | None:
