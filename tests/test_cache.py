@@ -276,6 +276,19 @@ def test_namespace_keys_are_separate_and_invalidated_together(make_cache: MakeCa
     assert users.invalidate() == first + 1
 
 
+def test_without_the_bus_a_namespace_bump_is_seen_within_l1_ttl(make_cache: MakeCache) -> None:
+    """README: with invalidation off, L1 lives by ``l1_ttl`` alone; so does what this
+    process knows of a namespace's version, or another worker's bump would never reach
+    it (bumping leaves the old keys in Redis, where the old version still finds them)."""
+    cache, other = make_cache(invalidation=False), make_cache(invalidation=False, l1_ttl=0.3)
+    cache.namespace("users").set("1", "ann")
+    assert other.namespace("users").get("1") == "ann"
+    cache.invalidate_namespace("users")
+    cache.namespace("users").set("1", "bob")
+    time.sleep(0.35)
+    assert other.namespace("users").get("1") == "bob"
+
+
 def test_namespace_objects_are_reused(cache: Cache) -> None:
     assert cache.namespace("x") is cache.namespace("x")
     with pytest.raises(ValueError, match="namespace"):

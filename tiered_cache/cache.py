@@ -132,11 +132,14 @@ class Cache(Keyspace):
         )
         self._bus: Bus | NoBus = self._make_bus() if config.invalidation else NoBus()
         self._values = StoredValues(self._serializer, self._clock, self._log)
+        # Without a bus no bump is ever heard: a fetched version is trusted for l1_ttl,
+        # as an L1 entry is, not for as long as NoBus vouches (for ever).
+        on = config.invalidation
         self._versions = NamespaceVersions(
             self._tier,
             self._layout,
-            disconnected_ttl=self._dttl,
-            bus_fresh_until=lambda: self._bus.fresh_until,
+            disconnected_ttl=self._dttl if on else config.l1_ttl,
+            bus_fresh_until=(lambda: self._bus.fresh_until) if on else (lambda: 0.0),
             timer=self._timer,
             current=self._versions_current,
         )
