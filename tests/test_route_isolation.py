@@ -5,6 +5,7 @@ than it should."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -250,6 +251,61 @@ def test_a_session_read_only_by_an_after_request_hook_keys_the_page_by_cookie(
             assert answer.headers["X-User"] == name
             assert "Cookie" in answer.headers.get("Vary", "")
     assert calls["static"] == 3  # each of the three got a page of their own, then a hit
+
+
+def _tampered(text: str) -> list[str]:
+    """``text``, a stored page, with one field each time replaced by what no page of
+    ours holds: each must read as a miss, never a 500 nor a header sent as it is."""
+    fields = json.loads(text[1:])
+    changes: list[dict[int, Any]] = [
+        {7: [1]},  # a Vary name that is not a string
+        {1: "200 OK\r\nX-Evil: 1"},  # a status line carrying a header
+        {1: 200},
+        {2: [["X-Evil\r\nSet-Cookie", "a=b"]]},  # a header name that is no token
+        {2: [["X-Note", "a\r\nSet-Cookie: a=b"]]},  # a value carrying a header
+        {2: [["X-Note"]]},
+        {3: 42},
+        {3: "no base64 *", 4: True},
+        {4: "yes"},
+        {5: 5},
+        {6: "yesterday"},
+        {8: None},
+        {9: "yes"},
+    ]
+    out = []
+    for change in changes:
+        changed = [change.get(index, field) for index, field in enumerate(fields)]
+        out.append(text[0] + json.dumps(changed))
+    return [*out, text[0] + "[" * 100_000]
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_tampered_page_in_redis_is_a_miss(make_app: AppFactory, public: bool) -> None:
+    """SPEC 2: bad bytes in Redis are a miss, never an exception; and a hit sends what
+    is stored as it is, so nothing stored may say more than a page would."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/page")
+    @tc.cached(public=public)
+    def page() -> str:
+        calls["page"] += 1
+        return "page"
+
+    client = app.test_client()
+    client.get("/page")
+    key = "tc.route:http://localhost/page"
+    with app.app_context():
+        good = tc.get(key)
+    assert isinstance(good, str) and good.startswith("E"), good
+    for number, bad in enumerate(_tampered(good), start=2):
+        with app.app_context():
+            tc.set(key, bad)  # in this worker's L1 and in Redis
+        answer = client.get("/page")
+        assert (answer.status_code, answer.text, xcache(answer)) == (200, "page", "MISS")
+        assert "X-Evil" not in answer.headers and "Set-Cookie" not in answer.headers
+        assert calls["page"] == number
+        assert xcache(client.get("/page")) == "HIT-L1"  # stored anew, and served
 
 
 def test_a_second_cache_control_line_is_honoured(make_app: AppFactory) -> None:

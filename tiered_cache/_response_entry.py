@@ -21,6 +21,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -172,24 +174,60 @@ def encode_page(
     return ENTRY + json.dumps(fields, separators=(",", ":"))
 
 
+_STATUS: Final = re.compile(r"[1-5][0-9]{2} [^\x00-\x1f\x7f]*")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE: Final = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+"""What a hit may send: a status line, header names that are tokens and values without
+control characters (RFC 9110 5.5), as ``encode_page`` stored them. Anything else in a
+stored page is tampering, and the page a miss."""
+
+
 def _decode_page(data: str) -> Page:
     fmt, status, headers, text, b64, etag, stored, vary, digest, public = json.loads(data)
     if fmt != _FORMAT:
         raise ValueError(f"page format {fmt!r}")
-    pairs = tuple((str(k), str(v)) for k, v in headers)
-    body = base64.b64decode(text) if b64 else text.encode("utf-8")
+    if not (type(status) is str and _STATUS.fullmatch(status)):
+        raise ValueError("not a status line")
+    pairs = tuple((k, v) for k, v in headers)
+    if not all(_is_field(k, v) for k, v in pairs):
+        raise ValueError("not a header line")
+    if not (
+        _all_str(vary)
+        and type(text) is str
+        and type(digest) is str
+        and (etag is None or type(etag) is str)
+        and type(b64) is bool
+        and type(public) is bool
+        and type(stored) in (int, float)
+        and math.isfinite(stored)
+    ):
+        raise ValueError("not a page")
+    body = base64.b64decode(text, validate=True) if b64 else text.encode("utf-8")
     return Page(
-        status=str(status),
+        status=status,
         headers=pairs,
         not_modified=tuple(p for p in pairs if p[0].lower() in NOT_MODIFIED_HEADERS),
         body=body,
         etag=etag,
         stored=float(stored),
         vary=tuple(vary),
-        vary_digest=str(digest),
-        public=bool(public),
-        fast=bool(public) and SESSION_VARY not in vary,
+        vary_digest=digest,
+        public=public,
+        fast=public and SESSION_VARY not in vary,
     )
+
+
+def _is_field(name: Any, value: Any) -> bool:
+    return (
+        type(name) is str
+        and type(value) is str
+        and _TOKEN.fullmatch(name) is not None
+        and _FIELD_VALUE.fullmatch(value) is not None
+    )
+
+
+def _all_str(names: Any) -> bool:
+    return type(names) is list and all(type(name) is str for name in names)
 
 
 def decode(text: str) -> Page | tuple[str, ...] | None:
@@ -198,8 +236,10 @@ def decode(text: str) -> Page | tuple[str, ...] | None:
         if text.startswith(ENTRY):
             return _decode_page(text[1:])
         if text.startswith(INDEX):
-            return tuple(str(name) for name in json.loads(text[1:]))
-    except (ValueError, TypeError, UnicodeError):
+            names = json.loads(text[1:])
+            return tuple(names) if _all_str(names) else None
+    # RecursionError: nesting deeper than json can follow.
+    except (ValueError, TypeError, UnicodeError, RecursionError):
         pass
     return None
 
