@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from tests.injected import fail_version_reads
 from tests.waiting import until
-from tiered_cache._response_entry import Page
+from tiered_cache._response_entry import Page, PageDecoder, encode_page
 from tiered_cache.flask_ext import TieredCache
 from tiered_cache.http import etag
 
@@ -1094,3 +1094,31 @@ def test_a_list_body_is_stored_with_its_length(make_app: AppFactory) -> None:
     client.get("/parts")
     hit = client.get("/parts")  # the fast path sends the stored headers as they are
     assert (hit.data, hit.headers["Content-Length"], xcache(hit)) == (b"abcdef", "6", "HIT-L1")
+
+
+def test_the_page_memo_is_bounded_in_size_not_only_in_entries() -> None:
+    """Decoded pages are kept by their text, which L1 may already have dropped: a few
+    hundred big reports must not hold gigabytes beside an L1 of 64 MB."""
+    decoder = PageDecoder(max_items=1000, max_bytes=200_000)
+
+    def text(number: int, size: int) -> str:
+        return encode_page(
+            status="200 OK",
+            headers=[("Content-Type", "text/plain")],
+            body=b"x" * size,
+            etag=None,
+            stored=float(number),
+            vary=(),
+            digest="",
+            public=True,
+        )
+
+    texts = [text(number, 10_000) for number in range(50)]
+    for one in texts:
+        assert isinstance(decoder.get(one), Page)
+    assert decoder.bytes <= 200_000
+    assert decoder.known(texts[-1]) is not None  # the newest are kept
+    assert decoder.known(texts[0]) is None  # the oldest went
+    huge = text(99, 150_000)  # bigger than the whole budget: decoded, not kept
+    assert isinstance(decoder.get(huge), Page)
+    assert decoder.known(huge) is None and decoder.known(texts[-1]) is not None

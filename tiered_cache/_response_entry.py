@@ -17,12 +17,12 @@ ever served to a request that matches it, whatever happened to the index meanwhi
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -250,14 +250,22 @@ class PageDecoder:
     A pure memo (the same text always means the same page), so it needs no invalidation:
     L1 decides whether a text may be served, this only saves re-parsing it. The lookup is
     cheap because L1 hands out the very string object it holds, whose hash is cached and
-    whose equality test stops at identity. Bounded; the oldest entries go first.
+    whose equality test stops at identity. Bounded in entries and in size (each entry
+    counted as twice its text: the text, which L1 may have dropped, and the page's body);
+    a text bigger than the whole budget is decoded every time. The oldest entries go
+    first.
 
     :param max_items: how many decoded strings to keep.
+    :param max_bytes: about how much memory they may hold.
     """
 
-    def __init__(self, max_items: int = 1024) -> None:
+    def __init__(self, max_items: int = 1024, max_bytes: int = 16 << 20) -> None:
         self._max_items = max_items
+        self._max_bytes = max_bytes
         self._memo: dict[str, Page | tuple[str, ...] | None] = {}
+        self._lock = threading.Lock()  # for writers; readers go through known, lock-free
+        self.bytes = 0
+        """What the memo holds now, counted as it is bounded."""
         self.known: Callable[[str], Page | tuple[str, ...] | None] = self._memo.get
         """The page or index already decoded from string ``text``, else None. No decoding
         and no type check: the fast path's lookup, one C call (pass strings only)."""
@@ -271,8 +279,16 @@ class PageDecoder:
             return memo[text]
         except KeyError:
             pass
-        found = memo[text] = decode(text)
-        if len(memo) > self._max_items:
-            with contextlib.suppress(KeyError, StopIteration, RuntimeError):  # racing trims
-                del memo[next(iter(memo))]
+        found = decode(text)
+        size = 2 * len(text)
+        if size > self._max_bytes:
+            return found
+        with self._lock:
+            if text not in memo:
+                memo[text] = found
+                self.bytes += size
+                while len(memo) > self._max_items or self.bytes > self._max_bytes:
+                    oldest = next(iter(memo))
+                    del memo[oldest]
+                    self.bytes -= 2 * len(oldest)
         return found

@@ -205,7 +205,8 @@ class Routes:
 
     def __init__(self, cache: Cache, app: Flask) -> None:
         self.cache = cache
-        self.pages = PageDecoder()
+        # The memo may hold a quarter of L1's budget again (see PageDecoder).
+        self.pages = PageDecoder(max_bytes=cache.config.l1_max_bytes // 4)
         self.fast: dict[Location, FastTarget] = {}
         """A request's :data:`Location` -> where a public route keeps its page."""
         self._app = app
