@@ -243,3 +243,33 @@ def test_a_forked_worker_never_answers_from_its_parents_l1(make_app: AppFactory)
     finally:
         _FORKED.clear()
     assert answers == ["HIT-L2", "HIT-L1"]
+
+
+def test_a_failing_process_start_hook_is_logged_once_not_a_500_on_every_request(
+    make_app: AppFactory, caplog: Any
+) -> None:
+    """A start hook may fail for reasons of its own (no thread left to start, under a
+    container's process limit): the requests of that worker must still be served."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    def fails() -> None:
+        calls["hook"] += 1
+        raise RuntimeError("can't start new thread")
+
+    TieredCache.state(app).on_process_start.insert(0, fails)
+
+    @app.route("/page")
+    @tc.cached(public=True)
+    def page() -> str:
+        return "page"
+
+    client = app.test_client()
+    answers = [client.get("/page") for _ in range(3)]
+    assert [(a.status_code, xcache(a)) for a in answers] == [
+        (200, "MISS"),
+        (200, "HIT-L1"),
+        (200, "HIT-L1"),
+    ]
+    assert calls["hook"] == 1
+    assert "a per-process start hook failed" in caplog.text

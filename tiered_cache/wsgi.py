@@ -8,7 +8,8 @@ not vary on the session (which only Flask can open), served from a prebuilt head
 list: ``X-Cache: HIT-L1``, ``Age``, and a 304 when ``If-None-Match`` matches the page's
 ETag. Anything else (a miss, a non-public page, another method) falls through to Flask
 unchanged. The wrapper also runs the extension's per-process start
-hooks (the stats publisher) before the first request each process serves.
+hooks (the stats publisher) before the first request each process serves; one that
+fails is logged and not tried again in that process.
 
 A fast-path hit skips everything Flask would do for the request: URL matching,
 ``url_value_preprocessor`` and ``before_request`` hooks, the view, ``after_request`` and
@@ -25,6 +26,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
+from ._log import logger
 from .routes import PENDING, release_leftover
 
 if TYPE_CHECKING:
@@ -71,11 +73,15 @@ def fast_path(
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         nonlocal started, find
         if started != _forks:
-            # Concurrent first requests may both get here: all of it is idempotent.
-            for start in on_process_start:
-                start()
-            find = routes.fast_finder()  # this process's L1
+            # Concurrent first requests may both get here: all of it is idempotent. The
+            # finder first: a request that sees `started` must find this process's L1.
+            find = routes.fast_finder()
             started = _forks
+            for start in on_process_start:
+                try:
+                    start()
+                except Exception:  # once, logged: not a 500 on every request after it
+                    logger.exception("tiered_cache: a per-process start hook failed")
         if locations:
             get = environ.get  # the Location of _page_keys.request_location, inlined
             target = locations.get(
