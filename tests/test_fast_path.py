@@ -273,3 +273,42 @@ def test_a_failing_process_start_hook_is_logged_once_not_a_500_on_every_request(
     ]
     assert calls["hook"] == 1
     assert "a per-process start hook failed" in caplog.text
+
+
+def test_middleware_that_rewrites_urls_inside_the_fast_path_keeps_it_off(
+    redis_url: str, caplog: Any
+) -> None:
+    """ProxyFix wrapped before init_app runs after the fast path: Flask keys a page by
+    the forwarded host, the fast path would look it up by the raw one. Such a page is
+    not offered to the fast path (which would serve it to a raw request for that host
+    whatever host it forwards), and the log says why."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = Flask("proxied")
+    app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_PREFIX="proxied")
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
+    tc = TieredCache(app)
+    hooks: Counter[str] = Counter()
+
+    @app.before_request
+    def count() -> None:
+        hooks["before"] += 1
+
+    @app.route("/page")
+    @tc.cached(public=True)
+    def page() -> str:
+        return f"page of {request.host}"
+
+    try:
+        client = app.test_client()
+        forwarded = {"X-Forwarded-Host": "shop.example", "X-Forwarded-Proto": "https"}
+        assert client.get("/page", headers=forwarded).text == "page of shop.example"
+        hit = client.get("/page", headers=forwarded)
+        assert (hit.text, xcache(hit)) == ("page of shop.example", "HIT-L1")
+        assert hooks["before"] == 2  # through Flask: the fast path did not serve it
+        assert "rewrites request URLs" in caplog.text
+        spoof = {"X-Forwarded-Host": "other.example", "X-Forwarded-Proto": "https"}
+        other = client.get("/page", headers=spoof, base_url="https://shop.example")
+        assert (other.text, xcache(other)) == ("page of other.example", "MISS")
+    finally:
+        TieredCache.state(app).cache.close()

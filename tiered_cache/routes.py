@@ -76,7 +76,9 @@ from flask.signals import request_finished
 from werkzeug.datastructures import Headers, ResponseCacheControl
 from werkzeug.http import generate_etag, parse_cache_control_header, unquote_etag
 
+from ._log import logger
 from ._page_keys import (
+    FAST_LOCATION,
     Location,
     current_session,
     digest_session_for,
@@ -212,6 +214,17 @@ class Routes:
         self._app = app
         self._misses = 0
         self._misses_lock = threading.Lock()
+        self._rewritten_warned = False
+
+    def _warn_rewritten(self) -> None:
+        """Say once that middleware inside the fast path rewrites URLs."""
+        if not self._rewritten_warned:
+            self._rewritten_warned = True
+            logger.warning(
+                "tiered_cache: middleware wrapped around app.wsgi_app before init_app "
+                "rewrites request URLs (ProxyFix?): the WSGI fast path cannot serve those "
+                "requests; wrap it after init_app to let it"
+            )
 
     # -- keys and lookups --------------------------------------------------------------
 
@@ -294,6 +307,9 @@ class Routes:
         location = request_location(environ)
         if location in self.fast:
             return
+        if environ.get(FAST_LOCATION, location) != location:
+            self._warn_rewritten()
+            return  # the fast path would look this page up where Flask did not key it
         keyspace = self._keyspace(options)
         local = None if keyspace is self.cache else keyspace._local_if_trusted
         self.fast[location] = FastTarget(key, local, options.etag)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from ._log import logger
+from ._page_keys import FAST_LOCATION
 from .routes import PENDING, release_leftover
 
 if TYPE_CHECKING:
@@ -82,17 +83,16 @@ def fast_path(
                     start()
                 except Exception:  # once, logged: not a 500 on every request after it
                     logger.exception("tiered_cache: a per-process start hook failed")
+        get = environ.get  # the Location of _page_keys.request_location, inlined
+        location = (
+            get("wsgi.url_scheme", "http"),
+            get("HTTP_HOST"),
+            get("SCRIPT_NAME", ""),
+            get("PATH_INFO", ""),
+            get("QUERY_STRING", ""),
+        )
         if locations:
-            get = environ.get  # the Location of _page_keys.request_location, inlined
-            target = locations.get(
-                (
-                    get("wsgi.url_scheme", "http"),
-                    get("HTTP_HOST"),
-                    get("SCRIPT_NAME", ""),
-                    get("PATH_INFO", ""),
-                    get("QUERY_STRING", ""),
-                )
-            )
+            target = locations.get(location)
             method = environ.get("REQUEST_METHOD")
             if target is not None and method in {"GET", "HEAD"}:
                 page = find(target, environ)
@@ -109,6 +109,7 @@ def fast_path(
                         return []
                     start_response(page.status, [*page.headers, _X_CACHE, age])
                     return [] if method == "HEAD" else [page.body]
+        environ[FAST_LOCATION] = location
         try:
             return inner(environ, start_response)
         finally:
