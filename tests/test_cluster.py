@@ -8,6 +8,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from tests.procs import run_in_processes
 from tests.redis_cluster import RedisClusterServers
 from tests.waiting import until
 from tiered_cache import MISS, Cache
@@ -127,3 +128,33 @@ def test_a_cluster_url_passes_its_password_to_every_node(
         for admin in admins:
             admin.config_set("requirepass", "")
             admin.close()
+
+
+_FORKED: list[Cache] = []
+
+
+def in_a_child_forked_while_the_client_was_being_made() -> object:
+    cache = _FORKED[0]
+    cache.set("forked", 1)
+    return cache.get("forked")
+
+
+def test_a_child_forked_while_the_cluster_client_was_being_made_does_not_hang(
+    make_cluster_cache: Callable[..., Cache],
+) -> None:
+    """The cluster client is made on first use, under a lock; a fork while another
+    thread holds it (its cluster slow to answer) must not leave the child waiting."""
+    cache = make_cluster_cache(invalidation=False)
+    client = cache.redis.client
+    _FORKED[:] = [cache]
+    try:
+        with client._lock:  # type: ignore[attr-defined] # a thread making the client
+            [value] = run_in_processes(
+                in_a_child_forked_while_the_client_was_being_made,
+                [()],
+                timeout=20,
+                start_method="fork",
+            )
+    finally:
+        _FORKED.clear()
+    assert value == 1

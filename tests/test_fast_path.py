@@ -312,3 +312,38 @@ def test_middleware_that_rewrites_urls_inside_the_fast_path_keeps_it_off(
         assert (other.text, xcache(other)) == ("page of other.example", "MISS")
     finally:
         TieredCache.state(app).cache.close()
+
+
+_FORKED: list[Flask] = []
+
+
+def in_a_child_forked_during_a_miss() -> tuple[str | None, bool]:
+    """A miss in a process forked while a parent's thread held the misses' lock."""
+    app = _FORKED[0]
+    routes = TieredCache.state(app).extras["routes"]
+    answer = app.test_client().get("/other")
+    return xcache(answer), routes._misses == 0
+
+
+def test_a_child_forked_while_a_miss_was_counted_serves_and_stores(make_app: AppFactory) -> None:
+    """The parent's misses in flight do not exist in a forked child: their count and
+    their lock (held by a parent's thread at the fork) must not follow it there."""
+    app, tc = make_app()
+
+    @app.route("/other")
+    @tc.cached()
+    def other() -> str:
+        return "other"
+
+    routes = TieredCache.state(app).extras["routes"]
+    routes._count_miss(+1)  # a miss in flight in this process
+    _FORKED[:] = [app]
+    try:
+        with routes._misses_lock:  # held by this thread while the child is forked
+            [(served, settled)] = run_in_processes(
+                in_a_child_forked_during_a_miss, [()], timeout=20, start_method="fork"
+            )
+    finally:
+        _FORKED.clear()
+        routes._count_miss(-1)
+    assert (served, settled) == ("MISS", True)

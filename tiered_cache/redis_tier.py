@@ -128,6 +128,11 @@ class LazyCluster:
                 made = self._made
         return made
 
+    def after_fork(self) -> None:
+        """Replace the lock, which a thread making the client may have held at the fork
+        (the child's first Redis call would wait on it for ever)."""
+        self._lock = threading.Lock()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client(), name)
 
@@ -406,6 +411,8 @@ class RedisTier:
         """Forget past failures: the breaker's and every thread's (after a fork)."""
         self.breaker.reset()
         self._failed = threading.local()
+        if isinstance(self.client, LazyCluster):
+            self.client.after_fork()
 
     def _unavailable(
         self, what: str, exc: BaseException | None, fail_open: bool, reason: str = ""

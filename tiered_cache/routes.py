@@ -66,8 +66,10 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -215,6 +217,15 @@ class Routes:
         self._misses = 0
         self._misses_lock = threading.Lock()
         self._rewritten_warned = False
+        _live_routes.add(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: no miss of the parent's is in flight here, and the lock
+        may have been held by a parent's thread at the fork."""
+        self._misses_lock = threading.Lock()
+        if self._misses:
+            self._misses = 0
+            request_finished.disconnect(_finished, self._app)
 
     def _warn_rewritten(self) -> None:
         """Say once that middleware inside the fast path rewrites URLs."""
@@ -455,7 +466,8 @@ class Routes:
     def _count_miss(self, delta: int) -> None:
         """Count misses in flight; ``request_finished`` is connected while there are any."""
         with self._misses_lock:
-            self._misses += delta
+            # Never below 0: a child forked during a miss may still settle it.
+            self._misses = max(0, self._misses + delta)
             if delta > 0 and self._misses == 1:
                 request_finished.connect(_finished, self._app, weak=False)
             elif delta < 0 and self._misses == 0:
@@ -658,6 +670,17 @@ def cached_view(extension: TieredCache, options: RouteOptions) -> Callable[[F], 
         return view  # type: ignore[return-value]
 
     return decorate
+
+
+_live_routes: weakref.WeakSet[Routes] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for routes in list(_live_routes):
+        routes.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def init_app(app: Flask, state: AppState) -> None:
