@@ -414,6 +414,51 @@ def test_default_limits_per_route_replaced_by_a_routes_own(
             response.close()
 
 
+def test_a_method_the_route_s_own_limits_do_not_count_gets_the_defaults(
+    app_factory: MakeApp, redis_url: str
+) -> None:
+    """SPEC 4: the defaults apply to every route; a POST-only limit on a route must not
+    leave its GETs unlimited."""
+    app, tc = app_factory(redis_url, ratelimit_default="2/minute")
+    view = tc.limit("5/minute", methods=["POST"])(ok)
+    app.add_url_rule("/login", "login", view, methods=["GET", "POST"])
+    client = ready(app, tc)
+    assert [client.get("/login").status_code for _ in range(3)] == [200, 200, 429]
+    assert figures(client.post("/login"))[:2] == (5, 4)  # its own limit, not the default
+
+
+def test_limits_on_the_methods_of_a_class_based_view(make_app: MakeApp) -> None:
+    """Each limited method of a ``MethodView`` counts its own requests only."""
+    from flask.views import MethodView
+
+    app, tc = make_app()
+
+    class Login(MethodView):
+        def get(self) -> str:
+            return "form"
+
+        @tc.limit("2/minute")
+        def post(self) -> str:
+            return "signed in"
+
+    app.add_url_rule("/login", view_func=Login.as_view("login"))
+    client = ready(app, tc)
+    assert [client.post("/login").status_code for _ in range(3)] == [200, 200, 429]
+    assert [client.get("/login").status_code for _ in range(3)] == [200] * 3
+
+
+def test_cors_preflights_are_not_counted(app_factory: MakeApp, redis_url: str) -> None:
+    """Flask answers OPTIONS itself; a browser sends one before a cross-origin POST:
+    counted, every action would cost two, and a 429 to a preflight breaks CORS."""
+    app, tc = app_factory(redis_url, ratelimit_default="2/minute")
+    app.add_url_rule("/api", "api", tc.limit("2/minute")(ok), methods=["POST"])
+    app.add_url_rule("/other", "other", ok, methods=["POST"])
+    client = ready(app, tc)
+    for path in ("/api", "/other"):
+        assert [client.options(path).status_code for _ in range(3)] == [200] * 3
+        assert [client.post(path).status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_default_strategy_from_config(app_factory: MakeApp, redis_url: str) -> None:
     app, tc = app_factory(redis_url, ratelimit_default="4/minute", ratelimit_strategy="gcra")
     app.add_url_rule("/a", "a", ok)

@@ -129,6 +129,23 @@ def test_sliding_window_counter_is_constant_memory(
     assert own_redis.type(key) == b"hash" and own_redis.hlen(key) == 3
 
 
+def test_sliding_window_counter_keeps_its_counts_when_redis_s_clock_goes_back(
+    make_limiter: MakeLimiter, redis_server: RedisServer, own_redis: redis.Redis
+) -> None:
+    """A failover to a replica whose clock runs behind: the stored window is ahead of
+    the one Redis's TIME gives. The counts stay; a fresh start would hand every client
+    a full quota again."""
+    limiter = make_limiter(redis_server.url, strategy="sliding-window-counter", deny_cache_size=0)
+    for _ in range(10):
+        assert limiter.hit("10/minute", "k").admitted
+    (key,) = rl_keys(own_redis)
+    window = int(own_redis.hget(key, "w"))  # type: ignore[arg-type]
+    own_redis.hset(key, "w", window + 3)  # as if stored by a clock 3 minutes ahead
+    refused = limiter.hit("10/minute", "k")
+    assert not refused.admitted and refused.retry_after > 0
+    assert own_redis.hget(key, "c") == b"10"
+
+
 def test_gcra_burst_then_one_per_interval(make_limiter: MakeLimiter) -> None:
     limiter = make_limiter(strategy="gcra", deny_cache_size=0)
     burst = [limiter.hit("4/2 seconds", "k") for _ in range(5)]

@@ -10,9 +10,14 @@ How a request is checked:
 - A route with ``@tc.limit`` is checked against its own limits only; every other route
   against ``TIERED_CACHE_RATELIMIT_DEFAULT``, counted per route. A route's own limits
   replace the defaults (as in Flask-Limiter), so a route can be looser than the default
-  as well as stricter; write ``"1000/hour;10/minute"`` to keep both. The extension's own
-  ``/_tiered_cache/*`` endpoints, static files and requests that match no route (404s)
-  get no default limits.
+  as well as stricter; write ``"1000/hour;10/minute"`` to keep both. A request of a
+  method none of the route's own limits counts (``methods=``) gets the defaults. The
+  extension's own ``/_tiered_cache/*`` endpoints, static files and requests that match no
+  route (404s) get no default limits, and ``OPTIONS`` requests (CORS preflights) are
+  counted only by limits whose ``methods`` name it.
+- ``@tc.limit`` goes below ``@app.route`` (Flask registers what the decorators below
+  the route made), or on the methods of a class-based view (``MethodView``: each counts
+  its own HTTP method).
 - All limits of one ``@tc.limit`` are checked in one Redis round trip, all or nothing.
   Stacked ``@tc.limit`` decorators are checked one after the other (one round trip each,
   in the order they are listed, top first); a refusal stops there, and what earlier ones
@@ -258,6 +263,10 @@ class Limiting:
         groups = self.groups(endpoint)
         if not groups:
             return
+        if self.default is not None and not any(map(_counts, groups)):
+            # The route's own limits count other methods only: this request gets the
+            # defaults, like a route without limits (every route has some, SPEC 4).
+            groups = () if _exempt_endpoint(endpoint) else (self.default,)
         decisions: list[Decision] = []
         after_this_request(functools.partial(_set_figures, decisions))
         for options in groups:
@@ -286,7 +295,7 @@ class Limiting:
 
     def _check(self, options: LimitOptions, endpoint: str) -> Decision | None:
         """One group's decision, or None when it does not apply to this request."""
-        if options.methods is not None and request.method not in options.methods:
+        if not _counts(options):
             return None
         if options.exempt_when is not None and options.exempt_when():
             return None
@@ -304,7 +313,22 @@ class Limiting:
 
 
 def _options_of(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
-    """The ``@tc.limit`` options of a view, looking through wrappers (``__wrapped__``)."""
+    """The ``@tc.limit`` options of a view: on it or a function it wraps (``__wrapped__``),
+    or on the methods of a class-based view (``View.as_view``), each counting only its
+    own HTTP method there."""
+    found = _options_on(view)
+    view_class = getattr(view, "view_class", None)
+    if found or view_class is None:
+        return found
+    everything = list(_options_on(getattr(view_class, "dispatch_request", None)))
+    for method in sorted(getattr(view_class, "methods", None) or ()):
+        for options in _options_on(getattr(view_class, method.lower(), None)):
+            if (one := _only(options, method)) is not None:
+                everything.append(one)
+    return tuple(everything)
+
+
+def _options_on(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
     seen = 0
     while view is not None and seen < 32:
         found: tuple[LimitOptions, ...] = getattr(view, ATTRIBUTE, ())
@@ -313,6 +337,24 @@ def _options_of(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
         view = getattr(view, "__wrapped__", None)
         seen += 1
     return ()
+
+
+def _only(options: LimitOptions, method: str) -> LimitOptions | None:
+    """``options`` counting requests of ``method`` alone (HEAD with GET), or None."""
+    methods = _methods((method,))
+    assert methods is not None
+    if options.methods is not None:
+        methods &= options.methods
+    return dataclasses.replace(options, methods=methods) if methods else None
+
+
+def _counts(options: LimitOptions) -> bool:
+    """Whether ``options`` count this request's method. ``OPTIONS`` only when named:
+    a browser's CORS preflight is no use of the route (and a 429 to it breaks CORS)."""
+    method = request.method
+    if options.methods is None:
+        return method != "OPTIONS"
+    return method in options.methods
 
 
 def _exempt_endpoint(endpoint: str) -> bool:

@@ -43,8 +43,13 @@ local function inspect(key, amount, period, cost, now)
   local window = math.floor(now / period)
   local stored = redis.call("HMGET", key, "w", "c", "p")
   local w, c = tonumber(stored[1]), tonumber(stored[2]) or 0
+  if w ~= nil and w > window then
+    -- Redis's clock went back (a failover to a host running behind): stay in the stored
+    -- window, at its start, rather than start afresh and hand every client a full quota.
+    window = w
+  end
   local s = {amount = amount, period = period, window = window,
-    elapsed = now - window * period, moved = w ~= window, prev = 0, curr = 0}
+    elapsed = math.max(0, now - window * period), moved = w ~= window, prev = 0, curr = 0}
   if w == window then
     s.curr = c
     s.prev = tonumber(stored[3]) or 0
