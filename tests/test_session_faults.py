@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from flask import Flask, session
+from flask import Flask, Response, request, session
 from flask.testing import FlaskClient
 from redis.cluster import RedisCluster
 from werkzeug.test import TestResponse
@@ -142,6 +142,55 @@ def test_a_failed_load_is_not_retried_within_the_request(
     assert attempts == [attempts[0]] * 3 and elapsed < HANG_GUARD
 
 
+def test_a_session_first_used_outside_the_view_during_an_outage_is_a_503(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """An after_request hook (Flask-Login's remember-cookie refresh reads the session on
+    every request) or an error handler: Flask turns what they raise into a 500."""
+    app, _ = make_app(redis_server.url)
+
+    @app.after_request
+    def remember(response: Response) -> Response:
+        if request.path != "/login/alice":
+            "_remember" in session  # the read is the point
+        return response
+
+    @app.errorhandler(404)
+    def not_found(error: Exception) -> tuple[str, int]:
+        return f"nothing here, {session.get('user_id')}", 404
+
+    client = logged_in(app, "alice")
+    redis_server.kill()
+    assert_unavailable(*timed(lambda: client.get("/plain")))
+    assert_unavailable(*timed(lambda: client.get("/no-such-page")))
+
+
+def test_a_login_whose_later_save_fails_still_sends_the_new_cookie(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """The login moved the session to a new id in Redis before the outage: without the
+    new cookie the browser keeps the old, dead id, logged out, its data orphaned."""
+    app, _ = make_app(redis_server.url)
+
+    def log_in_then_lose_redis() -> None:
+        TieredCache.state(app).extras["sessions"].login("alice")
+        session["welcome"] = "1"
+        redis_server.pause()  # the save of "welcome" times out
+
+    set_hook(app, log_in_then_lose_redis)
+    client = app.test_client()
+    client.post("/set/cart/3")
+    before = sid(client)
+    response = client.post("/hook")
+    assert response.status_code == 503
+    after = sid(client)
+    assert after is not None and after != before
+    redis_server.resume()
+    time.sleep(QUIET)  # the thread that timed out skips Redis for one socket timeout
+    assert client.get("/me").text == "alice"
+    assert client.get("/get/cart").text == "3"
+
+
 # -- a request in flight when its session is revoked ------------------------------------------
 
 
@@ -160,6 +209,7 @@ IN_FLIGHT: dict[str, Callable[[TieredCache], None]] = {
     "rotated": lambda tc: tc.sessions.rotate(),
     "renewed": lambda tc: None,  # unmodified, but past half its life: a renewal is due
     "read only": lambda tc: None,
+    "emptied": lambda tc: session.clear(),  # flask-session deletes an emptied session
 }
 
 

@@ -264,6 +264,48 @@ def test_an_unmodified_session_is_not_rewritten(
     admin.close()
 
 
+def test_marking_a_session_permanent_again_on_every_request_does_not_rewrite_it(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """The ``before_request: session.permanent = True`` idiom marks the session modified
+    on every request without changing it: no write (which would also undo a concurrent
+    request's real change)."""
+    app = quiet_app(make_app, redis_server)
+
+    @app.before_request
+    def remember_me() -> None:
+        session.permanent = True
+
+    client = logged_in(app, "alice")
+    client.get("/me")  # made permanent, if it was not: written once
+    redis_server.client().config_resetstat()
+    for _ in range(5):
+        assert client.get("/me").text == "alice"
+    calls = command_calls(redis_server)
+    calls.pop("info", None)
+    assert calls == {"getex": 5}
+    client.post("/set/theme/dark")
+    assert client.get("/get/theme").text == "dark"
+
+
+def test_an_id_no_session_holds_is_never_handed_out(make_app: AppFactory) -> None:
+    """Session fixation: a planted cookie's id, unknown to Redis, read through
+    ``session.sid`` before anything else, must not be the id the request works with."""
+    app, _ = make_app()
+
+    @app.get("/sid")
+    def show_sid() -> str:
+        return str(session.sid)
+
+    planted = interface(app).store.new_sid()
+    client = app.test_client()
+    client.set_cookie("session", planted)
+    shown = client.get("/sid").text
+    assert shown != planted
+    known = logged_in(app, "alice")
+    assert known.get("/sid").text == sid(known)  # a live id is the session's own
+
+
 def test_a_request_that_ignores_the_session_makes_no_redis_call(
     make_app: AppFactory, redis_server: RedisServer
 ) -> None:

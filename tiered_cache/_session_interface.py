@@ -131,7 +131,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         return value if valid_sid(value) else None
 
     def _load(self, session: TieredSession) -> None:
-        record = self.store.load(session.sid)
+        record = self.store.load(session.cookie_sid)
         if isinstance(record, bytes):  # MOVED: this browser has logged in or rotated
             session.reset(self.store.new_sid(), permanent=self.permanent)
             session.tc.inert = True
@@ -158,6 +158,11 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             self._save(session)
         except SessionUnavailable as exc:
             _unavailable(response, exc)
+            if session.tc.cookie_due and session.has_data():
+                # A login or rotation already moved the session to its new id in Redis;
+                # only the changes made after it are lost. Without the new cookie the
+                # browser would keep the old id, now dead: logged out, its data orphaned.
+                self._set_cookie(app, session, response)
             return
         if session.tc.cookie_due and session.has_data():
             self._set_cookie(app, session, response)
@@ -171,8 +176,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             return  # the browser's new cookie must win: nothing stored, nothing sent
         if not session.has_data():
             if state.stored and session.modified:  # emptied: flask-session deletes it
-                self.store.delete(session.sid, state.user)
-                session.reset(self.store.new_sid(), permanent=False, clear_cookie=True)
+                deleted = self.store.delete_emptied(session.sid, state.user)
+                session.reset(self.store.new_sid(), permanent=False, clear_cookie=deleted)
             return
         now = self.clock()
         # A session made permanent ("remember me") or not any more needs its cookie sent
@@ -184,8 +189,14 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         elif self._renewal_due(session, now):
             self._renew(session, now)
         elif session.modified:
-            raw = self.store.update(session.sid, session.record(state.issued))
-            self._written(session, raw, state.issued)
+            record = session.record(state.issued)
+            if self.store.codec.encode(record) == state.raw:
+                # "Changed" to what it held (``session.permanent = True`` in a hook on
+                # every request): not rewritten, which would also undo a concurrent
+                # request's real change.
+                session.modified = False
+            else:
+                self._written(session, self.store.update(session.sid, record), state.issued)
         state = session.tc  # a write recorded the permanence it stored
         written = state.permanent == session.is_permanent()
         state.cookie_due = state.cookie_due or (permanence_changed and written)
@@ -315,7 +326,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         if session.tc.failure is not None:
             raise session.tc.failure
         if not session.loaded:  # unread: the cookie's id is all there is to delete
-            self.store.delete(session.sid, None)
+            self.store.delete(session.cookie_sid, None)
         elif session.tc.stored:
             self.store.delete(session.sid, session.tc.user)
         session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)

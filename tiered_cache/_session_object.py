@@ -78,6 +78,27 @@ class TieredSession(RedisSession):  # type: ignore[misc]
         if loader is None:
             self.reset(sid, permanent=permanent)
 
+    # -- the id ----------------------------------------------------------------------------
+
+    @property
+    def sid(self) -> str:
+        """The session's id. The session is loaded first: the id a cookie names is only
+        used once Redis holds it, so a planted or stale one (session fixation) is never
+        handed out; it is replaced by a new id."""
+        if self._loader is not None:
+            self._ready()
+        return self._sid
+
+    @sid.setter
+    def sid(self, value: str) -> None:
+        self._sid = value
+
+    @property
+    def cookie_sid(self) -> str:
+        """The id as the cookie sent it, without loading (for the loader, a logout of an
+        unread session, ``repr``): never an id to hand out."""
+        return self._sid
+
     # -- loading ---------------------------------------------------------------------------
 
     @property
@@ -96,14 +117,18 @@ class TieredSession(RedisSession):  # type: ignore[misc]
             raise self.tc.failure
         from .sessions import SessionUnavailable
 
-        loader = self._loader
+        # Off while it runs: the loader may read the id (``sid`` loads an unloaded session).
+        loader, self._loader = self._loader, None
         assert loader is not None
         try:
             loader(self)
         except SessionUnavailable as exc:
             self.tc.failure = exc
+            self._loader = loader
             raise
-        self._loader = None
+        except BaseException:
+            self._loader = loader
+            raise
 
     def fill(self, record: Record) -> None:
         """Take the data and bookkeeping of a stored record (no change is recorded)."""
@@ -264,5 +289,5 @@ class TieredSession(RedisSession):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         if self._loader is not None:
-            return f"<{type(self).__name__} {self.sid!r} (not loaded)>"
+            return f"<{type(self).__name__} {self.cookie_sid!r} (not loaded)>"
         return f"<{type(self).__name__} {self.sid!r} {dict.__repr__(self)}>"

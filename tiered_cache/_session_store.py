@@ -326,6 +326,7 @@ class SessionStore:
         self._rotate = client.register_script(_script("session_rotate.lua"))
         self._store = client.register_script(_script("session_store.lua"))
         self._revoke = client.register_script(_script("session_revoke.lua"))
+        self._delete_emptied = client.register_script(_script("session_delete.lua"))
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -493,6 +494,18 @@ class SessionStore:
             pipe.execute()
 
         self.run("session delete", both)
+
+    def delete_emptied(self, sid: str, user: User | None) -> bool:
+        """Delete session ``sid``, emptied by its request, unless another request of the
+        browser moved it to a new id meanwhile (login, rotate): its marker stays.
+
+        :returns: whether a live session was deleted (then the cookie is to be cleared;
+            after a move, the browser's new cookie must stay).
+        """
+        keys = [self.key(sid)] if user is None else [self.key(sid), self.index(user)]
+        args = [MOVED, "" if user is None else sid]
+        done = self.run("session delete", lambda c: self._delete_emptied(keys, args, client=c))
+        return int(done) == 1
 
     def revoke(self, user: User) -> int:
         """Destroy every session of ``user`` in one script call; how many there were."""

@@ -183,6 +183,22 @@ def init_app(app: Flask, state: AppState) -> None:
     interface = TieredSessionInterface(app, store)
     app.session_interface = interface
     state.extras[EXTRAS_KEY] = SessionManager(interface)
+    _answer_outages_outside_views(app)
+
+
+def _answer_outages_outside_views(app: Flask) -> None:
+    """A session first used outside the view during an outage (an ``after_request``
+    hook, as Flask-Login's remember-cookie refresh on every request; an error handler's
+    template) raises where Flask turns any exception into a 500: answer it with its own
+    503 instead, as Flask answers it from a view (SPEC 5: never a 500)."""
+    handle = app.handle_exception
+
+    def handle_exception(e: Exception) -> Any:
+        if isinstance(e, SessionUnavailable):
+            return app.finalize_request(e, from_error_handler=True)
+        return handle(e)
+
+    app.handle_exception = handle_exception  # type: ignore[method-assign]
 
 
 def __getattr__(name: str) -> Any:
