@@ -308,6 +308,27 @@ def test_a_tampered_page_in_redis_is_a_miss(make_app: AppFactory, public: bool) 
         assert xcache(client.get("/page")) == "HIT-L1"  # stored anew, and served
 
 
+def test_a_session_nested_deeper_than_a_digest_can_follow_is_never_a_500(
+    make_app: AppFactory,
+) -> None:
+    """Server-side session data decodes deeper than Flask's tagger can follow: such a
+    session has no digest, and matches no page, like one that does not serialize."""
+    app, _ = session_app(make_app, TIERED_CACHE_SESSIONS=True)
+
+    @app.route("/nest")
+    def nest() -> str:
+        value: list[Any] = []
+        for _ in range(700):
+            value = [value]
+        session["deep"] = value
+        return "nested"
+
+    client = app.test_client()
+    assert client.get("/nest").text == "nested"
+    answers = [client.get("/me") for _ in range(2)]
+    assert [(a.status_code, xcache(a)) for a in answers] == [(200, "MISS"), (200, "MISS")]
+
+
 def test_a_second_cache_control_line_is_honoured(make_app: AppFactory) -> None:
     app, tc = make_app()
 

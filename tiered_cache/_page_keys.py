@@ -174,6 +174,8 @@ def session_digest() -> str | None:
     try:
         tagged = session_json_serializer.tag(data)
         text = json.dumps(tagged, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
+    # RecursionError: contents nested deeper than the tagger can follow (msgpack and
+    # json decode deeper): no digest, like contents that do not serialize.
+    except (TypeError, ValueError, RecursionError):
         return None
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
