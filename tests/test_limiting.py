@@ -447,6 +447,18 @@ def test_limits_on_the_methods_of_a_class_based_view(make_app: MakeApp) -> None:
     assert [client.get("/login").status_code for _ in range(3)] == [200] * 3
 
 
+def test_a_limited_public_cached_route_is_pointed_out(make_app: MakeApp, caplog: Any) -> None:
+    """The fast path serves its pages before any limit: by design, but not what someone
+    stacking the two decorators may expect."""
+    app, tc = make_app()
+    app.add_url_rule("/public", "public", tc.limit("2/minute")(tc.cached(public=True)(ok)))
+    app.add_url_rule("/private", "private", tc.limit("2/minute")(tc.cached()(ok)))
+    client = ready(app, tc)
+    client.get("/private")
+    assert "public has @tc.limit and @tc.cached(public=True)" in caplog.text
+    assert "private has" not in caplog.text
+
+
 def test_cors_preflights_are_not_counted(app_factory: MakeApp, redis_url: str) -> None:
     """Flask answers OPTIONS itself; a browser sends one before a cross-origin POST:
     counted, every action would cost two, and a 429 to a preflight breaks CORS."""

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from flask import after_this_request, request
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
+from ._log import logger
 from .errors import CacheUnavailable, RateLimitExceeded
 from .ratelimit.decision import Decision, LimitState
 from .ratelimit.limiter import RateLimiter
@@ -287,6 +288,7 @@ class Limiting:
         not changed in place, so a request iterating it in another thread is not disturbed.
         """
         self._first = False
+        _warn_of_public_limited_routes(self._views)
         if self.default is not None or any(map(_options_of, self._views.values())):
             return True
         hooks = self._app.before_request_funcs
@@ -337,6 +339,31 @@ def _options_on(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
         view = getattr(view, "__wrapped__", None)
         seen += 1
     return ()
+
+
+def _warn_of_public_limited_routes(views: dict[str, Callable[..., Any]]) -> None:
+    """Say which routes carry ``@tc.limit`` and ``@tc.cached(public=True)``: the WSGI fast
+    path serves their pages before any limit is checked (by design: see wsgi.py)."""
+    for endpoint, view in views.items():
+        if _options_of(view) and _is_fast(view):
+            logger.warning(
+                "tiered_cache: %s has @tc.limit and @tc.cached(public=True): pages the "
+                "WSGI fast path serves are not rate limited (drop public=True to limit "
+                "every request)",
+                endpoint,
+            )
+
+
+def _is_fast(view: Callable[..., Any] | None) -> bool:
+    """Whether a ``@tc.cached`` in the view's wrappers lets the fast path serve it."""
+    seen = 0
+    while view is not None and seen < 32:
+        route = getattr(view, "__tiered_cache_route__", None)
+        if route is not None:
+            return bool(route.fast)
+        view = getattr(view, "__wrapped__", None)
+        seen += 1
+    return False
 
 
 def _only(options: LimitOptions, method: str) -> LimitOptions | None:
