@@ -184,7 +184,9 @@ class CacheConfig:
     ttl_jitter: float = _setting(0.1, _fraction, "fraction of the TTL taken off at random")
     l1_backend: str = _setting("lru", _one_of(L1_BACKENDS), "hand-written LRU or cachetools")
     l1_max_items: int = _setting(10_000, _non_negative_int, "0 disables L1")
-    l1_max_bytes: int = _setting(64 * 1024 * 1024, _non_negative_int, "from serialized sizes")
+    l1_max_bytes: int = _setting(
+        64 * 1024 * 1024, _non_negative_int, "approximate: what entries hold, decoded"
+    )
     l1_ttl: float = _setting(60.0, _positive_float, "no L1 entry is older than this")
     l1_disconnected_ttl: float = _setting(
         1.0, _positive_float, "cap on L1 age while the bus is down"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Flask, current_app
@@ -248,7 +248,7 @@ class TieredCache:
         key: Callable[[], str] | None = None,
         strategy: str | None = None,
         cost: int | Callable[[], int] = 1,
-        methods: tuple[str, ...] | None = None,
+        methods: Iterable[str] | None = None,
         exempt_when: Callable[[], bool] | None = None,
         scope: str | None = None,
     ) -> Callable[[F], F]:
