@@ -326,7 +326,6 @@ class SessionStore:
         self._rotate = client.register_script(_script("session_rotate.lua"))
         self._store = client.register_script(_script("session_store.lua"))
         self._revoke = client.register_script(_script("session_revoke.lua"))
-        self._delete_emptied = client.register_script(_script("session_delete.lua"))
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -437,7 +436,8 @@ class SessionStore:
         now: float,
     ) -> int:
         """One call of ``lua/session_store.lua``, renewing ``user``'s index entry when
-        given: 1 written, 0 gone or moved, -1 changed since ``loaded`` (when given)."""
+        given (deleting the session and that entry when ``raw`` is empty): 1 written or
+        deleted, 0 gone or moved, -1 changed since ``loaded`` (when given)."""
         keys, score = [self.key(sid)], ""
         if user is not None:
             keys.append(self.index(user))
@@ -502,10 +502,7 @@ class SessionStore:
         :returns: whether a live session was deleted (then the cookie is to be cleared;
             after a move, the browser's new cookie must stay).
         """
-        keys = [self.key(sid)] if user is None else [self.key(sid), self.index(user)]
-        args = [MOVED, "" if user is None else sid]
-        done = self.run("session delete", lambda c: self._delete_emptied(keys, args, client=c))
-        return int(done) == 1
+        return self._rewrite("session delete", sid, b"", loaded=None, user=user, now=0) == 1
 
     def revoke(self, user: User) -> int:
         """Destroy every session of ``user`` in one script call; how many there were."""

@@ -1,11 +1,11 @@
 -- Rewrite an existing session, and renew its entry in the user's index when given: every
 -- write of a changed session, and of one whose cookie is reissued (past half of its
--- lifetime).
+-- lifetime). Or delete one its request emptied (ARGV[1] = ''), with its index entry.
 --
 -- KEYS[1]  the session key
 -- KEYS[2]  the user's index (sorted set of session ids), when ARGV[4] ~= ''
 --
--- ARGV[1]  the encoded session
+-- ARGV[1]  the encoded session, or '' to delete it
 -- ARGV[2]  the session TTL (seconds)
 -- ARGV[3]  the bytes the request loaded, when the session is unmodified: the write only
 --          happens if they are still there (another request's change is never
@@ -16,9 +16,9 @@
 -- ARGV[7]  the index TTL (seconds)
 -- ARGV[8]  how the "moved" marker a login or rotation leaves under the old id begins
 --
--- Returns 1 when written, 0 when the session is gone (revoked, logged out, expired, or
--- moved to a new id: it is never brought back), -1 when a renewal found it changed by
--- another request meanwhile.
+-- Returns 1 when written (or deleted), 0 when the session is gone (revoked, logged out,
+-- expired, or moved to a new id: it is never brought back, and a move's marker is never
+-- deleted), -1 when a renewal found it changed by another request meanwhile.
 
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then
@@ -34,6 +34,13 @@ if kind == 'string' then
     end
 elseif ARGV[3] ~= '' then
     return -1
+end
+if ARGV[1] == '' then
+    redis.call('DEL', KEYS[1])
+    if ARGV[4] ~= '' then
+        redis.call('ZREM', KEYS[2], ARGV[5])
+    end
+    return 1
 end
 redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EX', ARGV[2])
 if ARGV[4] ~= '' then
