@@ -131,7 +131,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         return value if valid_sid(value) else None
 
     def _load(self, session: TieredSession) -> None:
-        record = self.store.load(session.cookie_sid)
+        record = self.store.load(session.sid)
         if isinstance(record, bytes):  # MOVED: this browser has logged in or rotated
             session.reset(self.store.new_sid(), permanent=self.permanent)
             session.tc.inert = True
@@ -326,7 +326,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         if session.tc.failure is not None:
             raise session.tc.failure
         if not session.loaded:  # unread: the cookie's id is all there is to delete
-            self.store.delete(session.cookie_sid, None)
+            self.store.delete(session.sid, None)
         elif session.tc.stored:
             self.store.delete(session.sid, session.tc.user)
         session.reset(self.store.new_sid(), permanent=self.permanent, clear_cookie=True)

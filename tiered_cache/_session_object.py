@@ -5,6 +5,11 @@ reads the cookie; Redis is asked (one ``GETEX``, which also slides the TTL) the 
 time the request reads or writes the session. A request that never touches it costs no
 Redis call and is served while Redis is down.
 
+``session.sid`` is the cookie's id until the session is first used (reading it loads
+nothing, so logging it costs no Redis call); the first use replaces an id no stored
+session holds with a new one, so code that keys its own data by the id reads the
+session first.
+
 Every read marks the session ``accessed``: flask-session's ``ServerSideSession`` marks
 only ``[]``, ``get`` and ``setdefault``, so ``key in session``, iteration, ``len`` and
 the rest are covered here (Flask 3.1 also marks it on every use of the ``session``
@@ -77,27 +82,6 @@ class TieredSession(RedisSession):  # type: ignore[misc]
         self._loader = loader
         if loader is None:
             self.reset(sid, permanent=permanent)
-
-    # -- the id ----------------------------------------------------------------------------
-
-    @property
-    def sid(self) -> str:
-        """The session's id. The session is loaded first: the id a cookie names is only
-        used once Redis holds it, so a planted or stale one (session fixation) is never
-        handed out; it is replaced by a new id."""
-        if self._loader is not None:
-            self._ready()
-        return self._sid
-
-    @sid.setter
-    def sid(self, value: str) -> None:
-        self._sid = value
-
-    @property
-    def cookie_sid(self) -> str:
-        """The id as the cookie sent it, without loading (for the loader, a logout of an
-        unread session, ``repr``): never an id to hand out."""
-        return self._sid
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -289,5 +273,5 @@ class TieredSession(RedisSession):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         if self._loader is not None:
-            return f"<{type(self).__name__} {self.cookie_sid!r} (not loaded)>"
+            return f"<{type(self).__name__} {self.sid!r} (not loaded)>"
         return f"<{type(self).__name__} {self.sid!r} {dict.__repr__(self)}>"

@@ -189,13 +189,16 @@ def init_app(app: Flask, state: AppState) -> None:
 def _answer_outages_outside_views(app: Flask) -> None:
     """A session first used outside the view during an outage (an ``after_request``
     hook, as Flask-Login's remember-cookie refresh on every request; an error handler's
-    template) raises where Flask turns any exception into a 500: answer it with its own
-    503 instead, as Flask answers it from a view (SPEC 5: never a 500)."""
+    template) raises where Flask turns any exception into a 500: answer it as Flask
+    answers it from a view, an HTTP error (the app's 503 handler, if any, else its own
+    503), instead (SPEC 5: never a 500). The ``after_request`` hooks then run again for
+    that answer, as for any error page; the one that failed fails again, and Flask logs it.
+    """
     handle = app.handle_exception
 
     def handle_exception(e: Exception) -> Any:
         if isinstance(e, SessionUnavailable):
-            return app.finalize_request(e, from_error_handler=True)
+            return app.finalize_request(app.handle_http_exception(e), from_error_handler=True)
         return handle(e)
 
     app.handle_exception = handle_exception  # type: ignore[method-assign]
