@@ -425,6 +425,13 @@ def test_a_method_the_route_s_own_limits_do_not_count_gets_the_defaults(
     client = ready(app, tc)
     assert [client.get("/login").status_code for _ in range(3)] == [200, 200, 429]
     assert figures(client.post("/login"))[:2] == (5, 4)  # its own limit, not the default
+    # The same limit text for both counts each apart (they would share keys otherwise).
+    app, tc = app_factory(redis_url, ratelimit_default="2/minute")
+    view = tc.limit("2/minute", methods=["POST"])(ok)
+    app.add_url_rule("/same", "same", view, methods=["GET", "POST"])
+    client = ready(app, tc)
+    assert [client.get("/same").status_code for _ in range(3)] == [200, 200, 429]
+    assert [client.post("/same").status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_limits_on_the_methods_of_a_class_based_view(make_app: MakeApp) -> None:
@@ -441,10 +448,15 @@ def test_limits_on_the_methods_of_a_class_based_view(make_app: MakeApp) -> None:
         def post(self) -> str:
             return "signed in"
 
+        @tc.limit("2/minute")
+        def delete(self) -> str:
+            return "signed out"
+
     app.add_url_rule("/login", view_func=Login.as_view("login"))
     client = ready(app, tc)
     assert [client.post("/login").status_code for _ in range(3)] == [200, 200, 429]
     assert [client.get("/login").status_code for _ in range(3)] == [200] * 3
+    assert [client.delete("/login").status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_a_limited_public_cached_route_is_pointed_out(make_app: MakeApp, caplog: Any) -> None:

@@ -248,11 +248,18 @@ class Limiting:
         """The limits that apply to ``endpoint`` (found once per endpoint)."""
         found = self._groups.get(endpoint)
         if found is None:
-            found = _options_of(self._views.get(endpoint))
+            found = _options_of(self._views.get(endpoint), endpoint)
             if not found and self.default is not None and not _exempt_endpoint(endpoint):
                 found = (self.default,)
             self._groups[endpoint] = found
         return found
+
+    def _default_for(self, endpoint: str) -> tuple[LimitOptions, ...]:
+        """The defaults for a request of a method none of the route's own limits counts:
+        counted apart from those (the same limit text would otherwise share their keys)."""
+        if self.default is None or _exempt_endpoint(endpoint):
+            return ()
+        return (dataclasses.replace(self.default, scope=f"{endpoint} (default limits)"),)
 
     def before_request(self) -> None:
         """Check the current request; raise the 429 (or 503) that refuses it."""
@@ -267,7 +274,7 @@ class Limiting:
         if self.default is not None and not any(map(_counts, groups)):
             # The route's own limits count other methods only: this request gets the
             # defaults, like a route without limits (every route has some, SPEC 4).
-            groups = () if _exempt_endpoint(endpoint) else (self.default,)
+            groups = self._default_for(endpoint)
         decisions: list[Decision] = []
         after_this_request(functools.partial(_set_figures, decisions))
         for options in groups:
@@ -314,10 +321,10 @@ class Limiting:
         )
 
 
-def _options_of(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
+def _options_of(view: Callable[..., Any] | None, endpoint: str = "") -> tuple[LimitOptions, ...]:
     """The ``@tc.limit`` options of a view: on it or a function it wraps (``__wrapped__``),
     or on the methods of a class-based view (``View.as_view``), each counting only its
-    own HTTP method there."""
+    own HTTP method there, apart from the other methods' (unless given a ``scope``)."""
     found = _options_on(view)
     view_class = getattr(view, "view_class", None)
     if found or view_class is None:
@@ -325,7 +332,7 @@ def _options_of(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
     everything = list(_options_on(getattr(view_class, "dispatch_request", None)))
     for method in sorted(getattr(view_class, "methods", None) or ()):
         for options in _options_on(getattr(view_class, method.lower(), None)):
-            if (one := _only(options, method)) is not None:
+            if (one := _only(options, method, f"{endpoint} {method}")) is not None:
                 everything.append(one)
     return tuple(everything)
 
@@ -366,13 +373,16 @@ def _is_fast(view: Callable[..., Any] | None) -> bool:
     return False
 
 
-def _only(options: LimitOptions, method: str) -> LimitOptions | None:
-    """``options`` counting requests of ``method`` alone (HEAD with GET), or None."""
+def _only(options: LimitOptions, method: str, scope: str) -> LimitOptions | None:
+    """``options`` counting requests of ``method`` alone (HEAD with GET) under ``scope``
+    (unless they name theirs), or None."""
     methods = _methods((method,))
     assert methods is not None
     if options.methods is not None:
         methods &= options.methods
-    return dataclasses.replace(options, methods=methods) if methods else None
+    if not methods:
+        return None
+    return dataclasses.replace(options, methods=methods, scope=options.scope or scope)
 
 
 def _counts(options: LimitOptions) -> bool:

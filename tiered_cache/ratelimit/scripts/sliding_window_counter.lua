@@ -43,9 +43,11 @@ local function inspect(key, amount, period, cost, now)
   local window = math.floor(now / period)
   local stored = redis.call("HMGET", key, "w", "c", "p")
   local w, c = tonumber(stored[1]), tonumber(stored[2]) or 0
-  if w ~= nil and w > window then
+  if w ~= nil and w > window and w <= window + 1 then
     -- Redis's clock went back (a failover to a host running behind): stay in the stored
     -- window, at its start, rather than start afresh and hand every client a full quota.
+    -- Not for a window further ahead than the next: no clock we follow was that far off,
+    -- and believing it would hold the count (and its figures) for that long.
     window = w
   end
   local s = {amount = amount, period = period, window = window,
