@@ -329,6 +329,42 @@ def test_a_session_nested_deeper_than_a_digest_can_follow_is_never_a_500(
     assert [(a.status_code, xcache(a)) for a in answers] == [(200, "MISS"), (200, "MISS")]
 
 
+def test_public_given_as_any_truthy_value_still_caches(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/page")
+    @tc.cached(public=1)  # type: ignore[arg-type]
+    def page() -> str:
+        return "page"
+
+    client = app.test_client()
+    assert [xcache(client.get("/page")) for _ in range(2)] == ["MISS", "HIT-L1"]
+
+
+def test_a_page_a_hit_could_not_send_as_it_is_is_not_stored(
+    make_app: AppFactory, caplog: Any
+) -> None:
+    """werkzeug lets a view send a header name that is no token or a control character
+    in a value; such a page would read back as tampered (a miss) and be stored again on
+    every request: it is not stored, and the log says why."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/odd/<kind>")
+    @tc.cached()
+    def odd(kind: str) -> Response:
+        calls[kind] += 1
+        header = ("X Odd", "1") if kind == "name" else ("X-Odd", "a\x01b")
+        return Response("odd", headers=[header])
+
+    client = app.test_client()
+    for kind in ("name", "value"):
+        answers = [client.get(f"/odd/{kind}") for _ in range(2)]
+        assert [(a.text, xcache(a)) for a in answers] == [("odd", "MISS")] * 2
+        assert calls[kind] == 2
+    assert "not caching /odd/name" in caplog.text
+
+
 def test_a_second_cache_control_line_is_honoured(make_app: AppFactory) -> None:
     app, tc = make_app()
 

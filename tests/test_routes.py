@@ -1119,6 +1119,6 @@ def test_the_page_memo_is_bounded_in_size_not_only_in_entries() -> None:
     assert decoder.bytes <= 200_000
     assert decoder.known(texts[-1]) is not None  # the newest are kept
     assert decoder.known(texts[0]) is None  # the oldest went
-    huge = text(99, 150_000)  # bigger than the whole budget: decoded, not kept
+    huge = text(99, 250_000)  # bigger than the whole budget: decoded, not kept
     assert isinstance(decoder.get(huge), Page)
     assert decoder.known(huge) is None and decoder.known(texts[-1]) is not None

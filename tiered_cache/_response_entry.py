@@ -170,7 +170,7 @@ def encode_page(
         text, b64 = body.decode("utf-8"), False
     except UnicodeDecodeError:
         text, b64 = base64.b64encode(body).decode("ascii"), True
-    fields = [_FORMAT, status, kept, text, b64, etag, stored, list(vary), digest, public]
+    fields = [_FORMAT, status, kept, text, b64, etag, stored, list(vary), digest, bool(public)]
     return ENTRY + json.dumps(fields, separators=(",", ":"))
 
 
@@ -182,15 +182,22 @@ control characters (RFC 9110 5.5), as ``encode_page`` stored them. Anything else
 stored page is tampering, and the page a miss."""
 
 
+def sendable(status: Any, headers: Iterable[tuple[Any, Any]]) -> bool:
+    """Whether a hit may send this status line and these headers as they are. A page
+    that fails it is not stored (it would read back as a miss, and be stored again, on
+    every request), and a stored one that fails it was tampered with."""
+    if not (type(status) is str and _STATUS.fullmatch(status)):
+        return False
+    return all(_is_field(name, value) for name, value in headers)
+
+
 def _decode_page(data: str) -> Page:
     fmt, status, headers, text, b64, etag, stored, vary, digest, public = json.loads(data)
     if fmt != _FORMAT:
         raise ValueError(f"page format {fmt!r}")
-    if not (type(status) is str and _STATUS.fullmatch(status)):
-        raise ValueError("not a status line")
     pairs = tuple((k, v) for k, v in headers)
-    if not all(_is_field(k, v) for k, v in pairs):
-        raise ValueError("not a header line")
+    if not sendable(status, pairs):
+        raise ValueError("not a status line and header lines a hit may send")
     if not (
         _all_str(vary)
         and type(text) is str
@@ -250,10 +257,10 @@ class PageDecoder:
     A pure memo (the same text always means the same page), so it needs no invalidation:
     L1 decides whether a text may be served, this only saves re-parsing it. The lookup is
     cheap because L1 hands out the very string object it holds, whose hash is cached and
-    whose equality test stops at identity. Bounded in entries and in size (each entry
-    counted as twice its text: the text, which L1 may have dropped, and the page's body);
-    a text bigger than the whole budget is decoded every time. The oldest entries go
-    first.
+    whose equality test stops at identity. Bounded in entries and in size, each entry
+    counted as its text's length: what the decoded page adds (its body), since the text
+    itself is the one L1 holds while the page is hot. A text bigger than the whole
+    budget is decoded every time. The oldest entries go first.
 
     :param max_items: how many decoded strings to keep.
     :param max_bytes: about how much memory they may hold.
@@ -280,7 +287,7 @@ class PageDecoder:
         except KeyError:
             pass
         found = decode(text)
-        size = 2 * len(text)
+        size = len(text)
         if size > self._max_bytes:
             return found
         with self._lock:
@@ -290,5 +297,5 @@ class PageDecoder:
                 while len(memo) > self._max_items or self.bytes > self._max_bytes:
                     oldest = next(iter(memo))
                     del memo[oldest]
-                    self.bytes -= 2 * len(oldest)
+                    self.bytes -= len(oldest)
         return found

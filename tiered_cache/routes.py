@@ -97,6 +97,7 @@ from ._response_entry import (
     PageDecoder,
     encode_index,
     encode_page,
+    sendable,
     variant_key,
     vary_digest,
     vary_names,
@@ -209,8 +210,8 @@ class Routes:
 
     def __init__(self, cache: Cache, app: Flask) -> None:
         self.cache = cache
-        # The memo may hold a quarter of L1's budget again (see PageDecoder).
-        self.pages = PageDecoder(max_bytes=cache.config.l1_max_bytes // 4)
+        # The decoded pages may hold half of L1's budget again (see PageDecoder).
+        self.pages = PageDecoder(max_bytes=cache.config.l1_max_bytes // 2)
         self.fast: dict[Location, FastTarget] = {}
         """A request's :data:`Location` -> where a public route keeps its page."""
         self._app = app
@@ -403,6 +404,14 @@ class Routes:
             return
         if pending.session_read and pending.session is None:
             return  # the view changed the session, or its contents have no stable digest
+        if not sendable(response.status, response.headers.to_wsgi_list()):
+            self.cache.redis.log.warning(  # noqa: PLE1205 - its first argument is a kind
+                "unsendable-page",
+                "not caching %s: a header name that is no token, or a control character "
+                "in a header or the status line, which a hit would send as it is",
+                request.path,
+            )
+            return
         body = response.get_data()
         # Validators only for 2xx pages: RFC 9110 13.2.1 ignores preconditions otherwise.
         validated = 200 <= response.status_code < 300
