@@ -242,6 +242,7 @@ class Limiting:
         self._app = app
         self._views = app.view_functions
         self._groups: dict[str, tuple[LimitOptions, ...]] = {}
+        self._defaults: dict[str, tuple[LimitOptions, ...]] = {}
         self._first = True
 
     def groups(self, endpoint: str) -> tuple[LimitOptions, ...]:
@@ -256,10 +257,16 @@ class Limiting:
 
     def _default_for(self, endpoint: str) -> tuple[LimitOptions, ...]:
         """The defaults for a request of a method none of the route's own limits counts:
-        counted apart from those (the same limit text would otherwise share their keys)."""
-        if self.default is None or _exempt_endpoint(endpoint):
-            return ()
-        return (dataclasses.replace(self.default, scope=f"{endpoint} (default limits)"),)
+        counted apart from those (the same limit text would otherwise share their keys).
+        Made once per endpoint."""
+        found = self._defaults.get(endpoint)
+        if found is None:
+            found = ()
+            if self.default is not None and not _exempt_endpoint(endpoint):
+                scope = f"{endpoint} (default limits)"
+                found = (dataclasses.replace(self.default, scope=scope),)
+            self._defaults[endpoint] = found
+        return found
 
     def before_request(self) -> None:
         """Check the current request; raise the 429 (or 503) that refuses it."""
@@ -338,14 +345,21 @@ def _options_of(view: Callable[..., Any] | None, endpoint: str = "") -> tuple[Li
 
 
 def _options_on(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
+    found: tuple[LimitOptions, ...] = _in_wrappers(view, ATTRIBUTE) or ()
+    return found
+
+
+def _in_wrappers(view: Callable[..., Any] | None, name: str) -> Any:
+    """The first truthy attribute ``name`` of ``view`` or of what it wraps
+    (``__wrapped__``, 32 levels at most), else None."""
     seen = 0
     while view is not None and seen < 32:
-        found: tuple[LimitOptions, ...] = getattr(view, ATTRIBUTE, ())
+        found = getattr(view, name, None)
         if found:
             return found
         view = getattr(view, "__wrapped__", None)
         seen += 1
-    return ()
+    return None
 
 
 def _warn_of_public_limited_routes(views: dict[str, Callable[..., Any]]) -> None:
@@ -363,14 +377,8 @@ def _warn_of_public_limited_routes(views: dict[str, Callable[..., Any]]) -> None
 
 def _is_fast(view: Callable[..., Any] | None) -> bool:
     """Whether a ``@tc.cached`` in the view's wrappers lets the fast path serve it."""
-    seen = 0
-    while view is not None and seen < 32:
-        route = getattr(view, "__tiered_cache_route__", None)
-        if route is not None:
-            return bool(route.fast)
-        view = getattr(view, "__wrapped__", None)
-        seen += 1
-    return False
+    route = _in_wrappers(view, "__tiered_cache_route__")
+    return route is not None and bool(route.fast)
 
 
 def _only(options: LimitOptions, method: str, scope: str) -> LimitOptions | None:
