@@ -434,6 +434,24 @@ def test_a_method_the_route_s_own_limits_do_not_count_gets_the_defaults(
     assert [client.post("/same").status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_a_limit_written_above_the_route_is_pointed_out(make_app: MakeApp, caplog: Any) -> None:
+    """Flask registers the function below ``@tc.limit`` then, and the limit never runs:
+    the first request's log says so (a limit that silently does nothing is worse)."""
+    app, tc = make_app()
+
+    @tc.limit("2/minute")
+    @app.route("/above")
+    def above() -> str:
+        return "ok"
+
+    app.add_url_rule("/bare", "bare", ok)  # a function also limited elsewhere: no warning
+    app.add_url_rule("/own", "own", tc.limit("2/minute")(ok))
+    client = ready(app, tc)
+    client.get("/bare")
+    assert "@tc.limit on test_a_limit_written_above_the_route_is_pointed_out" in caplog.text
+    assert caplog.text.count("is not applied") == 1
+
+
 def test_limits_on_the_methods_of_a_class_based_view(make_app: MakeApp) -> None:
     """Each limited method of a ``MethodView`` counts its own requests only."""
     from flask.views import MethodView

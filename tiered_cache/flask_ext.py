@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -63,6 +64,7 @@ class TieredCache:
     def __init__(self, app: Flask | None = None, **overrides: Any) -> None:
         self._overrides = dict(overrides)
         self._memos: dict[tuple[int, int], Any] = {}
+        self._limited: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -77,6 +79,9 @@ class TieredCache:
         config, cache_config = ExtensionConfig.resolve(self._overrides, app.config)
         cache = Cache(**_cache_settings(cache_config, app))
         state = AppState(cache, config, cache_config)
+        from .limiting import MADE_KEY
+
+        state.extras[MADE_KEY] = self._limited
         app.extensions[EXTENSION_KEY] = state
         for name in _FEATURES:
             importlib.import_module(f"{__package__}.{name}").init_app(app, state)
@@ -276,7 +281,7 @@ class TieredCache:
             exempt_when=exempt_when,
             scope=scope,
         )
-        return limited_view(options)
+        return limited_view(options, self._limited)
 
     @property
     def limiter(self) -> RateLimiter:

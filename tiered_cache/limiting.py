@@ -16,8 +16,9 @@ How a request is checked:
   route (404s) get no default limits, and ``OPTIONS`` requests (CORS preflights) are
   counted only by limits whose ``methods`` name it.
 - ``@tc.limit`` goes below ``@app.route`` (Flask registers what the decorators below
-  the route made), or on the methods of a class-based view (``MethodView``: each counts
-  its own HTTP method).
+  the route made; one written above is not applied, and the first request logs a
+  warning naming it), or on the methods of a class-based view (``MethodView``: each
+  counts its own HTTP method).
 - All limits of one ``@tc.limit`` are checked in one Redis round trip, all or nothing.
   Stacked ``@tc.limit`` decorators are checked one after the other (one round trip each,
   in the order they are listed, top first); a refusal stops there, and what earlier ones
@@ -64,7 +65,8 @@ import functools
 import inspect
 import json
 import math
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import after_this_request, request
@@ -84,6 +86,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MADE_KEY: Final = "limited_views"
+"""In ``AppState.extras``: the wrappers the app's extension made with ``@tc.limit``."""
 ATTRIBUTE: Final = "__tiered_cache_limits__"
 """On a view function: the tuple of :class:`LimitOptions` of its ``@tc.limit`` decorators."""
 EXTRAS_KEY: Final = "ratelimit"
@@ -156,12 +160,17 @@ def _check_cost(cost: object) -> int:
     return cost
 
 
-def limited_view(options: LimitOptions) -> Callable[[F], F]:
+def limited_view(
+    options: LimitOptions, made: weakref.WeakSet[Callable[..., Any]] | None = None
+) -> Callable[[F], F]:
     """The decorator of ``@tc.limit`` (usable before ``init_app``).
 
     It returns a thin wrapper carrying ``options`` (stacked decorators add up) rather than
     marking ``fn`` itself: one function registered on two routes under different limits
     must not carry both.
+
+    :param made: where the wrappers are kept (the extension's), so that the first request
+        can point out one Flask never reached (see :func:`_warn_of_limits_not_applied`).
     """
 
     def decorate(fn: F) -> F:
@@ -176,6 +185,8 @@ def limited_view(options: LimitOptions) -> Callable[[F], F]:
         functools.update_wrapper(view, fn)
         # The outer decorator is applied last but listed first: it is checked first.
         setattr(view, ATTRIBUTE, (options, *getattr(fn, ATTRIBUTE, ())))
+        if made is not None:
+            made.add(view)
         return view  # type: ignore[return-value]
 
     return decorate
@@ -243,6 +254,7 @@ class Limiting:
         self._views = app.view_functions
         self._groups: dict[str, tuple[LimitOptions, ...]] = {}
         self._defaults: dict[str, tuple[LimitOptions, ...]] = {}
+        self._made: Iterable[Callable[..., Any]] = state.extras.get(MADE_KEY, ())
         self._first = True
 
     def groups(self, endpoint: str) -> tuple[LimitOptions, ...]:
@@ -303,6 +315,7 @@ class Limiting:
         """
         self._first = False
         _warn_of_public_limited_routes(self._views)
+        _warn_of_limits_not_applied(self._views, self._made)
         if self.default is not None or any(map(_options_of, self._views.values())):
             return True
         hooks = self._app.before_request_funcs
@@ -350,16 +363,37 @@ def _options_on(view: Callable[..., Any] | None) -> tuple[LimitOptions, ...]:
 
 
 def _in_wrappers(view: Callable[..., Any] | None, name: str) -> Any:
-    """The first truthy attribute ``name`` of ``view`` or of what it wraps
-    (``__wrapped__``, 32 levels at most), else None."""
-    seen = 0
-    while view is not None and seen < 32:
-        found = getattr(view, name, None)
+    """The first truthy attribute ``name`` of ``view`` or of what it wraps, else None."""
+    for one in _wrappers(view):
+        found = getattr(one, name, None)
         if found:
             return found
+    return None
+
+
+def _wrappers(view: Callable[..., Any] | None) -> Iterator[Callable[..., Any]]:
+    """``view`` and what it wraps (``__wrapped__``), 32 levels at most."""
+    seen = 0
+    while view is not None and seen < 32:
+        yield view
         view = getattr(view, "__wrapped__", None)
         seen += 1
-    return None
+
+
+def _warn_of_limits_not_applied(
+    views: dict[str, Callable[..., Any]], made: Iterable[Callable[..., Any]]
+) -> None:
+    """Point out each ``@tc.limit`` Flask never reaches although it reaches the function
+    below it: written above ``@app.route``, which registered that function already."""
+    reached = {id(one) for view in views.values() for one in _wrappers(view)}
+    for wrapper in list(made):
+        below = getattr(wrapper, "__wrapped__", None)
+        if id(wrapper) not in reached and below is not None and id(below) in reached:
+            logger.warning(
+                "tiered_cache: @tc.limit on %s is not applied: it is written above "
+                "@app.route, which registered the function below it; put it below",
+                getattr(wrapper, "__qualname__", wrapper),
+            )
 
 
 def _warn_of_public_limited_routes(views: dict[str, Callable[..., Any]]) -> None:
