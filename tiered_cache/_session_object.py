@@ -101,18 +101,14 @@ class TieredSession(RedisSession):  # type: ignore[misc]
             raise self.tc.failure
         from .sessions import SessionUnavailable
 
-        # Off while it runs: the loader may read the id (``sid`` loads an unloaded session).
-        loader, self._loader = self._loader, None
+        loader = self._loader
         assert loader is not None
         try:
             loader(self)
         except SessionUnavailable as exc:
             self.tc.failure = exc
-            self._loader = loader
             raise
-        except BaseException:
-            self._loader = loader
-            raise
+        self._loader = None
 
     def fill(self, record: Record) -> None:
         """Take the data and bookkeeping of a stored record (no change is recorded)."""

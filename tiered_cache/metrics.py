@@ -290,15 +290,22 @@ def read_published(cache: Cache) -> list[dict[str, Any]] | None:
     return [record for raw in raws if (record := _parse(raw)) is not None]
 
 
-_FIELDS: Final = {"host": str, "id": str, "app": str, "pid": int, "started": float}
-"""What a record must hold, and of which type, for the readers to use it (``published``
-too, a float): anything else there is junk, and junk never fails a reader."""
+_FIELDS: Final = {
+    "host": str,
+    "id": str,
+    "app": str,
+    "pid": int,
+    "started": float,
+    "published": float,
+}
+"""What a record must hold, and of which type, for the readers to use it: anything else
+there is junk, and junk never fails a reader."""
 
 
 def _parse(raw: bytes | None) -> dict[str, Any] | None:
     """A published record, or None for a key that expired between SMEMBERS and MGET, or
     for junk: bytes that are no JSON (or nest deeper than json can follow), or a record
-    without the fields of :data:`_FIELDS` and ``published``, each of its type. Its
+    without the fields of :data:`_FIELDS`, each of its type. Its
     figures that are not numbers are dropped."""
     if raw is None:
         return None
@@ -308,7 +315,7 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("stats"), dict):
         return None
-    for name, kind in (*_FIELDS.items(), ("published", float)):
+    for name, kind in _FIELDS.items():
         if not _is(record.get(name), kind):
             return None
     # Figures are numbers (flags are bools): anything else is left out, not summed.
