@@ -85,6 +85,16 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def accept_queue(port: int) -> int:
+    """Connections waiting to be accepted by the IPv4 listener on ``port`` (Linux)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            return int(queues.split(":")[1], 16)  # a listener's rx_queue: its accept queue
+    raise LookupError(f"nothing listens on port {port}")
+
+
 @dataclass
 class Response:
     """One HTTP answer."""
@@ -245,6 +255,36 @@ class GunicornServer:
         finally:
             conn.close()
         return Response(reply.status, reply.headers, content, time.monotonic() - started)
+
+    def on_distinct_workers(self, path: str, count: int) -> list[Response]:
+        """GET ``path`` ``count`` times at once, each answered by a different sync worker.
+
+        Each request is sent but for its final blank line, so the sync worker that accepts
+        it blocks reading it and cannot accept another; once the listener's accept queue
+        is empty, each is held by a worker of its own, and then they are completed.
+        """
+        port = self.port
+        assert port is not None, "TCP listeners only"
+        assert 0 < count <= self.workers
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5.0) for _ in range(count)]
+        try:
+            for sock in socks:
+                sock.sendall(head.encode())
+            assert until(lambda: accept_queue(port) == 0, 5.0), "the workers did not accept"
+            answers = []
+            for sock in socks:
+                started = time.monotonic()
+                sock.sendall(b"\r\n")
+                reply = http.client.HTTPResponse(sock)
+                reply.begin()
+                content = reply.read()
+                elapsed = time.monotonic() - started
+                answers.append(Response(reply.status, reply.headers, content, elapsed))
+            return answers
+        finally:
+            for sock in socks:
+                sock.close()
 
     def hup(self) -> None:
         """Ask the master to reload (new workers, same listeners)."""
