@@ -508,6 +508,25 @@ def test_vary_option_adds_headers_to_the_key(make_app: AppFactory) -> None:
     assert xcache(client.get("/tenant", headers={"X-Tenant": "a"})) == "HIT-L1"
 
 
+def test_an_absent_vary_header_matches_only_an_absent_one(make_app: AppFactory) -> None:
+    # RFC 9111, section 4.1: a header absent from a request matches only a request
+    # without it too, not one that sends it empty.
+    app, tc = make_app()
+
+    @app.route("/tenant")
+    @tc.cached(vary=("X-Tenant",))
+    def tenant() -> str:
+        return "no tenant" if "X-Tenant" not in request.headers else "empty tenant"
+
+    client = app.test_client()
+    assert client.get("/tenant", headers={"X-Tenant": ""}).text == "empty tenant"
+    answer = client.get("/tenant")
+    assert (answer.text, xcache(answer)) == ("no tenant", "MISS")
+    assert xcache(client.get("/tenant")) == "HIT-L1"
+    empty = client.get("/tenant", headers={"X-Tenant": "  "})  # stripped: empty again
+    assert (empty.text, xcache(empty)) == ("empty tenant", "HIT-L1")
+
+
 def test_a_hooks_second_vary_line_survives_the_session_layer(make_app: AppFactory) -> None:
     # The session layer adds Cookie with werkzeug's response.vary, which reads the first
     # Vary line and writes one line in place of all: the hook's Origin (a second line, as

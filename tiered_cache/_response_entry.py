@@ -112,18 +112,27 @@ class Page:
         return not self.vary or vary_digest(self.vary, environ) == self.vary_digest
 
 
-def environ_header(environ: Mapping[str, Any], name: str) -> str:
-    """The value of request header ``name`` (lower case) in a WSGI environ, stripped."""
+def environ_header(environ: Mapping[str, Any], name: str) -> str | None:
+    """The value of request header ``name`` (lower case) in a WSGI environ, stripped;
+    None when the request does not send it."""
     key = _ENVIRON_KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_")
     value = environ.get(key)
-    return value.strip() if isinstance(value, str) else ""
+    return value.strip() if isinstance(value, str) else None
 
 
 def vary_digest(names: tuple[str, ...], environ: Mapping[str, Any]) -> str:
-    """A digest of the request's values of the header ``names`` (lower case, sorted)."""
+    """A digest of the request's values of the header ``names`` (lower case, sorted).
+
+    A header the request does not send is told apart from one sent empty: RFC 9111,
+    section 4.1, matches an absent header only with an absent one.
+    """
     if not names:
         return ""
-    text = "\x00".join(f"{name}\x01{environ_header(environ, name)}" for name in names)
+    fields = []
+    for name in names:
+        value = environ_header(environ, name)
+        fields.append(f"{name}\x02" if value is None else f"{name}\x01{value}")
+    text = "\x00".join(fields)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
