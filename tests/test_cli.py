@@ -62,8 +62,9 @@ def plain(url: str) -> redis.Redis:
 
 def test_stats_table_shows_every_worker(make_app: MakeApp) -> None:
     first, second = make_app(), make_app(name="second")
-    first.test_client().get("/")
-    second.test_client().get("/")
+    for app in (first, second):
+        app.test_client().get("/")  # starts its publisher, whose thread publishes soon
+        assert publisher_of(TieredCache.state(app)).publish()  # type: ignore[union-attr]
     cli_app = make_app(name="cli")
     result = run(cli_app, "stats")
     assert result.exit_code == 0, result.output
@@ -374,6 +375,12 @@ def test_doctor_timeout_must_be_positive(make_app: MakeApp, timeout: str) -> Non
     result = run(make_app(), "doctor", "--timeout", timeout)
     no_traceback(result, 2, "Invalid value for '--timeout'")
     assert "seconds > 0" in result.output
+
+
+@pytest.mark.parametrize("pings", ["0", "-3", "many"])
+def test_doctor_needs_at_least_one_ping(make_app: MakeApp, pings: str) -> None:
+    result = run(make_app(), "doctor", "--pings", pings)
+    no_traceback(result, 2, "Invalid value for '--pings'")
 
 
 def test_doctor_fails_when_pubsub_does_not_work() -> None:

@@ -217,7 +217,13 @@ def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option(
     "--timeout", default=2.0, show_default=True, callback=_seconds, help="Seconds per Redis call."
 )
-@click.option("--pings", default=5, show_default=True, help="PINGs for the latency figures.")
+@click.option(
+    "--pings",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="PINGs for the latency figures.",
+)
 def doctor_command(timeout: float, pings: int) -> None:
     """Check the app's Redis: reachable, latency, version, memory policy, persistence,
     topology, pub/sub. Exits 1 when a check fails (warnings do not fail)."""
@@ -226,7 +232,7 @@ def doctor_command(timeout: float, pings: int) -> None:
     click.echo(f"Redis: {redacted(url)}")
     client = client_from_url(url, socket_timeout=timeout)
     try:
-        checks = list(diagnose(client, state, pings=max(pings, 1)))
+        checks = list(diagnose(client, state, pings=pings))
     finally:
         client.close()
     for check in checks:
