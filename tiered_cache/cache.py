@@ -20,18 +20,17 @@ then to this process's L1. The rules that make this correct under concurrency:
 from __future__ import annotations
 
 import math
-import os
 import random
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Hashable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from redis import ResponseError
 
+from ._forks import forget, renew_after_fork
 from ._log import RateLimitedLog
 from .bus import Bus, Message, NoBus
 from .config import CacheConfig, CacheSettings
@@ -117,8 +116,10 @@ class Cache(Keyspace):
         self._namespaces: dict[str, Namespace] = {}
         self._versions_current: dict[str, int] = {}
         self._listeners: list[Listener] = []
+        self._closed = False
         self._reset_process_state()
-        _live_caches.add(self)
+        # A forked child must not use its parent's sockets, listener thread, locks or L1.
+        renew_after_fork(self, Cache._reset_process_state)
 
     def _reset_process_state(self) -> None:
         """Create everything that belongs to one process (again, after a fork)."""
@@ -620,7 +621,7 @@ class Cache(Keyspace):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran."""
-        return self not in _live_caches
+        return self._closed
 
     def close(self) -> None:
         """Stop the bus listener and background refreshes; close our Redis connections."""
@@ -628,7 +629,8 @@ class Cache(Keyspace):
         self._loading.close()
         if self._owns_client:
             self._tier.client.close()
-        _live_caches.discard(self)
+        self._closed = True
+        forget(self)
 
     def __enter__(self) -> Cache:
         return self
@@ -638,16 +640,3 @@ class Cache(Keyspace):
 
 
 _NOTHING_TO_FILL: Final = nullcontext(0)
-
-
-# Caches alive in this process, reset in a forked child: it must not use its parent's
-# sockets, listener thread, locks or L1.
-_live_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for cache in list(_live_caches):
-        cache._reset_process_state()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

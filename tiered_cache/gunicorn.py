@@ -53,9 +53,9 @@ import os
 from collections.abc import Callable, MutableMapping
 from typing import Any, Final
 
-from . import cache as _cache_module
 from . import metrics
 from ._embedded import EmbeddedRedis, redis_answers
+from ._forks import registered
 from .cache import Cache
 
 URL_VAR: Final = "TIERED_CACHE_REDIS_URL"
@@ -176,7 +176,7 @@ def pre_exec(server: Any) -> None:
 
 def live_caches() -> list[Cache]:
     """Every :class:`~tiered_cache.Cache` alive (not closed) in this process."""
-    return list(_cache_module._live_caches)  # the registry fork handling keeps, too
+    return registered(Cache)  # close() takes a cache out
 
 
 def post_worker_init(worker: Any) -> None:
@@ -189,7 +189,7 @@ def post_worker_init(worker: Any) -> None:
             cache.connect()
         except Exception as exc:  # a worker must boot even if something here is wrong
             worker.log.warning("tiered_cache: could not connect %r: %s", cache, exc)
-    for publisher in list(metrics._live_publishers):
+    for publisher in metrics.live_publishers():
         publisher.ensure_started()
     worker.log.debug("tiered_cache: worker %s connected", os.getpid())
 
@@ -202,7 +202,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     """
     if worker.pid != os.getpid():
         return
-    for publisher in list(metrics._live_publishers):
+    for publisher in metrics.live_publishers():
         publisher.stop(timeout=1.0)
     for cache in live_caches():
         try:

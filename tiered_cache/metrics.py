@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
+from ._forks import registered, renew_after_fork
 from ._log import RateLimitedLog
 from .errors import TieredCacheError
 from .redis_tier import UNAVAILABLE, RedisTier
@@ -78,7 +79,7 @@ def tier_of(cache: Cache) -> RedisTier:
 
 
 def is_closed(cache: Cache) -> bool:
-    """Tell whether :meth:`Cache.close` ran (it leaves the registry of live caches)."""
+    """Tell whether :meth:`Cache.close` ran."""
     return cache.closed
 
 
@@ -108,7 +109,9 @@ class StatsPublisher:
         self.errors = 0
         self._stopped = False
         self._reset()
-        _live_publishers.add(self)
+        # A forked child must not believe it runs its parent's thread (threads do not
+        # survive a fork) nor take a lock another thread held at the fork.
+        renew_after_fork(self, StatsPublisher._reset)
 
     def _reset(self) -> None:
         """Forget this process's thread (again, in a forked child)."""
@@ -449,21 +452,15 @@ def prometheus_text(workers: list[dict[str, Any]]) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-# Publishers alive in this process; a forked child must not believe it runs its parent's
-# thread (threads do not survive fork) nor take a lock another thread held at the fork.
-_live_publishers: weakref.WeakSet[StatsPublisher] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for publisher in list(_live_publishers):
-        publisher._reset()
+def live_publishers() -> list[StatsPublisher]:
+    """Every :class:`StatsPublisher` alive in this process (stopped ones too)."""
+    return registered(StatsPublisher)
 
 
 def _stop_all() -> None:
     """At exit (a gunicorn worker ending, say) take this process's figures out of Redis."""
-    for publisher in list(_live_publishers):
+    for publisher in live_publishers():
         publisher.stop(timeout=1.0)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_stop_all)

@@ -66,10 +66,8 @@ import dataclasses
 import functools
 import inspect
 import math
-import os
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -78,6 +76,7 @@ from flask.signals import request_finished
 from werkzeug.datastructures import Headers, ResponseCacheControl
 from werkzeug.http import generate_etag, parse_cache_control_header, unquote_etag
 
+from ._forks import renew_after_fork
 from ._log import logger
 from ._page_keys import (
     FAST_LOCATION,
@@ -218,7 +217,7 @@ class Routes:
         self._misses = 0
         self._misses_lock = threading.Lock()
         self._rewritten_warned = False
-        _live_routes.add(self)
+        renew_after_fork(self, Routes.after_fork)
 
     def after_fork(self) -> None:
         """In a forked child: no miss of the parent's is in flight here, and the lock
@@ -679,17 +678,6 @@ def cached_view(extension: TieredCache, options: RouteOptions) -> Callable[[F], 
         return view  # type: ignore[return-value]
 
     return decorate
-
-
-_live_routes: weakref.WeakSet[Routes] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for routes in list(_live_routes):
-        routes.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def init_app(app: Flask, state: AppState) -> None:

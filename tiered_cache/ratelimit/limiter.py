@@ -27,15 +27,14 @@ import dataclasses
 import hashlib
 import itertools
 import math
-import os
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
+from .._forks import renew_after_fork
 from ..bus import Message
 from ..errors import CacheUnavailable
 from ..keys import encode_name, glob_escape
@@ -107,7 +106,7 @@ class RateLimiter:
         self._timer = timer
         self._new_tokens()
         cache._listen(self._heard)
-        _live_limiters.add(self)
+        renew_after_fork(self, RateLimiter._after_fork)  # a forked child: empty deny caches
 
     def _new_tokens(self) -> None:
         # Names of sliding-window-log entries: unique across processes and hosts.
@@ -367,15 +366,3 @@ def _reset_covers(deny_key: Hashable, root: str, tag: str | None, part: str | No
         return False
     found_tag, _, rest = prefix[len(root) :].partition(":")
     return (tag is None or found_tag == tag) and (part is None or rest[:-1] == part)
-
-
-# Limiters alive in this process: a forked child starts with empty deny caches.
-_live_limiters: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for limiter in list(_live_limiters):
-        limiter._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
