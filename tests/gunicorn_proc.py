@@ -256,22 +256,40 @@ class GunicornServer:
             conn.close()
         return Response(reply.status, reply.headers, content, time.monotonic() - started)
 
-    def on_distinct_workers(self, path: str, count: int) -> list[Response]:
+    def on_distinct_workers(
+        self, path: str, count: int, *, headers: Mapping[str, str] | None = None
+    ) -> list[Response]:
         """GET ``path`` ``count`` times at once, each answered by a different sync worker.
 
         Each request is sent but for its final blank line, so the sync worker that accepts
-        it blocks reading it and cannot accept another; once the listener's accept queue
-        is empty, each is held by a worker of its own, and then they are completed.
+        it blocks reading it and cannot accept another; once every connection is accepted
+        (the listener's accept queue is empty), each is held by a worker of its own, and
+        they are completed. On a unix socket, whose accept queue is not shown here, the
+        wait is a short sleep, and a round in which two requests still met one worker is
+        sent again: then the answers of every round are returned, the last ``count``
+        from different workers. On TCP there is one round.
         """
-        port = self.port
-        assert port is not None, "TCP listeners only"
         assert 0 < count <= self.workers
-        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-        socks = [socket.create_connection(("127.0.0.1", port), timeout=5.0) for _ in range(count)]
+        lines = [f"GET {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        head = "".join(line + "\r\n" for line in lines).encode()
+        answers: list[Response] = []
+        for _ in range(20):
+            answers += self._held_round(head, count)
+            if len({answer.pid for answer in answers[-count:]}) == count:
+                return answers
+        raise AssertionError(f"{count} requests never reached {count} different workers")
+
+    def _held_round(self, head: bytes, count: int) -> list[Response]:
+        socks = [self._connect(5.0) for _ in range(count)]
         try:
             for sock in socks:
-                sock.sendall(head.encode())
-            assert until(lambda: accept_queue(port) == 0, 5.0), "the workers did not accept"
+                sock.sendall(head)
+            if self.port is not None:
+                port = self.port
+                assert until(lambda: accept_queue(port) == 0, 5.0), "the workers did not accept"
+            else:
+                time.sleep(0.05)
             answers = []
             for sock in socks:
                 started = time.monotonic()
@@ -285,6 +303,19 @@ class GunicornServer:
         finally:
             for sock in socks:
                 sock.close()
+
+    def _connect(self, timeout: float) -> socket.socket:
+        if self.socket_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self.socket_path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        assert self.port is not None
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
     def hup(self) -> None:
         """Ask the master to reload (new workers, same listeners)."""
