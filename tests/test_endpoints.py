@@ -193,6 +193,7 @@ def worker(sync: GroupSync, url: str) -> int:
     assert app.test_client().get("/").status_code == 200
     publisher = publisher_of(TieredCache.state(app))
     assert publisher is not None and publisher.running
+    assert publisher.publish()  # in Redis now, not only once its thread has run
     sync.signal_ready()
     sync.stop.wait(30)
     close_app(app)
@@ -231,6 +232,7 @@ def test_metrics_parse_as_prometheus_text(make_app: MakeApp) -> None:
     client.get("/")
     client.get("/")
     second.test_client().get("/")
+    assert publisher_of(TieredCache.state(second)).publish()  # type: ignore[union-attr]
     response = client.get("/_tiered_cache/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST

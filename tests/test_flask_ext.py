@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from tests.flask_apps import close_app
-from tiered_cache import ConfigurationError, TieredCache
+from tiered_cache import MISS, ConfigurationError, TieredCache
 
 MakeApp = Callable[..., Flask]
 
@@ -132,6 +132,13 @@ def test_pickle_signs_with_the_app_secret_key(make_app: MakeApp) -> None:
     with app.app_context():
         TieredCache.state(app).cache.set("k", {1, 2})
         assert TieredCache.state(app).cache.get("k") == {1, 2}
+    # Another app on the same Redis reads the value only when it signs with that key.
+    other = make_app(TIERED_CACHE_SERIALIZER="pickle", SECRET_KEY="another")
+    assert TieredCache.state(other).cache.get("k", MISS) is MISS
+    same = make_app(
+        TIERED_CACHE_SERIALIZER="pickle", SECRET_KEY="another", TIERED_CACHE_SECRET_KEY="s3cret"
+    )
+    assert TieredCache.state(same).cache.get("k") == {1, 2}
     app = Flask(__name__)
     app.config["TIERED_CACHE_SERIALIZER"] = "pickle"
     with pytest.raises(ConfigurationError, match="TIERED_CACHE_SECRET_KEY"):

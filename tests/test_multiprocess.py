@@ -143,7 +143,7 @@ def _race_reader(sync: GroupSync, cache: Cache, last: int) -> dict[str, Any]:
         "settled": settled,
         "stays": stays,
         "backwards": backwards[:10],
-        "distinct": len(set(seen)),
+        "intermediate": len({value for value in seen if 0 <= value < last}),
         "reads": reads,
         "l1_hits": stats["l1_hits"],
         "l2_hits": stats["l2_hits"],
@@ -207,7 +207,7 @@ def test_readers_converge_on_the_last_of_many_writes(redis_url: str) -> None:
         # last, and Redis hands out values in write order, so it never goes back.
         assert reader["backwards"] == [], f"reader {n} went backwards: {reader['backwards']}"
     assert sum(r["l1_hits"] for r in readers) > 0, "the readers never hit L1: nothing tested"
-    assert sum(r["distinct"] for r in readers) > 3, "the readers saw no intermediate writes"
+    assert sum(r["intermediate"] for r in readers) > 0, "the readers saw no intermediate writes"
 
 
 def test_a_killed_subscription_reconnects_and_flushes_l1(redis_server: RedisServer) -> None:

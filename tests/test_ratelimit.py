@@ -289,11 +289,11 @@ def test_cheaper_request_asks_redis_costlier_is_held(make_limiter: MakeLimiter) 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_cost_above_a_limits_amount_is_never_admitted(
-    make_limiter: MakeLimiter, strategy: str, own_redis: redis.Redis
+    make_limiter: MakeLimiter, redis_server: RedisServer, own_redis: redis.Redis, strategy: str
 ) -> None:
     """No wait can admit it: refused with an infinite ``retry_after`` without asking
     Redis and without holding anything, so a client choosing its costs makes no work."""
-    limiter = make_limiter(strategy=strategy)
+    limiter = make_limiter(redis_server.url, strategy=strategy)  # the server counted
     counter = CommandCounter(own_redis)
     counter.start()
     for _ in range(3):

