@@ -119,14 +119,19 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = unix_connection(self._path, self.timeout)
+
+
+def unix_connection(path: str, timeout: float | None) -> socket.socket:
+    """A stream socket connected to the unix socket at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class GunicornServer:
@@ -270,7 +275,8 @@ class GunicornServer:
         from different workers. On TCP there is one round.
         """
         assert 0 < count <= self.workers
-        lines = [f"GET {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        host = "localhost" if self.port is None else f"127.0.0.1:{self.port}"  # as request()
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         head = "".join(line + "\r\n" for line in lines).encode()
         answers: list[Response] = []
@@ -306,14 +312,7 @@ class GunicornServer:
 
     def _connect(self, timeout: float) -> socket.socket:
         if self.socket_path:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(self.socket_path)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
+            return unix_connection(self.socket_path, timeout)
         assert self.port is not None
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
