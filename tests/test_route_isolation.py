@@ -71,6 +71,49 @@ def test_a_path_that_decodes_to_a_query_or_a_variant_is_keyed_apart(
     assert sum(calls.values()) == 4
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_raw_query_bytes_and_a_query_spelling_their_utf8_are_keyed_apart(
+    make_app: AppFactory, public: bool
+) -> None:
+    """A server hands the raw bytes of ``?q=é`` over as the WSGI string ``q=\xc3\xa9``;
+    encoded as the UTF-8 of those characters it read ``q=%C3%83%C2%A9``, a query that
+    means ``Ã©`` and that anyone can send. Keyed as its bytes, it is ``q=%C3%A9``: the
+    same query as the percent-encoded ``é``, which werkzeug decodes alike."""
+    app, tc = make_app()
+
+    @app.route("/p")
+    @tc.cached(public=public)
+    def p() -> str:
+        return f"q={request.args.get('q')!r}"
+
+    client = app.test_client()
+    raw = client.get("/p", environ_overrides={"QUERY_STRING": "q=\xc3\xa9"})
+    assert raw.text == "q='é'"
+    other = client.get("/p?q=%C3%83%C2%A9")
+    assert (other.text, xcache(other)) == ("q='Ã©'", "MISS")
+    same = client.get("/p?q=%C3%A9")
+    assert (same.text, xcache(same)) == ("q='é'", "HIT-L1")
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_the_order_of_one_names_values_is_part_of_the_key(
+    make_app: AppFactory, public: bool
+) -> None:
+    app, tc = make_app()
+
+    @app.route("/p")
+    @tc.cached(public=public)
+    def p() -> str:
+        return f"a={request.args.getlist('a')} b={request.args.get('b')}"
+
+    client = app.test_client()
+    assert client.get("/p?a=2&a=1&b=0").text == "a=['2', '1'] b=0"
+    swapped = client.get("/p?a=1&a=2&b=0")
+    assert (swapped.text, xcache(swapped)) == ("a=['1', '2'] b=0", "MISS")
+    moved = client.get("/p?b=0&a=2&a=1")  # other names may move: the same page
+    assert (moved.text, xcache(moved)) == ("a=['2', '1'] b=0", "HIT-L1")
+
+
 def test_a_key_prefix_still_keeps_hosts_apart(make_app: AppFactory) -> None:
     app, tc = make_app()
 

@@ -3,7 +3,7 @@
 The route key is the URL (:func:`route_key`): scheme and ``Host`` (a page that shows its
 own URL must never reach a request that sent another ``Host``), then ``key_prefix`` or
 the path, re-encoded (the server decodes ``%3F`` to ``?``: ``/a%3Fb`` must not land where
-``/a?b`` reads), then the query's parts, sorted. The fast path finds pages by the raw
+``/a?b`` reads), then the query's parts, sorted by name. The fast path finds pages by the raw
 :data:`Location` of a request instead, which it can build without formatting anything.
 
 A page whose view read the session varies on the session's *contents*, not only on the
@@ -74,11 +74,14 @@ def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_strin
     """The route key of a request: ``tc.route:`` and the URL it asked for.
 
     ``scheme://host/path?query``: the path is ``SCRIPT_NAME`` + ``PATH_INFO`` (or
-    ``key_prefix``, after a space), the query's parts sorted (or left out). Host and
-    scheme are always part of it: a page that shows either (``url_for(...,
+    ``key_prefix``, after a space), the query's parts sorted by name (or left out).
+    Host and scheme are always part of it: a page that shows either (``url_for(...,
     _external=True)``) must not be served to a request that sent another ``Host``. The
     server decodes ``%3F`` in a path to ``?``; percent-encoding it again keeps
     ``/a%3Fb`` and ``/a?b`` apart.
+
+    The sort is stable and by name alone: ``?a=2&a=1`` is not ``?a=1&a=2``
+    (``request.args.get("a")`` tells them apart), while ``?b=1&a=1`` is ``?a=1&b=1``.
     """
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST") or (
@@ -95,7 +98,7 @@ def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_strin
     if query_string:
         query = environ.get("QUERY_STRING")
         if query:
-            parts = sorted(part for part in query.split("&") if part)
+            parts = sorted((part for part in query.split("&") if part), key=_query_name)
             key += "?" + _encoded("&".join(parts), _QUERY_OK, _QUERY_SAFE)
     return key
 
@@ -103,9 +106,26 @@ def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_strin
 _SCHEMES: Final = frozenset({"http", "https"})
 
 
+def _query_name(part: str) -> str:
+    return part.partition("=")[0]
+
+
 def _encoded(text: str, ok: Callable[[str], object], safe: str) -> str:
-    """``text`` percent-encoded but for ``safe`` (and unreserved) characters."""
-    return text if ok(text) else quote(text, safe=safe)
+    """``text`` percent-encoded but for ``safe`` (and unreserved) characters.
+
+    A WSGI string holds the request's bytes, one character each (PEP 3333): they are
+    encoded as those bytes, so a raw byte and its own ``%XX`` meet (the server and
+    werkzeug decode both alike), and never as the UTF-8 of each character, which would
+    make the raw bytes of ``é`` (``\xc3\xa9``) read as ``%C3%83%C2%A9``, a query
+    that someone else can send as it is.
+    """
+    if ok(text):
+        return text
+    try:
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError:  # not a WSGI string (a hand-built environ): its UTF-8
+        raw = text.encode("utf-8", "surrogatepass")
+    return quote(raw, safe=safe)
 
 
 def current_session() -> Any:
