@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, Response, g, request, request_finished, session
+from flask import Flask, Response, g, redirect, request, request_finished, session
 from flask.testing import FlaskClient
 
 from tests.injected import fail_version_reads
@@ -227,6 +227,83 @@ def test_if_none_match_on_a_miss_gets_304_too(make_app: AppFactory) -> None:
     # The view ran again (the page was cleared) and made the same body: same strong ETag.
     assert (answer.status_code, answer.data, xcache(answer)) == (304, b"", "MISS")
     assert xcache(client.get("/constant")) == "HIT-L1"
+
+
+def test_a_miss_answers_if_none_match_as_a_hit_does_and_leaves_if_match_alone(
+    make_app: AppFactory,
+) -> None:
+    """RFC 9110 13.1.1: ``If-Match: *`` is true of any page. werkzeug's make_conditional,
+    which a miss used, answered it with a 412 (and the body) when If-None-Match came too;
+    a hit answers If-None-Match alone. Both answer alike now."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    @app.route("/constant")
+    @tc.cached()
+    def constant() -> Response:
+        calls["constant"] += 1
+        return Response(
+            "always the same", headers={"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"}
+        )
+
+    client = app.test_client()
+    both = {"If-None-Match": '"some-other-tag"', "If-Match": "*"}
+    miss, hit = client.get("/constant", headers=both), client.get("/constant", headers=both)
+    assert [(r.status_code, r.text, xcache(r)) for r in (miss, hit)] == [
+        (200, "always the same", "MISS"),
+        (200, "always the same", "HIT-L1"),
+    ]
+    with app.app_context():
+        tc.clear()
+    etag = hit.headers["ETag"]
+    # If-Modified-Since alone would get the page (README "Choices"); here its date says
+    # "modified", and If-None-Match, which RFC 9110 says to answer first, says not.
+    dated = {"If-None-Match": etag, "If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}
+    miss, hit = client.get("/constant", headers=dated), client.get("/constant", headers=dated)
+    assert [(r.status_code, r.data, xcache(r)) for r in (miss, hit)] == [
+        (304, b"", "MISS"),
+        (304, b"", "HIT-L1"),
+    ]
+    assert miss.headers["ETag"] == hit.headers["ETag"] == etag
+    assert calls["constant"] == 2
+
+
+def test_a_head_miss_carries_the_etag_and_304_of_the_get(make_app: AppFactory) -> None:
+    app, tc = make_app()
+
+    @app.route("/constant")
+    @tc.cached()
+    def constant() -> str:
+        return "always the same"
+
+    client = app.test_client()
+    head = client.head("/constant")
+    assert xcache(head) == "MISS"  # HEAD is never stored
+    again = client.head("/constant", headers={"If-None-Match": head.headers["ETag"]})
+    assert (again.status_code, xcache(again)) == (304, "MISS")
+    get = client.get("/constant")
+    assert (xcache(get), get.headers["ETag"]) == ("MISS", head.headers["ETag"])
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_hit_sends_location_as_a_uri_as_the_miss_did(make_app: AppFactory, public: bool) -> None:
+    """werkzeug makes ``Location`` and ``Content-Location`` URIs as it sends them; a page
+    stored them as the view set them, and the fast path sent a space and raw UTF-8."""
+    app, tc = make_app()
+
+    @app.route("/go")
+    @tc.cached(public=public, status_codes=(200, 302))
+    def go() -> Response:
+        response = redirect("/café menu")
+        response.headers["Content-Location"] = "/docs/é"
+        return response
+
+    client = app.test_client()
+    answers = [client.get("/go") for _ in range(3)]
+    assert [xcache(answer) for answer in answers] == ["MISS", "HIT-L1", "HIT-L1"]
+    for answer in answers:
+        assert answer.headers["Location"] == "/caf%C3%A9%20menu"
+        assert answer.headers["Content-Location"] == "/docs/%C3%A9"
 
 
 def test_etag_false_leaves_validation_to_the_view(make_app: AppFactory) -> None:

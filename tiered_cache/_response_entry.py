@@ -100,16 +100,22 @@ class Page:
         return ("Age", str(seconds)) if seconds > 0 else _AGE_ZERO
 
     def not_modified_for(self, environ: Mapping[str, Any]) -> bool:
-        """Whether the request's ``If-None-Match`` matches this page's ETag (weak
-        comparison, RFC 9110): the request gets a 304."""
-        header = environ.get("HTTP_IF_NONE_MATCH")
-        if not header or self.etag is None:
-            return False
-        return parse_etags(header).contains_weak(self.etag)
+        """Whether the request's ``If-None-Match`` matches this page's ETag: the
+        request gets a 304."""
+        return none_match(environ, self.etag)
 
     def matches(self, environ: Mapping[str, Any]) -> bool:
         """Tell whether the request's values of this page's ``Vary`` names are its own."""
         return not self.vary or vary_digest(self.vary, environ) == self.vary_digest
+
+
+def none_match(environ: Mapping[str, Any], etag: str | None) -> bool:
+    """Whether the request's ``If-None-Match`` matches ``etag`` (unquoted; weak
+    comparison, RFC 9110 section 13.1.2), so that it gets a 304."""
+    header = environ.get("HTTP_IF_NONE_MATCH")
+    if not header or etag is None:
+        return False
+    return parse_etags(header).contains_weak(etag)
 
 
 def environ_header(environ: Mapping[str, Any], name: str) -> str | None:

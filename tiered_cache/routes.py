@@ -96,6 +96,7 @@ from ._response_entry import (
     PageDecoder,
     encode_index,
     encode_page,
+    none_match,
     sendable,
     variant_key,
     vary_digest,
@@ -394,23 +395,17 @@ class Routes:
     # -- storing the final response ----------------------------------------------------
 
     def store(self, pending: Pending, response: Response) -> None:
-        """Store the final response of a miss when the rules allow it."""
+        """Store the final response of a miss when the rules allow it.
+
+        A HEAD miss gets the headers a GET's page would carry (its ETag, its ``Vary``)
+        and the same 304, but is never stored: its page would have no body.
+        """
         options = pending.options
-        if request.method != "GET" or pending.keyspace.guessed:
-            return  # a guessed namespace version keys what no invalidation reaches
         _one_line_each(response.headers)
         if not _storable(options, response):
             return
         if pending.session_read and pending.session is None:
             return  # the view changed the session, or its contents have no stable digest
-        if not sendable(response.status, response.headers.to_wsgi_list()):
-            self.cache.redis.log.warning(  # noqa: PLE1205 - its first argument is a kind
-                "unsendable-page",
-                "not caching %s: a header name that is no token, or a control character "
-                "in a header or the status line, which a hit would send as it is",
-                request.path,
-            )
-            return
         body = response.get_data()
         # Validators only for 2xx pages: RFC 9110 13.2.1 ignores preconditions otherwise.
         validated = 200 <= response.status_code < 300
@@ -420,16 +415,39 @@ class Routes:
             response.vary.add("Cookie")
         for name in options.vary:
             response.vary.add(name)
-        environ = request.environ
+        etag = unquote_etag(response.headers.get("ETag"))[0] if validated else None
+        # A guessed namespace version keys what no invalidation reaches: not stored.
+        if request.method == "GET" and not pending.keyspace.guessed:
+            self._keep(pending, response, body, etag)
+        if options.etag and none_match(request.environ, etag):
+            # As a hit answers: If-None-Match alone. If-Match, If-Modified-Since and
+            # Range are the view's to answer (werkzeug's make_conditional would answer
+            # them too, with a 412 that no hit gives).
+            response.status_code = 304
+
+    def _keep(self, pending: Pending, response: Response, body: bytes, etag: str | None) -> None:
+        """Store the page of a GET (``etag`` unquoted, None for no validator)."""
+        options, environ = pending.options, request.environ
+        # The headers as werkzeug sends them (a Location made a URI...): hits, on the
+        # fast path too, send the stored ones as they are.
+        headers = response.get_wsgi_headers(environ).to_wsgi_list()
+        if not sendable(response.status, headers):
+            self.cache.redis.log.warning(  # noqa: PLE1205 - its first argument is a kind
+                "unsendable-page",
+                "not caching %s: a header name that is no token, or a control character "
+                "in a header or the status line, which a hit would send as it is",
+                request.path,
+            )
+            return
         names = vary_names(response.vary)
         if pending.session_read:
             names = vary_names((*names, SESSION_VARY))
             environ[SESSION_ENVIRON] = pending.session
         text = encode_page(
             status=response.status,
-            headers=response.headers.to_wsgi_list(),
+            headers=headers,
             body=body,
-            etag=unquote_etag(response.headers.get("ETag"))[0] if validated else None,
+            etag=etag,
             stored=self.cache._clock(),
             vary=names,
             digest=vary_digest(names, environ),
@@ -446,8 +464,6 @@ class Routes:
         self._put(pending, entry_key, text)
         self.pages.get(text)  # the string L1 now holds: hits find it decoded, by identity
         self.remember_fast(options, environ, pending.key)
-        if validated and options.etag and environ.get("HTTP_IF_NONE_MATCH"):
-            response.make_conditional(environ)
 
     def _put(self, pending: Pending, key: str, text: str) -> None:
         local, gkey = pending.keyspace._where(key)
