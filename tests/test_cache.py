@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import redis
 from tests.waiting import until, warm
 from tiered_cache import MISS, Cache, TieredCacheError
 from tiered_cache.keys import KeyLayout
+from tiered_cache.memoize import Memo
 
 MakeCache = Callable[..., Cache]
 
@@ -490,6 +492,53 @@ def test_memoize_refuses_arguments_with_process_specific_repr(cache: Cache) -> N
             return "keyed-1"
 
     assert ident(Keyed()) == "called"
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """An argument whose ``==`` is Python code (a dataclass's)."""
+
+    x: int
+    y: int
+
+
+def l1_key_atoms(cache: Cache) -> set[type]:
+    """The types of everything L1's keys are made of (tuples opened)."""
+    found: set[type] = set()
+    stack = [key for key, _ in cache._l1._entries()]
+    while stack:
+        item = stack.pop()
+        if type(item) is tuple:
+            stack.extend(item)
+        else:
+            found.add(type(item))
+    return found
+
+
+def test_memoize_keys_l1_only_by_values_that_compare_in_c(cache: Cache) -> None:
+    """L1's hits take no lock: a key whose ``==`` runs Python code, compared during a
+    lookup while another thread changes L1, corrupts CPython's OrderedDict (a KeyError
+    on every later eviction, or a crash). Such arguments key L1 by their Redis key."""
+    calls: list[tuple[Any, ...]] = []
+
+    @cache.memoize(timeout=60)
+    def describe(*args: Any, **kwargs: Any) -> str:
+        calls.append(args)
+        return repr((args, kwargs))
+
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((Point(1, 2),), {}),
+        (((1, 2),), {}),  # a tuple: its items could be anything
+        ((1,), {"at": Point(0, 0)}),
+        ((1, "a", b"b", 2.5, True, None), {}),
+        ((1, "a"), {"k": "v"}),
+    ]
+    for args, kwargs in cases:
+        for _ in range(2):
+            assert describe(*args, **kwargs) == repr((args, kwargs))
+    assert len(calls) == len(cases)  # each second call was a hit
+    assert cache.stats()["l1_hits"] >= len(cases)
+    assert l1_key_atoms(cache) - {str, bytes, int, float, bool, type(None), Memo} == set()
 
 
 def test_memoize_in_a_namespace_is_dropped_with_it(cache: Cache) -> None:

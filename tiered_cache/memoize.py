@@ -1,12 +1,16 @@
 """``@cache.memoize``: a function's results cached per arguments, in both tiers.
 
-Keys. In L1 a call is keyed by the argument tuple itself (as ``functools.lru_cache``
-does: ``f(1, b=2)`` and ``f(1, 2)`` are different calls, and ``1 == 1.0`` share an L1
-entry), so a hit formats no string. In Redis it is keyed by the function's qualified
-name, its version, and ``repr`` of the arguments; arguments whose ``repr`` is the
-default ``<... at 0x...>`` differ in every process, so they are refused with a
-``TypeError`` unless they define ``__caching_id__()``. Unhashable arguments (lists,
-dicts) work, keyed in L1 by their Redis key.
+Keys. In Redis a call is keyed by the function's qualified name, its version, and
+``repr`` of the arguments; arguments whose ``repr`` is the default ``<... at 0x...>``
+differ in every process, so they are refused with a ``TypeError`` unless they define
+``__caching_id__()``. In L1, when every argument is a ``str``, ``bytes``, ``int``,
+``float``, ``bool`` or ``None``, a call is keyed by the argument tuple itself (as
+``functools.lru_cache`` does: ``f(1, b=2)`` and ``f(1, 2)`` are different calls, and
+``1 == 1.0`` share an L1 entry), so a hit formats no string. Any other argument (a
+tuple, a dataclass, a UUID, a list) keys its call in L1 by the Redis key, formatted on
+every call: L1's hits take no lock, which is safe only for keys that compare in C, and
+an ``__eq__`` written in Python, run during a lookup while another thread changes L1,
+corrupts it (CPython's ``OrderedDict`` can crash).
 
 Versions. Every memoized function has a version counter in Redis, so
 ``delete_memoized(fn)`` drops all of its results in every worker in O(1); with
@@ -66,18 +70,24 @@ class Memo(Generic[P, R]):
     def local(
         self, fn_version: int, ns_version: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Hashable:
-        """The L1 key of a call: this memo, its versions, the arguments as given."""
-        kw = tuple(kwargs.items()) if kwargs else ()
-        return (self, fn_version, ns_version if self.namespace else None, args, kw)
+        """The L1 key of a call whose arguments all compare in C (:data:`_C_COMPARED`):
+        this memo, its versions, the arguments as given. Its lengths tell the shapes
+        apart: keyword arguments or not, a namespace or not."""
+        if kwargs:
+            namespaced = ns_version if self.namespace else None
+            return (self, fn_version, namespaced, args, tuple(kwargs.items()))
+        if self.namespace:
+            return (self, fn_version, ns_version, args)
+        return (self, fn_version, args)
 
     def miss(self, local: Hashable | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         """Resolve the versions, then load through the cache's single-flight path.
 
-        :param local: None when the arguments are unhashable.
+        :param local: None when an argument does not compare in C (or is unhashable).
         """
         fn_version, ns_version = self._versions()
         gkey = self._gkey(fn_version, ns_version, args, kwargs)
-        # Unhashable arguments: the Redis key stands in, tagged with this memo.
+        # Other arguments: the Redis key stands in, tagged with this memo.
         local = (self, gkey) if local is None else self.local(fn_version, ns_version, args, kwargs)
         load = Load(local, gkey, lambda: self.fn(*args, **kwargs), self.timeout)
         return self.cache._get_or_set(load)  # type: ignore[no-any-return]
@@ -115,21 +125,30 @@ def memoized(
     :param unless: called before each call; when it returns true the cache is bypassed.
     """
     memo = Memo(cache, fn, timeout=timeout, namespace=namespace)
-    counter, namespace_name = memo.counter, memo.namespace or ""
+    counter, namespace = memo.counter, memo.namespace
     current = cache._versions_current  # the same dict for the cache's life, forks included
+    compared_in_c = _C_COMPARED
 
     @functools.wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         if unless is not None and unless():
             return fn(*args, **kwargs)
-        # Memo.local's layout, inlined: this is the hit path. A version read here may be
-        # out of date; the entry it finds is still bounded by its own age checks.
-        kw = tuple(kwargs.items()) if kwargs else ()
-        local = (memo, current.get(counter), current.get(namespace_name), args, kw)
-        try:
-            value = cache._l1_value(local)
-        except TypeError:  # unhashable arguments
-            return memo.miss(None, args, kwargs)
+        for arg in args:
+            if type(arg) not in compared_in_c:
+                return memo.miss(None, args, kwargs)
+        # Memo.local, inlined: this is the hit path. A version read here may be out of
+        # date (or None, not known yet); the entry it finds is still bounded by its own
+        # age checks, and a miss keys its fill by the versions it resolves.
+        if kwargs:
+            if not compared_in_c.issuperset(map(type, kwargs.values())):
+                return memo.miss(None, args, kwargs)
+            namespaced = current.get(namespace) if namespace else None
+            local: Hashable = (memo, current.get(counter), namespaced, args, tuple(kwargs.items()))
+        elif namespace:
+            local = (memo, current.get(counter), current.get(namespace), args)
+        else:
+            local = (memo, current.get(counter), args)
+        value = cache._l1_value(local)
         return memo.miss(local, args, kwargs) if value is MISS else cast(R, value)
 
     wrapper = cast(MemoizedFunction[P, R], call)
@@ -147,6 +166,9 @@ def _arguments_repr(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 # Values whose repr is their content (a string may well say "at 0x..."), and the shape
 # of object.__repr__ (also inside a container's repr, or a bound method's).
 _PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})
+_C_COMPARED: Final = _PLAIN
+"""Argument types (exactly these, not subclasses) whose hashing and ``==`` run in C, so
+that a lock-free L1 lookup of a key made of them runs no Python code."""
 _DEFAULT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
