@@ -149,7 +149,9 @@ def memoized(
         else:
             local = (memo, current.get(counter), args)
         value = cache._l1_value(local)
-        return memo.miss(local, args, kwargs) if value is MISS else cast(R, value)
+        if value is MISS:
+            return memo.miss(local, args, kwargs)
+        return value  # type: ignore[no-any-return] # not typing.cast: a call on every hit
 
     wrapper = cast(MemoizedFunction[P, R], call)
     wrapper.memo = memo
