@@ -151,9 +151,28 @@ def test_default_timeout_and_jitter_spread_ttls(make_cache: MakeCache, redis_url
     assert max(ttls) - min(ttls) > 5_000  # spread, not all at once
 
 
-def test_negative_timeout_is_refused(cache: Cache) -> None:
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), 1e16, "60", True])
+def test_a_timeout_redis_cannot_take_is_refused(cache: Cache, timeout: Any) -> None:
+    """Refused as the call is made: Redis would answer 1e16 s with an error reply."""
     with pytest.raises(ValueError, match="timeout"):
-        cache.set("k", "v", timeout=-1)
+        cache.set("k", "v", timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        cache.set_many({"k": "v"}, timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        cache.lock("job", timeout=timeout)
+    assert cache.get("k", MISS) is MISS
+
+
+@pytest.mark.parametrize("option", ["stale_ttl", "lock_timeout"])
+@pytest.mark.parametrize("seconds", [-1, float("nan"), 1e16])
+def test_get_or_set_refuses_stale_and_lock_times_out_of_bounds(
+    cache: Cache, option: str, seconds: float
+) -> None:
+    loads: list[int] = []
+    with pytest.raises(ValueError, match=option):
+        cache.get_or_set("k", lambda: loads.append(1), timeout=60, **{option: seconds})
+    assert loads == [] and cache.get("k", MISS) is MISS
+    assert cache.get_or_set("k", lambda: "v", timeout=60, **{option: 0}) == "v"
 
 
 def test_l1_never_serves_entries_older_than_l1_ttl(make_cache: MakeCache, redis_url: str) -> None:

@@ -76,6 +76,7 @@ def test_environment_strings_are_parsed() -> None:
         ("version", -1),
         ("fail_open", "maybe"),
         ("default_timeout", -5),
+        ("default_timeout", 1e16),  # Redis would refuse its PX on every write
         ("secret_key", ""),
         ("version", float("inf")),  # int(inf) raises OverflowError, not ValueError
         ("l1_max_bytes", 10**400),  # so does math.isfinite of an int this wide

@@ -27,7 +27,19 @@ def test_limit_strings_parse(text: str, expected: list[tuple[int, int]]) -> None
 
 
 @pytest.mark.parametrize(
-    "text", ["", "ten/second", "10/fortnight", "10", "0/second", "10/0 s", "5;"]
+    "text",
+    [
+        "",
+        "ten/second",
+        "10/fortnight",
+        "10",
+        "0/second",
+        "10/0 s",
+        "5;",
+        "1000000000000001/second",  # beyond what the scripts count exactly
+        "5/101 years",  # a period past MAX_SECONDS
+        "5/10000000000000000 seconds",
+    ],
 )
 def test_bad_limit_strings_name_the_part(text: str) -> None:
     with pytest.raises(ValueError, match="limit"):

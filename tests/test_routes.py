@@ -632,6 +632,17 @@ def test_a_hooks_second_vary_line_survives_the_session_layer(make_app: AppFactor
     assert other.headers["Access-Control-Allow-Origin"] == "https://b.example"
 
 
+@pytest.mark.parametrize("option", ["timeout", "stale_ttl"])
+@pytest.mark.parametrize("seconds", [-1, float("nan"), 1e16])
+def test_cached_refuses_durations_out_of_bounds_where_the_route_is_written(
+    make_app: AppFactory, option: str, seconds: float
+) -> None:
+    """Not as a 500 on the route's first miss."""
+    _, tc = make_app()
+    with pytest.raises(ValueError, match=option):
+        tc.cached(**{option: seconds})
+
+
 def test_the_vary_option_refuses_a_bare_string_and_star(make_app: AppFactory) -> None:
     _, tc = make_app()
     with pytest.raises(TypeError, match="vary"):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from redis import ResponseError
 
+from ._durations import checked_seconds
 from ._forks import forget, renew_after_fork
 from ._log import RateLimitedLog
 from .bus import Bus, Message, NoBus
@@ -396,8 +397,7 @@ class Cache(Keyspace):
     def _timeout(self, timeout: float | None) -> float:
         """The L2 lifetime for a write: the default, validated, then jittered downwards."""
         seconds = self.config.default_timeout if timeout is None else timeout
-        if seconds < 0 or not math.isfinite(seconds):
-            raise ValueError(f"timeout must be >= 0 seconds (0 = no expiry), not {timeout!r}")
+        seconds = checked_seconds("timeout", seconds)
         return seconds * (1 - self.config.ttl_jitter * random.random())
 
     def _store(
@@ -552,7 +552,11 @@ class Cache(Keyspace):
 
         Locks never fail open: with Redis unavailable, acquiring raises
         :class:`~tiered_cache.CacheUnavailable`.
+
+        :param timeout: seconds the lock lives unless released, > 0.
+        :raises ValueError: for a timeout that is not a number of seconds within bounds.
         """
+        checked_seconds("lock timeout", timeout, zero=False)
         return DistributedLock(
             self._tier.client, self._layout.named_lock(name), timeout, blocking_timeout
         )

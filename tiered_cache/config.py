@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._durations import MAX_SECONDS
 from .errors import ConfigurationError
 from .ratelimit.limits import STRATEGIES, parse_limits
 
@@ -71,6 +72,13 @@ def _non_negative_float(value: Any) -> float:
     number = float(_number(value, float))
     if number < 0:
         raise ValueError("must be >= 0")
+    return number
+
+
+def _timeout(value: Any) -> float:
+    number = _non_negative_float(value)
+    if number > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS} seconds (0 = no expiry)")
     return number
 
 
@@ -180,7 +188,7 @@ class CacheConfig:
     )
     prefix: str = _setting("tc", _prefix, "first part of every Redis key and the bus channel")
     version: int = _setting(1, _non_negative_int, "schema version in every key")
-    default_timeout: float = _setting(300, _non_negative_float, "seconds; 0 = no expiry")
+    default_timeout: float = _setting(300, _timeout, "seconds; 0 = no expiry")
     ttl_jitter: float = _setting(0.1, _fraction, "fraction of the TTL taken off at random")
     l1_backend: str = _setting("lru", _one_of(L1_BACKENDS), "hand-written LRU or cachetools")
     l1_max_items: int = _setting(10_000, _non_negative_int, "0 disables L1")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from flask import Flask, current_app
 
+from ._durations import checked_seconds
 from .cache import Cache
 from .config import CacheConfig, ExtensionConfig
 from .errors import ConfigurationError
@@ -229,6 +230,10 @@ class TieredCache:
         vary = tuple(vary)  # once: an untyped caller's generator would be spent by a check
         if "*" in vary:
             raise ValueError("cached(vary=...): a page that varies on '*' is never shared")
+        # Here, where the route is written, not as a 500 on its first miss.
+        if timeout is not None:
+            checked_seconds("cached(timeout=...)", timeout)
+        checked_seconds("cached(stale_ttl=...)", stale_ttl)
         options = RouteOptions(
             timeout=timeout,
             key_prefix=key_prefix,

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Final
 
+from ._durations import checked_seconds
 from .copying import copier_for
 from .flight import Flights, Waiters, release
 from .framing import Frame
@@ -81,7 +82,13 @@ class Loading:
         self._closed = False
 
     def get_or_set(self, load: Load) -> Any:
-        """Return the value of ``load.gkey``; L1 was already missed."""
+        """Return the value of ``load.gkey``; L1 was already missed.
+
+        :raises ValueError: for a ``stale_ttl`` or ``lock_timeout`` that is not a number
+            of seconds within bounds (checked here, on the way to Redis, not on hits).
+        """
+        checked_seconds("stale_ttl", load.stale_ttl)
+        checked_seconds("lock_timeout", load.lock_timeout)
         flight, leader = self.flights.join(load.gkey)
         if not leader:
             self._cache.stampede_waits += 1

@@ -6,7 +6,12 @@ import dataclasses
 import re
 from typing import Final
 
+from .._durations import MAX_SECONDS
+
 STRATEGIES: Final = ("sliding-window-log", "sliding-window-counter", "fixed-window", "gcra")
+MAX_AMOUNT: Final = 10**15
+"""The largest amount a limit may allow: the scripts count in Lua numbers (doubles, exact
+to 2**53) and Redis replies with 64-bit integers; 10**15 a period is beyond any use."""
 
 _UNITS: Final = {
     "second": 1,
@@ -48,10 +53,15 @@ def parse_limits(text: str) -> tuple[Limit, ...]:
         if match is None:
             raise ValueError(f"cannot parse the limit {part.strip()!r}")
         amount = int(match["amount"])
-        multiple = int(match["multiple"] or 1)
-        if amount < 1 or multiple < 1:
+        period = int(match["multiple"] or 1) * _UNITS[match["unit"].lower()]
+        if amount < 1 or period < 1:
             raise ValueError(f"the limit {part.strip()!r} must allow at least 1 per period")
-        limits.append(Limit(amount, multiple * _UNITS[match["unit"].lower()], part.strip()))
+        if amount > MAX_AMOUNT or period > MAX_SECONDS:
+            raise ValueError(
+                f"the limit {part.strip()!r} is out of bounds: at most {MAX_AMOUNT} "
+                f"per period, and a period of at most {MAX_SECONDS} seconds"
+            )
+        limits.append(Limit(amount, period, part.strip()))
     return check_distinct(tuple(limits))
 
 
