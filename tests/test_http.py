@@ -533,6 +533,30 @@ def test_if_none_match_takes_precedence_over_if_modified_since(
     assert calls["GET"] == 1
 
 
+@pytest.mark.parametrize("order", ["etag below", "etag above"])
+def test_a_failing_if_match_is_answered_before_if_modified_since(
+    app: Flask, client: FlaskClient, calls: Counter[str], order: str
+) -> None:
+    """RFC 9110 13.2.2 weighs If-Match first: a date that says "not modified" must not
+    answer 304 for a request whose If-Match fails (the docstring's stacking too)."""
+
+    def view() -> str:
+        calls["GET"] += 1
+        return BODY
+
+    dated = last_modified(lambda: CHANGED)
+    wrapped = dated(etag(view)) if order == "etag below" else etag(dated(view))
+    app.add_url_rule("/both", "both", wrapped)
+    since = http_date(CHANGED)
+    failing = client.get("/both", headers={"If-Match": '"nomatch"', "If-Modified-Since": since})
+    assert failing.status_code == 412
+    holding = client.get("/both", headers={"If-Match": "*", "If-Modified-Since": since})
+    # Above, etag weighs the date after If-Match (werkzeug's make_conditional, with the
+    # Last-Modified set below); below it, last_modified lets the view run and does not.
+    assert holding.status_code == (200 if order == "etag below" else 304)
+    assert client.get("/both", headers={"If-Modified-Since": since}).status_code == 304
+
+
 def test_if_unmodified_since_on_put(
     dated: dict[str, datetime | None], client: FlaskClient, calls: Counter[str]
 ) -> None:

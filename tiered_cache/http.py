@@ -418,8 +418,11 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
 
     - ``If-Unmodified-Since`` earlier than it (and no ``If-Match``): 412 without running
       the view, for any method (a PUT that would overwrite a newer version).
-    - GET/HEAD with ``If-Modified-Since`` at or after it (and no ``If-None-Match``,
-      which takes precedence and is :func:`etag`'s business): 304 without running the view.
+    - GET/HEAD with ``If-Modified-Since`` at or after it (and neither ``If-None-Match``
+      nor ``If-Match``, which take precedence and are :func:`etag`'s business): 304
+      without running the view. With ``If-Match`` the view runs, so that a failing one
+      gets its 412 (RFC 9110 section 13.2.2 weighs it first), and the date is not
+      weighed after it: a 200 where a 304 could have been, never the reverse.
     - Otherwise the view runs; a 2xx GET/HEAD response gets ``Last-Modified`` unless it
       has one.
 
@@ -463,7 +466,8 @@ def _date_says_not_modified(stamp: datetime) -> bool:
     since = request.if_unmodified_since
     if since is not None and "If-Match" not in request.headers and stamp > since:
         raise PreconditionFailed("The resource changed after If-Unmodified-Since.")
-    if request.method not in _READS or "If-None-Match" in request.headers:
+    headers = request.headers
+    if request.method not in _READS or "If-None-Match" in headers or "If-Match" in headers:
         return False
     # Only If-Modified-Since is left for werkzeug to weigh: no ETag is passed.
     return not is_resource_modified(request.environ, last_modified=stamp)
