@@ -275,19 +275,20 @@ def test_a_failing_process_start_hook_is_logged_once_not_a_500_on_every_request(
     assert "a per-process start hook failed" in caplog.text
 
 
-def test_middleware_that_rewrites_urls_inside_the_fast_path_keeps_it_off(
+def test_middleware_wrapped_before_init_app_turns_the_fast_path_off(
     redis_url: str, caplog: Any
 ) -> None:
-    """ProxyFix wrapped before init_app runs after the fast path: Flask keys a page by
-    the forwarded host, the fast path would look it up by the raw one. Such a page is
-    not offered to the fast path (which would serve it to a raw request for that host
-    whatever host it forwards), and the log says why."""
+    """ProxyFix wrapped before init_app would run after the fast path: Flask keys a page
+    by the forwarded scheme and host, the fast path would look it up by the raw ones and
+    serve a raw request's page to a forwarded one (and skip the middleware). init_app
+    says so, and the fast path serves nothing for the app; Flask serves its hits."""
     from werkzeug.middleware.proxy_fix import ProxyFix
 
     app = Flask("proxied")
     app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_PREFIX="proxied")
     app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
     tc = TieredCache(app)
+    assert "wraps app.wsgi_app before init_app" in caplog.text
     hooks: Counter[str] = Counter()
 
     @app.before_request
@@ -297,24 +298,55 @@ def test_middleware_that_rewrites_urls_inside_the_fast_path_keeps_it_off(
     @app.route("/page")
     @tc.cached(public=True)
     def page() -> str:
-        return f"page of {request.host}"
+        return f"page of {request.scheme}://{request.host}"
 
     try:
         client = app.test_client()
+        for _ in range(2):  # a raw request first: it registered the raw location
+            assert client.get("/page").text == "page of http://localhost"
         forwarded = {"X-Forwarded-Host": "shop.example", "X-Forwarded-Proto": "https"}
-        assert client.get("/page", headers=forwarded).text == "page of shop.example"
+        first = client.get("/page", headers=forwarded)
+        assert (first.text, xcache(first)) == ("page of https://shop.example", "MISS")
         hit = client.get("/page", headers=forwarded)
-        assert (hit.text, xcache(hit)) == ("page of shop.example", "HIT-L1")
-        assert hooks["before"] == 2  # through Flask: the fast path did not serve it
-        assert "rewrites request URLs" in caplog.text
-        spoof = {"X-Forwarded-Host": "other.example", "X-Forwarded-Proto": "https"}
-        other = client.get("/page", headers=spoof, base_url="https://shop.example")
-        assert (other.text, xcache(other)) == ("page of other.example", "MISS")
+        assert (hit.text, xcache(hit)) == ("page of https://shop.example", "HIT-L1")
+        assert hooks["before"] == 4  # every one through Flask
+        assert TieredCache.state(app).extras["routes"].fast == {}
     finally:
         TieredCache.state(app).cache.close()
 
 
-_FORKED: list[Flask] = []
+def test_middleware_wrapped_after_init_app_runs_before_the_fast_path(redis_url: str) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = Flask("proxied-after")
+    app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_PREFIX="proxied-after")
+    tc = TieredCache(app)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
+    hooks: Counter[str] = Counter()
+
+    @app.before_request
+    def count() -> None:
+        hooks["before"] += 1
+
+    @app.route("/page")
+    @tc.cached(public=True)
+    def page() -> str:
+        return f"page of {request.scheme}://{request.host}"
+
+    try:
+        client = app.test_client()
+        forwarded = {"X-Forwarded-Host": "shop.example", "X-Forwarded-Proto": "https"}
+        answers = [client.get("/page", headers=forwarded) for _ in range(3)]
+        assert [(a.text, xcache(a)) for a in answers] == [
+            ("page of https://shop.example", "MISS"),
+            ("page of https://shop.example", "HIT-L1"),
+            ("page of https://shop.example", "HIT-L1"),
+        ]
+        assert hooks["before"] == 1  # the hits came from the fast path
+        raw = client.get("/page")
+        assert (raw.text, xcache(raw)) == ("page of http://localhost", "MISS")
+    finally:
+        TieredCache.state(app).cache.close()
 
 
 def in_a_child_forked_during_a_miss() -> tuple[str | None, bool]:

@@ -52,13 +52,6 @@ _PATH_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~]*").fullmatch
 _QUERY_OK: Final = re.compile(f"[{_UNRESERVED}/:@!$&'()*+,;=~?%]*").fullmatch
 
 
-FAST_LOCATION: Final = "tiered_cache.location"
-"""Where the WSGI fast path leaves the :data:`Location` it looked up, for a request it
-handed on: middleware wrapped around ``app.wsgi_app`` before ``init_app`` runs after the
-fast path and may rewrite the URL (ProxyFix), and a page is only offered to the fast path
-at the location the fast path will look it up by."""
-
-
 def request_location(environ: Mapping[str, Any]) -> Location:
     """The :data:`Location` of a request."""
     return (

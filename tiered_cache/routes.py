@@ -77,9 +77,7 @@ from werkzeug.datastructures import Headers, ResponseCacheControl
 from werkzeug.http import generate_etag, parse_cache_control_header, unquote_etag
 
 from ._forks import renew_after_fork
-from ._log import logger
 from ._page_keys import (
-    FAST_LOCATION,
     Location,
     current_session,
     digest_session_for,
@@ -217,7 +215,9 @@ class Routes:
         self._app = app
         self._misses = 0
         self._misses_lock = threading.Lock()
-        self._rewritten_warned = False
+        self.fast_on = True
+        """False when middleware sits between the fast path and Flask (see wsgi.init_app):
+        then no page is offered to the fast path."""
         renew_after_fork(self, Routes.after_fork)
 
     def after_fork(self) -> None:
@@ -227,16 +227,6 @@ class Routes:
         if self._misses:
             self._misses = 0
             request_finished.disconnect(_finished, self._app)
-
-    def _warn_rewritten(self) -> None:
-        """Say once that middleware inside the fast path rewrites URLs."""
-        if not self._rewritten_warned:
-            self._rewritten_warned = True
-            logger.warning(
-                "tiered_cache: middleware wrapped around app.wsgi_app before init_app "
-                "rewrites request URLs (ProxyFix?): the WSGI fast path cannot serve those "
-                "requests; wrap it after init_app to let it"
-            )
 
     # -- keys and lookups --------------------------------------------------------------
 
@@ -314,14 +304,11 @@ class Routes:
 
     def remember_fast(self, options: RouteOptions, environ: Mapping[str, Any], key: str) -> None:
         """Let the fast path find this request's page (public routes only)."""
-        if not options.fast or "HTTP_HOST" not in environ:
+        if not (options.fast and self.fast_on) or "HTTP_HOST" not in environ:
             return
         location = request_location(environ)
         if location in self.fast:
             return
-        if environ.get(FAST_LOCATION, location) != location:
-            self._warn_rewritten()
-            return  # the fast path would look this page up where Flask did not key it
         keyspace = self._keyspace(options)
         local = None if keyspace is self.cache else keyspace._local_if_trusted
         self.fast[location] = FastTarget(key, local, options.etag)

@@ -15,9 +15,13 @@ A fast-path hit skips everything Flask would do for the request: URL matching,
 ``url_value_preprocessor`` and ``before_request`` hooks, the view, ``after_request`` and
 ``teardown_request`` hooks, opening and saving the session (so no sliding session
 refresh and no ``Set-Cookie``), rate limits (``tc.limit`` and the default limits), error
-handlers, the ``request_started``/``request_finished`` signals, and any middleware that
-was wrapped around ``app.wsgi_app`` *before* ``init_app`` (middleware wrapped after it,
-such as ``ProxyFix``, still runs).
+handlers and the ``request_started``/``request_finished`` signals. Middleware wrapped
+around ``app.wsgi_app`` *after* ``init_app`` (``ProxyFix``, say) runs before the fast
+path, as it should. Middleware wrapped *before* ``init_app`` would sit between the fast
+path and Flask, where a hit would skip it, and where it may rewrite the URL that pages
+are keyed by (ProxyFix keys a page by the forwarded host and scheme, which the fast
+path never sees): then the fast path serves nothing for that app, and ``init_app``
+says so in a warning.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from ._log import logger
-from ._page_keys import FAST_LOCATION
 from .routes import PENDING, release_leftover
 
 if TYPE_CHECKING:
@@ -83,15 +86,15 @@ def fast_path(
                     start()
                 except Exception:  # once, logged: not a 500 on every request after it
                     logger.exception("tiered_cache: a per-process start hook failed")
-        get = environ.get  # the Location of _page_keys.request_location, inlined
-        location = (
-            get("wsgi.url_scheme", "http"),
-            get("HTTP_HOST"),
-            get("SCRIPT_NAME", ""),
-            get("PATH_INFO", ""),
-            get("QUERY_STRING", ""),
-        )
         if locations:
+            get = environ.get  # the Location of _page_keys.request_location, inlined
+            location = (
+                get("wsgi.url_scheme", "http"),
+                get("HTTP_HOST"),
+                get("SCRIPT_NAME", ""),
+                get("PATH_INFO", ""),
+                get("QUERY_STRING", ""),
+            )
             target = locations.get(location)
             method = environ.get("REQUEST_METHOD")
             if target is not None and method in {"GET", "HEAD"}:
@@ -109,7 +112,6 @@ def fast_path(
                         return []
                     start_response(page.status, [*page.headers, _X_CACHE, age])
                     return [] if method == "HEAD" else [page.body]
-        environ[FAST_LOCATION] = location
         try:
             return inner(environ, start_response)
         finally:
@@ -120,9 +122,20 @@ def fast_path(
 
 
 def init_app(app: Flask, state: AppState) -> None:
-    """Put the fast path in front of ``app`` (after :func:`tiered_cache.routes.init_app`)."""
+    """Put the fast path in front of ``app`` (after :func:`tiered_cache.routes.init_app`);
+    turn it off when middleware already wraps ``app.wsgi_app``."""
     routes: Routes = state.extras["routes"]
-    wrapped = fast_path(app.wsgi_app, routes, state.on_process_start)
+    inner = app.wsgi_app
+    own = type(app).wsgi_app
+    if getattr(inner, "__self__", None) is not app or getattr(inner, "__func__", None) is not own:
+        routes.fast_on = False
+        logger.warning(
+            "tiered_cache: %r wraps app.wsgi_app before init_app, so the WSGI fast path is "
+            "off for this app (a hit would skip that middleware, which may rewrite the URL "
+            "pages are keyed by); wrap middleware such as ProxyFix after init_app",
+            inner,
+        )
+    wrapped = fast_path(inner, routes, state.on_process_start)
     app.wsgi_app = wrapped  # type: ignore[method-assign,assignment]
 
 
