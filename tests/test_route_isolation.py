@@ -114,6 +114,33 @@ def test_the_order_of_one_names_values_is_part_of_the_key(
     assert (moved.text, xcache(moved)) == ("a=['2', '1'] b=0", "HIT-L1")
 
 
+def test_a_mounted_apps_path_is_not_the_same_url_at_the_root(make_app: AppFactory) -> None:
+    """Behind ProxyFix(x_prefix=1), a client that reaches the app with its own
+    ``X-Forwarded-Prefix: /a`` asks for the app's ``/b`` at the external URL ``/a/b``:
+    keyed by that URL, its page would be served for the app's own ``/a/b``."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app, tc = make_app()
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_prefix=1)  # type: ignore[method-assign]
+
+    @app.route("/b")
+    @tc.cached()
+    def b() -> str:
+        return "page of /b"
+
+    @app.route("/a/b")
+    @tc.cached()
+    def a_b() -> str:
+        return "page of /a/b"
+
+    client = app.test_client()
+    assert client.get("/b", headers={"X-Forwarded-Prefix": "/a"}).text == "page of /b"
+    own = client.get("/a/b")
+    assert (own.text, xcache(own)) == ("page of /a/b", "MISS")
+    again = client.get("/b", headers={"X-Forwarded-Prefix": "/a"})
+    assert (again.text, xcache(again)) == ("page of /b", "HIT-L1")
+
+
 def test_a_key_prefix_still_keeps_hosts_apart(make_app: AppFactory) -> None:
     app, tc = make_app()
 

@@ -3,8 +3,8 @@
 The route key is the URL (:func:`route_key`): scheme and ``Host`` (a page that shows its
 own URL must never reach a request that sent another ``Host``), then ``key_prefix`` or
 the path, re-encoded (the server decodes ``%3F`` to ``?``: ``/a%3Fb`` must not land where
-``/a?b`` reads), then the query's parts, sorted by name. The fast path finds pages by the raw
-:data:`Location` of a request instead, which it can build without formatting anything.
+``/a?b`` reads), then the query's parts, sorted by name. The fast path finds pages by
+the raw :data:`Location` of a request instead, which it builds without formatting.
 
 A page whose view read the session varies on the session's *contents*, not only on the
 ``Cookie`` header: a server-side session changes under the very same cookie (a logout
@@ -66,12 +66,12 @@ def request_location(environ: Mapping[str, Any]) -> Location:
 def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_string: bool) -> str:
     """The route key of a request: ``tc.route:`` and the URL it asked for.
 
-    ``scheme://host/path?query``: the path is ``SCRIPT_NAME`` + ``PATH_INFO`` (or
-    ``key_prefix``, after a space), the query's parts sorted by name (or left out).
-    Host and scheme are always part of it: a page that shows either (``url_for(...,
-    _external=True)``) must not be served to a request that sent another ``Host``. The
-    server decodes ``%3F`` in a path to ``?``; percent-encoding it again keeps
-    ``/a%3Fb`` and ``/a?b`` apart.
+    ``scheme://host/path?query``: the path is ``PATH_INFO``, after ``SCRIPT_NAME`` and
+    ``|`` when the app is mounted below the root (or ``key_prefix``, after a space), the
+    query's parts sorted by name (or left out). Host and scheme are always part of it:
+    a page that shows either (``url_for(..., _external=True)``) must not be served to a
+    request that sent another ``Host``. The server decodes ``%3F`` in a path to ``?``;
+    percent-encoding it again keeps ``/a%3Fb`` and ``/a?b`` apart.
 
     The sort is stable and by name alone: ``?a=2&a=1`` is not ``?a=1&a=2``
     (``request.args.get("a")`` tells them apart), while ``?b=1&a=1`` is ``?a=1&b=1``.
@@ -86,8 +86,13 @@ def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_strin
     if key_prefix is not None:
         key += " " + key_prefix
     else:
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        key += _encoded(path, _PATH_OK, _PATH_SAFE) or "/"
+        script = environ.get("SCRIPT_NAME", "")
+        if script:
+            # Where the app is mounted, apart from the path within it: /b of an app at
+            # /a is not the app's own /a/b (a forwarded prefix must not plant a page
+            # there). "|" is percent-encoded in either part, so nothing else makes it.
+            key += _encoded(script, _PATH_OK, _PATH_SAFE) + "|"
+        key += _encoded(environ.get("PATH_INFO", ""), _PATH_OK, _PATH_SAFE) or "/"
     if query_string:
         query = environ.get("QUERY_STRING")
         if query:
