@@ -458,8 +458,13 @@ def never_stored_app(make_app: AppFactory) -> tuple[Flask, Counter[str]]:
         "Private",  # directive names are case-insensitive (RFC 9111 5.2)
         "NO-STORE",
         "Public, Max-Age=60, No-Cache",
+        "max-age=60;private",  # malformed (";" is no separator), meant private all the same
+        "public;no-store",
+        'private=""',
+        'no-cache=""',
     ):
         name = "cc-" + directive.replace('"', "").replace(" ", "").replace(",", "-")
+        name = name.replace(";", "-").replace("=", "-")
 
         def control(name: str = name, directive: str = directive) -> Response:
             return counted(name, Response("x", headers={"Cache-Control": directive}))
@@ -489,7 +494,7 @@ def test_responses_that_must_not_be_shared_are_never_stored(make_app: AppFactory
     app, calls = never_stored_app(make_app)
     client = app.test_client()
     paths = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
-    assert len(paths) == 13
+    assert len(paths) == 17
     for path in paths:
         for _ in range(2):
             assert xcache(client.get(path)) == "MISS", path

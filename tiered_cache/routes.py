@@ -66,6 +66,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
@@ -595,7 +596,14 @@ def _storable(options: RouteOptions, response: Response) -> bool:
     control = parse_cache_control_header(line, cls=ResponseCacheControl)
     if control.private or control.no_store or control.no_cache:
         return False
+    # A malformed header ("max-age=60;private") parses without them; what it says is
+    # still not to share it.
+    if _REFUSING.search(line):
+        return False
     return "*" not in response.vary
+
+
+_REFUSING: Final = re.compile(r"private|no-store|no-cache", re.IGNORECASE)
 
 
 class _AllLines(Headers):
