@@ -165,6 +165,32 @@ def test_a_session_first_used_outside_the_view_during_an_outage_is_a_503(
     assert_unavailable(*timed(lambda: client.get("/no-such-page")))
 
 
+@pytest.mark.parametrize("handled", [Exception, 500, 503])
+def test_an_error_page_that_uses_the_session_during_an_outage_is_a_503(
+    make_app: AppFactory, redis_server: RedisServer, handled: type[Exception] | int
+) -> None:
+    """An error page showing who is logged in: for the outage's 503, or for another
+    error's 500, it raises the outage again where Flask has no handler left (a 500)."""
+    app, _ = make_app(redis_server.url)
+
+    @app.errorhandler(handled)
+    def error_page(error: Exception) -> tuple[str, int]:
+        return f"error, {session.get('user_id')}", getattr(error, "code", 500)
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("the database is down too")
+
+    client = logged_in(app, "alice")
+    redis_server.kill()
+    assert_unavailable(*timed(lambda: client.get("/me")))
+    failed = client.get("/boom")
+    if handled == 503:  # Flask's own 500 page, which uses no session: a plain 500
+        assert failed.status_code == 500
+    else:
+        assert_unavailable(failed, 0.0)
+
+
 def test_a_login_whose_later_save_fails_still_sends_the_new_cookie(
     make_app: AppFactory, redis_server: RedisServer
 ) -> None:

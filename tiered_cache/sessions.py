@@ -191,15 +191,24 @@ def _answer_outages_outside_views(app: Flask) -> None:
     hook, as Flask-Login's remember-cookie refresh on every request; an error handler's
     template) raises where Flask turns any exception into a 500: answer it as Flask
     answers it from a view, an HTTP error (the app's 503 handler, if any, else its own
-    503), instead (SPEC 5: never a 500). The ``after_request`` hooks then run again for
-    that answer, as for any error page; the one that failed fails again, and Flask logs it.
+    503), instead (SPEC 5: never a 500). When the app's error handler uses the session
+    too (for that 503, or for the 500 of another error), the outage's own 503 answers.
+    The ``after_request`` hooks then run again for that answer, as for any error page;
+    the one that failed fails again, and Flask logs it.
     """
     handle = app.handle_exception
 
     def handle_exception(e: Exception) -> Any:
-        if isinstance(e, SessionUnavailable):
-            return app.finalize_request(app.handle_http_exception(e), from_error_handler=True)
-        return handle(e)
+        try:
+            if isinstance(e, SessionUnavailable):
+                answer = app.handle_http_exception(e)
+            else:
+                return handle(e)
+        except SessionUnavailable as unavailable:
+            # The app's error handler (its 500, 503 or Exception page, showing who is
+            # logged in) used the session too: the outage's own 503 then, not a 500.
+            answer = unavailable
+        return app.finalize_request(answer, from_error_handler=True)
 
     app.handle_exception = handle_exception  # type: ignore[method-assign]
 
