@@ -313,6 +313,41 @@ def test_a_session_moved_in_flight_keeps_its_old_id_dead(
     admin.close()
 
 
+def test_a_rotation_that_lost_the_race_to_a_login_sends_no_cookie(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """The request rotates after another request of the browser logged in (the session
+    moved), then writes: its write goes nowhere, and it sends no anonymous cookie, which
+    answered after the login's would log the user out."""
+    app, tc = make_app(redis_server.url)
+    browser = app.test_client()
+    browser.post("/set/cart/3-apples")
+    tab = app.test_client()  # the same browser, another request in flight
+    tab.set_cookie("session", sid(browser) or "")
+    loaded, logged_in_meanwhile = threading.Event(), threading.Event()
+
+    def rotate_then_write() -> None:
+        session.get("cart")
+        loaded.set()
+        assert logged_in_meanwhile.wait(30)
+        tc.sessions.rotate()
+        session["flash"] = "privileges changed"
+
+    set_hook(app, rotate_then_write)
+    responses: list[TestResponse] = []
+    request = threading.Thread(target=lambda: responses.append(tab.post("/hook")))
+    request.start()
+    try:
+        assert loaded.wait(30)
+        assert browser.post("/login/alice").status_code == 200
+    finally:
+        logged_in_meanwhile.set()
+        request.join(30)
+    [response] = responses
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    assert browser.get("/me").text == "alice" and browser.get("/get/cart").text == "3-apples"
+
+
 def test_a_request_with_the_cookie_a_login_replaced_sends_no_cookie(
     make_app: AppFactory, redis_server: RedisServer
 ) -> None:

@@ -40,7 +40,7 @@ from itsdangerous import BadSignature, Signer
 
 from ._page_keys import USER_KEY
 from ._session_object import TieredSession
-from ._session_store import Codec, Record, SessionStore, User, check_user, valid_sid
+from ._session_store import MOVED, Codec, Record, SessionStore, User, check_user, valid_sid
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -312,10 +312,13 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         now = self.clock()
         record = session.record(now)
         raw = self.store.rotate(session.sid, new, record, keep_only_if_alive=True, now=now)
-        if raw is None:  # revoked, or moved by a concurrent request: see _load
+        if raw is None:  # revoked meanwhile: it stays dead
             session.reset(self.store.new_sid(), permanent=self.permanent)
-            return
-        session.moved(new, record, raw)
+        elif raw is MOVED:  # a concurrent login or rotation moved it: as _load finds it
+            session.reset(self.store.new_sid(), permanent=self.permanent)
+            session.tc.inert = True
+        else:
+            session.moved(new, record, raw)
 
     def regenerate(self, session: TieredSession) -> None:
         """flask-session's name for :meth:`rotate`."""

@@ -453,7 +453,9 @@ class SessionStore:
 
         :param old: the id to retire (None: the session was never stored).
         :param keep_only_if_alive: write nothing when ``old`` no longer exists.
-        :returns: the stored bytes, or None when nothing was written.
+        :returns: the stored bytes; or, with nothing written, :data:`MOVED` itself when
+            ``keep_only_if_alive`` found ``old`` moved by a concurrent login or rotation,
+            else None (``old`` is gone, or ``new`` was taken).
         """
         raw, new_key = self.codec.encode(record), self.key(new)
         keys, score = [new_key], ""
@@ -468,8 +470,10 @@ class SessionStore:
                 "session rotate",
                 lambda c: c.set(old_key, _moved_marker(), ex=MOVED_TTL, xx=True, get=True),
             )
-            if (held is None or held.startswith(MOVED)) and keep_only_if_alive:
+            if keep_only_if_alive and held is None:
                 return None
+            if keep_only_if_alive and held.startswith(MOVED):
+                return MOVED
             old_key, keep_only_if_alive = None, False
         if old_key is not None:
             keys.append(old_key)
@@ -477,7 +481,7 @@ class SessionStore:
         args += ["0" if old_key is None else "1", "1" if keep_only_if_alive else "0"]
         args += [self.index_ttl, MOVED, _moved_marker(), MOVED_TTL]
         done = self.run("session rotate", lambda c: self._rotate(keys, args, client=c))
-        return raw if done == 1 else None
+        return raw if done == 1 else MOVED if done == 2 else None
 
     def delete(self, sid: str, user: User | None) -> None:
         """Destroy session ``sid`` (and its entry in ``user``'s index, when known)."""

@@ -24,19 +24,20 @@
 -- ARGV[11] the marker to leave under the old id (ARGV[10], then until when it holds)
 -- ARGV[12] the marker's TTL (seconds)
 --
--- Returns 1 when the session was written, 0 when the old session was gone or already
--- moved (nothing written), -1 when the new id was taken (nothing written).
+-- Returns 1 when the session was written, 0 when the old session was gone, 2 when it was
+-- already moved by a concurrent login or rotation (nothing written in either case), -1
+-- when the new id was taken (nothing written).
 
 local has_index = ARGV[5] ~= ''
 local old = nil
 if ARGV[7] == '1' then
     old = KEYS[#KEYS]
     local kind = redis.call('TYPE', old)['ok']
-    local alive = kind ~= 'none'
-    if kind == 'string' then
-        alive = string.sub(redis.call('GET', old), 1, #ARGV[10]) ~= ARGV[10]
-    end
-    if not alive and ARGV[8] == '1' then
+    local moved = kind == 'string' and string.sub(redis.call('GET', old), 1, #ARGV[10]) == ARGV[10]
+    if ARGV[8] == '1' and (kind == 'none' or moved) then
+        if moved then
+            return 2
+        end
         return 0
     end
 end
