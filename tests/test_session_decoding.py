@@ -313,6 +313,10 @@ def test_what_could_not_be_read_back_is_refused_at_write(fmt: str) -> None:
     codec = Codec(fmt)
     with pytest.raises(TypeError, match="session keys are strings"):
         codec.encode(Record({1: "one"}))
-    with pytest.raises(TypeError, match="cannot be stored"):
-        codec.encode(Record({"f": object()}))
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in (object(), "\udc80", deep):  # no format, a lone surrogate, too deep
+        with pytest.raises(TypeError, match="cannot be stored"):
+            codec.encode(Record({"f": bad}))
     assert codec.decode(codec.encode(Record({"a": [1, "b"]}, 5.0, "u"))).data == {"a": [1, "b"]}

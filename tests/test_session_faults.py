@@ -313,6 +313,31 @@ def test_a_session_moved_in_flight_keeps_its_old_id_dead(
     admin.close()
 
 
+def test_a_value_that_cannot_be_stored_after_a_login_is_a_500_with_the_new_cookie(
+    make_app: AppFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The login moved the session to a new id; the save of a later value the format
+    cannot store fails, as Flask's own session does: a 500, the error logged. Without the
+    new cookie on that 500 the browser would keep the old, dead id: logged out, its cart
+    orphaned."""
+    app, tc = make_app(redis_server.url)
+
+    def log_in_then_store_an_object() -> None:
+        tc.sessions.login("alice")
+        session["last_login"] = object()
+
+    set_hook(app, log_in_then_store_an_object)
+    client = app.test_client()
+    client.post("/set/cart/3-apples")
+    before = sid(client)
+    response = client.post("/hook")
+    assert response.status_code == 500
+    assert "the session cannot be stored" in caplog.text
+    assert sid(client) not in (None, before)
+    assert client.get("/me").text == "alice" and client.get("/get/cart").text == "3-apples"
+    assert client.get("/get/last_login").text == "None"
+
+
 def test_a_rotation_that_lost_the_race_to_a_login_sends_no_cookie(
     make_app: AppFactory, redis_server: RedisServer
 ) -> None:

@@ -164,6 +164,17 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
                 # browser would keep the old id, now dead: logged out, its data orphaned.
                 self._set_cookie(app, session, response)
             return
+        except TypeError:
+            # A value the format cannot store (the message names it): a 500, as Flask's
+            # own session gives. Flask saves the session again for its error page, and
+            # that page carries the new cookie of a login or rotation that already moved
+            # the session (else the browser keeps the old, dead id: logged out).
+            if session.tc.cookie_due and session.has_data():
+                self._set_cookie(app, session, response)
+            if session.tc.unsavable:
+                return
+            session.tc.unsavable = True
+            raise
         if session.tc.cookie_due and session.has_data():
             self._set_cookie(app, session, response)
         elif session.tc.clear_cookie:

@@ -57,6 +57,8 @@ class SessionState:
     sends no cookie (which would replace the new one)."""
     failure: SessionUnavailable | None = None
     """Redis failed while loading: every later use fails the same way."""
+    unsavable: bool = False
+    """Saving raised (a value the format cannot encode): the request's 500 is under way."""
 
 
 class TieredSession(RedisSession):  # type: ignore[misc]

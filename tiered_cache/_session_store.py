@@ -243,8 +243,9 @@ class Codec:
             raise TypeError(f"session keys are strings, not {type(odd).__name__}: {odd!r}")
         try:
             return self._encode({**record.data, META_KEY: meta})
-        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
-            raise TypeError(f"the session cannot be stored: {exc}") from exc
+        except (msgspec.EncodeError, TypeError, OverflowError, RecursionError, UnicodeError) as exc:
+            # RecursionError: nested too deep; UnicodeError: a lone surrogate in a string.
+            raise TypeError(f"the session cannot be stored: {exc!r}") from exc
 
     def decode(self, raw: bytes) -> Record:
         """The record in ``raw``.
