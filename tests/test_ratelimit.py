@@ -126,7 +126,29 @@ def test_sliding_window_counter_is_constant_memory(
     for _ in range(50):
         limiter.hit("1000/minute", "k")
     (key,) = rl_keys(own_redis)
-    assert own_redis.type(key) == b"hash" and own_redis.hlen(key) == 3
+    # The window's number and its origin, this window's count and the previous one's.
+    assert own_redis.type(key) == b"hash" and own_redis.hlen(key) == 4
+
+
+def test_sliding_window_counter_admits_n_for_a_whole_period_from_a_fresh_start(
+    make_limiter: MakeLimiter, own_redis: redis.Redis, redis_server: RedisServer
+) -> None:
+    """SPEC 6: exactly N from a fresh start. Windows aligned on the epoch split a first
+    burst sent just before an edge: after it, the burst's window weighs less and more
+    units fit (100/10 seconds admitted 105 within a second). Windows count from the
+    client's first unit."""
+    limiter = make_limiter(redis_server.url, strategy="sliding-window-counter", deny_cache_size=0)
+
+    def redis_seconds() -> float:
+        seconds, micros = own_redis.time()
+        return seconds + micros / 1e6
+
+    # Just before an edge of the epoch-aligned 2 s windows, then just after it.
+    assert until(lambda: 1.6 < redis_seconds() % 2 < 1.75, 5.0, 0.005)
+    first = [limiter.hit("20/2 seconds", "fresh").admitted for _ in range(25)]
+    assert first == [True] * 20 + [False] * 5
+    assert until(lambda: 0.3 < redis_seconds() % 2 < 1.0, 5.0, 0.005)
+    assert [limiter.hit("20/2 seconds", "fresh").admitted for _ in range(20)] == [False] * 20
 
 
 def test_sliding_window_counter_keeps_its_counts_when_redis_s_clock_goes_back(

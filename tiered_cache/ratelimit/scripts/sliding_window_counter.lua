@@ -1,8 +1,12 @@
 -- sliding-window-counter: approximate, O(1) memory. Time is cut into windows of one
--- period (aligned on the epoch); a hash per limit holds the current window's number
--- (w), its count (c) and the previous window's count (p). The estimate of the units
--- spent over the last period is p * (time left in the current window) / period + c.
--- From a fresh start (p = 0) it is exact: the first `amount` units are admitted, no more.
+-- period, counted from the client's first unit (o, in microseconds; a hash stored before
+-- o existed counts from the epoch); a hash per limit holds o, the current window's
+-- number (w), its count (c) and the previous window's count (p). The estimate of the
+-- units spent over the last period is p * (time left in the current window) / period
+-- + c. From a fresh start it is exact: the first `amount` units are admitted, no more,
+-- for a whole period. (Windows aligned on the epoch split a client's first burst across
+-- an edge, where the previous window weighs less: 100/10 seconds admitted 105 within a
+-- second of a fresh start, and up to 150 within five.)
 --
 -- KEYS[i]     the hash of limit i (all keys in one hash slot)
 -- ARGV[1]     cost;  ARGV[2] "1" to spend, "0" to look;  ARGV[3] unused here
@@ -40,9 +44,13 @@ local function figure(s)
 end
 
 local function inspect(key, amount, period, cost, now)
-  local window = math.floor(now / period)
-  local stored = redis.call("HMGET", key, "w", "c", "p")
+  local stored = redis.call("HMGET", key, "w", "c", "p", "o")
   local w, c = tonumber(stored[1]), tonumber(stored[2]) or 0
+  local origin = now
+  if w ~= nil then
+    origin = tonumber(stored[4]) or 0
+  end
+  local window = math.floor((now - origin) / period)
   if w ~= nil and w > window and w <= window + 1 then
     -- Redis's clock went back (a failover to a host running behind): stay in the stored
     -- window, at its start, rather than start afresh and hand every client a full quota.
@@ -50,8 +58,9 @@ local function inspect(key, amount, period, cost, now)
     -- and believing it would hold the count (and its figures) for that long.
     window = w
   end
-  local s = {amount = amount, period = period, window = window,
-    elapsed = math.max(0, now - window * period), moved = w ~= window, prev = 0, curr = 0}
+  local s = {amount = amount, period = period, window = window, origin = origin,
+    fresh = w == nil, elapsed = math.max(0, now - origin - window * period),
+    moved = w ~= window, prev = 0, curr = 0}
   if w == window then
     s.curr = c
     s.prev = tonumber(stored[3]) or 0
@@ -64,7 +73,10 @@ local function inspect(key, amount, period, cost, now)
 end
 
 local function commit(key, s, cost, now, token)
-  if s.moved then
+  if s.fresh then
+    redis.call("HSET", key, "w", as_integer(s.window), "c", cost, "p", 0,
+      "o", as_integer(s.origin))
+  elseif s.moved then
     redis.call("HSET", key, "w", as_integer(s.window), "c", cost, "p", s.prev)
   else
     redis.call("HINCRBY", key, "c", cost)
