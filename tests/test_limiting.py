@@ -646,6 +646,32 @@ def test_cost_above_a_limits_amount_gets_a_429_without_retry_after(make_app: Mak
         tc.limit("5/minute;100/hour", cost=6)
 
 
+def test_a_never_admissible_refusal_under_a_stacked_limit_carries_no_figures(
+    make_app: MakeApp,
+) -> None:
+    """The outer limit admitted the request; the inner one refuses a cost it could never
+    take. Its 429 must not carry the outer limit's figures, which name another limit
+    than its body and say there is quota left."""
+    app, tc = make_app()
+
+    def weight() -> int:
+        return int(request.args["w"])
+
+    view = tc.limit("5/minute")(tc.limit("10/minute", key=lambda: "shared", cost=weight)(ok))
+    app.add_url_rule("/stacked", "stacked", view)
+    client = ready(app, tc)
+    refused = client.get("/stacked?w=11")
+    assert refused.status_code == 429
+    assert refused.get_json() == {
+        "error": "rate_limited",
+        "limit": "10/minute",
+        "retry_after": None,
+    }
+    assert not [name for name, _ in refused.headers if "ratelimit" in name.lower()]
+    admitted = client.get("/stacked?w=1")
+    assert admitted.status_code == 200 and admitted.headers["X-RateLimit-Limit"] in {"5", "10"}
+
+
 def test_cost_callable_returning_garbage_is_a_bug_of_the_app(make_app: MakeApp) -> None:
     app, tc = make_app()
     app.add_url_rule("/r", view_func=tc.limit("5/minute", cost=lambda: -3)(ok))

@@ -449,8 +449,10 @@ def _exempt_endpoint(endpoint: str) -> bool:
 def _set_figures(decisions: list[Decision], response: Response) -> Response:
     """After a checked request: the rate-limit headers of the decisions it got."""
     states = [state for decision in decisions for state in decision.states]
-    if not states:
-        return response  # not checked, or Redis could not be asked: no figures to give
+    if not states or decisions[-1].never:
+        # Not checked, Redis could not be asked, or refused as never admissible (no
+        # figures; another limit's, from an earlier decorator, would contradict it).
+        return response
     last = decisions[-1]
     tightest = None if last.admitted else last.tightest
     if tightest is None:
