@@ -345,7 +345,9 @@ def test_early_refresh_recomputes_before_expiry(make: Callable[..., Cache], redi
     options: dict[str, Any] = {"timeout": 0.5, "lock_timeout": 3.0}
     assert cache.get_or_set("k", loader, **options) == "v"
     slowest = 0.0
-    deadline = time.monotonic() + 1.3  # two to three expiries of the value
+    # Five to six expiries of the value: early refresh is a draw (XFetch), and over two
+    # or three of them it came up empty once in a few hundred runs.
+    deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         started = time.monotonic()
         assert cache.get_or_set("k", loader, **options) == "v"
@@ -356,7 +358,7 @@ def test_early_refresh_recomputes_before_expiry(make: Callable[..., Cache], redi
           f"{stats['loader_calls']} loads, slowest call {slowest * 1000:.0f} ms")  # fmt: skip
     assert stats["early_refreshes"] > 0, "the value was never refreshed before it expired"
     # One load per expiry at most: no duplicate loads, no stampede of this process.
-    assert stats["loader_calls"] <= 5
+    assert stats["loader_calls"] <= 8
     assert slowest < 1.0, "a caller waited out lock_timeout"
 
 
