@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 from flask import Flask, Response, request
 
@@ -275,20 +275,19 @@ def test_a_failing_process_start_hook_is_logged_once_not_a_500_on_every_request(
     assert "a per-process start hook failed" in caplog.text
 
 
-def test_middleware_wrapped_before_init_app_turns_the_fast_path_off(
-    redis_url: str, caplog: Any
-) -> None:
-    """ProxyFix wrapped before init_app would run after the fast path: Flask keys a page
-    by the forwarded scheme and host, the fast path would look it up by the raw ones and
-    serve a raw request's page to a forwarded one (and skip the middleware). init_app
-    says so, and the fast path serves nothing for the app; Flask serves its hits."""
+def proxied_app(redis_url: str, *, wrapped_before_init_app: bool) -> tuple[Flask, Counter[str]]:
+    """A public page behind ProxyFix (forwarded scheme and host), and a count of the
+    requests that reached Flask."""
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    app = Flask("proxied")
-    app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_PREFIX="proxied")
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
+    name = "proxied-before" if wrapped_before_init_app else "proxied-after"
+    app = Flask(name)
+    app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_PREFIX=name)
+    if wrapped_before_init_app:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
     tc = TieredCache(app)
-    assert "wraps app.wsgi_app before init_app" in caplog.text
+    if not wrapped_before_init_app:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
     hooks: Counter[str] = Counter()
 
     @app.before_request
@@ -300,14 +299,28 @@ def test_middleware_wrapped_before_init_app_turns_the_fast_path_off(
     def page() -> str:
         return f"page of {request.scheme}://{request.host}"
 
+    return app, hooks
+
+
+FORWARDED: Final = {"X-Forwarded-Host": "shop.example", "X-Forwarded-Proto": "https"}
+
+
+def test_middleware_wrapped_before_init_app_turns_the_fast_path_off(
+    redis_url: str, caplog: Any
+) -> None:
+    """ProxyFix wrapped before init_app would run after the fast path: Flask keys a page
+    by the forwarded scheme and host, the fast path would look it up by the raw ones and
+    serve a raw request's page to a forwarded one (and skip the middleware). init_app
+    says so, and the fast path serves nothing for the app; Flask serves its hits."""
+    app, hooks = proxied_app(redis_url, wrapped_before_init_app=True)
+    assert "wraps app.wsgi_app before init_app" in caplog.text
     try:
         client = app.test_client()
         for _ in range(2):  # a raw request first: it registered the raw location
             assert client.get("/page").text == "page of http://localhost"
-        forwarded = {"X-Forwarded-Host": "shop.example", "X-Forwarded-Proto": "https"}
-        first = client.get("/page", headers=forwarded)
+        first = client.get("/page", headers=FORWARDED)
         assert (first.text, xcache(first)) == ("page of https://shop.example", "MISS")
-        hit = client.get("/page", headers=forwarded)
+        hit = client.get("/page", headers=FORWARDED)
         assert (hit.text, xcache(hit)) == ("page of https://shop.example", "HIT-L1")
         assert hooks["before"] == 4  # every one through Flask
         assert TieredCache.state(app).extras["routes"].fast == {}
@@ -316,27 +329,10 @@ def test_middleware_wrapped_before_init_app_turns_the_fast_path_off(
 
 
 def test_middleware_wrapped_after_init_app_runs_before_the_fast_path(redis_url: str) -> None:
-    from werkzeug.middleware.proxy_fix import ProxyFix
-
-    app = Flask("proxied-after")
-    app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_PREFIX="proxied-after")
-    tc = TieredCache(app)
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_host=1, x_proto=1)  # type: ignore[method-assign]
-    hooks: Counter[str] = Counter()
-
-    @app.before_request
-    def count() -> None:
-        hooks["before"] += 1
-
-    @app.route("/page")
-    @tc.cached(public=True)
-    def page() -> str:
-        return f"page of {request.scheme}://{request.host}"
-
+    app, hooks = proxied_app(redis_url, wrapped_before_init_app=False)
     try:
         client = app.test_client()
-        forwarded = {"X-Forwarded-Host": "shop.example", "X-Forwarded-Proto": "https"}
-        answers = [client.get("/page", headers=forwarded) for _ in range(3)]
+        answers = [client.get("/page", headers=FORWARDED) for _ in range(3)]
         assert [(a.text, xcache(a)) for a in answers] == [
             ("page of https://shop.example", "MISS"),
             ("page of https://shop.example", "HIT-L1"),

@@ -211,7 +211,8 @@ def test_a_client_s_no_cache_and_if_modified_since_are_answered_from_the_page(
     assert calls["dated"] == 1
 
 
-def test_if_none_match_on_a_miss_gets_304_too(make_app: AppFactory) -> None:
+def constant_app(make_app: AppFactory) -> tuple[Flask, TieredCache]:
+    """``/constant``: the same body every time, so every miss makes the same ETag."""
     app, tc = make_app()
 
     @app.route("/constant")
@@ -219,6 +220,11 @@ def test_if_none_match_on_a_miss_gets_304_too(make_app: AppFactory) -> None:
     def constant() -> str:
         return "always the same"
 
+    return app, tc
+
+
+def test_if_none_match_on_a_miss_gets_304_too(make_app: AppFactory) -> None:
+    app, tc = constant_app(make_app)
     client = app.test_client()
     etag = client.get("/constant").headers["ETag"]
     with app.app_context():
@@ -269,13 +275,7 @@ def test_a_miss_answers_if_none_match_as_a_hit_does_and_leaves_if_match_alone(
 
 
 def test_a_head_miss_carries_the_etag_and_304_of_the_get(make_app: AppFactory) -> None:
-    app, tc = make_app()
-
-    @app.route("/constant")
-    @tc.cached()
-    def constant() -> str:
-        return "always the same"
-
+    app, _ = constant_app(make_app)
     client = app.test_client()
     head = client.head("/constant")
     assert xcache(head) == "MISS"  # HEAD is never stored
