@@ -133,8 +133,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
     def _load(self, session: TieredSession) -> None:
         record = self.store.load(session.sid)
         if isinstance(record, bytes):  # MOVED: this browser has logged in or rotated
-            session.reset(self.store.new_sid(), permanent=self.permanent)
-            session.tc.inert = True
+            self._left_behind(session)
         elif record is None:
             # Never adopt an id we do not hold (session fixation): start a new one. The
             # cookie is left alone: a login or rotation in a concurrent request of the
@@ -143,6 +142,13 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             session.reset(self.store.new_sid(), permanent=self.permanent)
         else:
             session.fill(record)
+
+    def _left_behind(self, session: TieredSession) -> None:
+        """The cookie's session was moved to a new id by another request of the browser:
+        this one carries on with an empty session that is never stored and sends no
+        cookie (the new one must win)."""
+        session.reset(self.store.new_sid(), permanent=self.permanent)
+        session.tc.inert = True
 
     # -- saving ----------------------------------------------------------------------------
 
@@ -325,9 +331,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         raw = self.store.rotate(session.sid, new, record, keep_only_if_alive=True, now=now)
         if raw is None:  # revoked meanwhile: it stays dead
             session.reset(self.store.new_sid(), permanent=self.permanent)
-        elif raw is MOVED:  # a concurrent login or rotation moved it: as _load finds it
-            session.reset(self.store.new_sid(), permanent=self.permanent)
-            session.tc.inert = True
+        elif raw is MOVED:  # a concurrent login or rotation moved it, as _load can find
+            self._left_behind(session)
         else:
             session.moved(new, record, raw)
 
