@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ._durations import MAX_SECONDS
+from ._durations import checked_seconds
 from .errors import ConfigurationError
 from .ratelimit.limits import STRATEGIES, parse_limits
 
@@ -68,18 +68,9 @@ def _positive_int(value: Any) -> int:
     return number
 
 
-def _non_negative_float(value: Any) -> float:
-    number = float(_number(value, float))
-    if number < 0:
-        raise ValueError("must be >= 0")
-    return number
-
-
 def _timeout(value: Any) -> float:
-    number = _non_negative_float(value)
-    if number > MAX_SECONDS:
-        raise ValueError(f"must be at most {MAX_SECONDS} seconds (0 = no expiry)")
-    return number
+    """A write's lifetime, bounded as every duration handed to Redis (0: no expiry)."""
+    return checked_seconds("a timeout (0 = no expiry)", _number(value, float))
 
 
 def _positive_float(value: Any) -> float:
