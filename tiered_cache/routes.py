@@ -74,8 +74,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import current_app, request
 from flask.signals import request_finished
-from werkzeug.datastructures import Headers, ResponseCacheControl
-from werkzeug.http import generate_etag, parse_cache_control_header, unquote_etag
+from werkzeug.datastructures import Headers
+from werkzeug.http import generate_etag, unquote_etag
 
 from ._forks import renew_after_fork
 from ._page_keys import (
@@ -592,13 +592,10 @@ def _storable(options: RouteOptions, response: Response) -> bool:
         return False
     if response.is_streamed or response.direct_passthrough or "Set-Cookie" in response.headers:
         return False
-    line = one_cache_control_line(response.headers)  # "Private" is private too
-    control = parse_cache_control_header(line, cls=ResponseCacheControl)
-    if control.private or control.no_store or control.no_cache:
-        return False
-    # A malformed header ("max-age=60;private") parses without them; what it says is
-    # still not to share it.
-    if _REFUSING.search(line):
+    # private, no-store or no-cache, in any case (RFC 9111 5.2), on any line, and also
+    # in a malformed header ("max-age=60;private") that werkzeug's parser reads without
+    # them: what it says is still not to share it.
+    if _REFUSING.search(one_cache_control_line(response.headers)):
         return False
     return "*" not in response.vary
 
