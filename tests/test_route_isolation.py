@@ -114,6 +114,39 @@ def test_the_order_of_one_names_values_is_part_of_the_key(
     assert (moved.text, xcache(moved)) == ("a=['2', '1'] b=0", "HIT-L1")
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("%61=evil&a=good", "a=good&%61=evil"),  # one name, spelt two ways
+        ("a+b=evil&a%20b=good", "a%20b=good&a+b=evil"),  # "+" and "%20" are both a space
+        ("%FF=evil&%25FF=good", "%25FF=good&%FF=evil"),  # werkzeug reads both as "%FF"
+        ("\xc3\xa9=evil&%C3%A9=good", "%C3%A9=good&\xc3\xa9=evil"),  # raw bytes and their %XX
+    ],
+    ids=["percent", "plus", "invalid-utf8", "raw-bytes"],
+)
+def test_one_names_values_keep_their_order_however_the_name_is_spelt(
+    make_app: AppFactory, public: bool, first: str, second: str
+) -> None:
+    """The sort that puts ``?b=1&a=1`` with ``?a=1&b=1`` goes by the name werkzeug reads:
+    by the raw name, these two queries sorted alike while ``request.args`` read their
+    values in opposite orders, so the first one's page was served for the second."""
+    app, tc = make_app()
+
+    @app.route("/p")
+    @tc.cached(public=public)
+    def p() -> str:
+        return f"first value: {next(iter(request.args.values()))}"
+
+    client = app.test_client()
+    poisoned = client.get("/p", environ_overrides={"QUERY_STRING": first})
+    assert poisoned.text == "first value: evil"
+    honest = client.get("/p", environ_overrides={"QUERY_STRING": second})
+    assert (honest.text, xcache(honest)) == ("first value: good", "MISS")
+    again = client.get("/p", environ_overrides={"QUERY_STRING": second})
+    assert (again.text, xcache(again)) == ("first value: good", "HIT-L1")
+
+
 def test_a_mounted_apps_path_is_not_the_same_url_at_the_root(make_app: AppFactory) -> None:
     """Behind ProxyFix(x_prefix=1), a client that reaches the app with its own
     ``X-Forwarded-Prefix: /a`` asks for the app's ``/b`` at the external URL ``/a/b``:
@@ -139,6 +172,30 @@ def test_a_mounted_apps_path_is_not_the_same_url_at_the_root(make_app: AppFactor
     assert (own.text, xcache(own)) == ("page of /a/b", "MISS")
     again = client.get("/b", headers={"X-Forwarded-Prefix": "/a"})
     assert (again.text, xcache(again)) == ("page of /b", "HIT-L1")
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_key_prefix_still_keeps_mounts_apart(make_app: AppFactory, public: bool) -> None:
+    """``key_prefix`` stands for the path, not for where the app is mounted: behind
+    ProxyFix(x_prefix=1) a client's own ``X-Forwarded-Prefix`` would otherwise plant
+    links under its prefix in the page everyone else gets."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app, tc = make_app()
+
+    @app.route("/menu")
+    @tc.cached(key_prefix="menu", public=public)
+    def menu() -> str:
+        return f'<script src="{url_for("static", filename="app.js")}">'
+
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_prefix=1)  # type: ignore[method-assign]
+    client = app.test_client()
+    forged = client.get("/menu", headers={"X-Forwarded-Prefix": "/evil.example"})
+    assert forged.text == '<script src="/evil.example/static/app.js">'
+    honest = client.get("/menu")
+    assert (honest.text, xcache(honest)) == ('<script src="/static/app.js">', "MISS")
+    again = client.get("/menu")
+    assert (again.text, xcache(again)) == ('<script src="/static/app.js">', "HIT-L1")
 
 
 def test_a_key_prefix_still_keeps_hosts_apart(make_app: AppFactory) -> None:

@@ -1,10 +1,11 @@
 """What a cached page is keyed by: the URL it was asked for, and the session it read.
 
 The route key is the URL (:func:`route_key`): scheme and ``Host`` (a page that shows its
-own URL must never reach a request that sent another ``Host``), then ``key_prefix`` or
-the path, re-encoded (the server decodes ``%3F`` to ``?``: ``/a%3Fb`` must not land where
-``/a?b`` reads), then the query's parts, sorted by name. The fast path finds pages by
-the raw :data:`Location` of a request instead, which it builds without formatting.
+own URL must never reach a request that sent another ``Host``), where the app is mounted,
+then ``key_prefix`` or the path, re-encoded (the server decodes ``%3F`` to ``?``: ``/a%3Fb``
+must not land where ``/a?b`` reads), then the query's parts, sorted by name. The fast
+path finds pages by the raw :data:`Location` of a request instead, which it builds
+without formatting.
 
 A page whose view read the session varies on the session's *contents*, not only on the
 ``Cookie`` header: a server-side session changes under the very same cookie (a logout
@@ -22,8 +23,9 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
+import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" error handler
 from flask.globals import request_ctx
 from flask.sessions import session_json_serializer
 
@@ -66,15 +68,18 @@ def request_location(environ: Mapping[str, Any]) -> Location:
 def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_string: bool) -> str:
     """The route key of a request: ``tc.route:`` and the URL it asked for.
 
-    ``scheme://host/path?query``: the path is ``PATH_INFO``, after ``SCRIPT_NAME`` and
-    ``|`` when the app is mounted below the root (or ``key_prefix``, after a space), the
-    query's parts sorted by name (or left out). Host and scheme are always part of it:
-    a page that shows either (``url_for(..., _external=True)``) must not be served to a
-    request that sent another ``Host``. The server decodes ``%3F`` in a path to ``?``;
-    percent-encoding it again keeps ``/a%3Fb`` and ``/a?b`` apart.
+    ``scheme://host/path?query``: the path is ``PATH_INFO`` (or ``key_prefix``, after a
+    space), after ``SCRIPT_NAME`` and ``|`` when the app is mounted below the root, then
+    the query's parts sorted by name (or left out). Host, scheme and mount are always
+    part of it, ``key_prefix`` or not: a page that shows them (``url_for``, with
+    ``_external=True`` for the first two) must not be served to a request that sent
+    another ``Host`` or, behind ``ProxyFix(x_prefix=1)``, another ``X-Forwarded-Prefix``.
+    The server decodes ``%3F`` in a path to ``?``; percent-encoding it again keeps
+    ``/a%3Fb`` and ``/a?b`` apart.
 
-    The sort is stable and by name alone: ``?a=2&a=1`` is not ``?a=1&a=2``
-    (``request.args.get("a")`` tells them apart), while ``?b=1&a=1`` is ``?a=1&b=1``.
+    The sort is stable and by name as ``request.args`` reads it: ``?a=2&a=1`` is not
+    ``?a=1&a=2``, nor is ``?%61=2&a=1`` (``request.args.get("a")`` tells them apart),
+    while ``?b=1&a=1`` is ``?a=1&b=1``.
     """
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST") or (
@@ -83,15 +88,15 @@ def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_strin
     if scheme not in _SCHEMES:
         scheme = quote(scheme, safe="")
     key = f"{KEY_PREFIX}{scheme}://{_encoded(host.lower(), _HOST_OK, _HOST_SAFE)}"
+    script = environ.get("SCRIPT_NAME", "")
+    if script:
+        # Where the app is mounted, apart from the path within it: /b of an app at /a is
+        # not the app's own /a/b (a forwarded prefix must not plant a page there). "|"
+        # and " " are percent-encoded in either part, so nothing else makes them.
+        key += _encoded(script, _PATH_OK, _PATH_SAFE) + "|"
     if key_prefix is not None:
         key += " " + key_prefix
     else:
-        script = environ.get("SCRIPT_NAME", "")
-        if script:
-            # Where the app is mounted, apart from the path within it: /b of an app at
-            # /a is not the app's own /a/b (a forwarded prefix must not plant a page
-            # there). "|" is percent-encoded in either part, so nothing else makes it.
-            key += _encoded(script, _PATH_OK, _PATH_SAFE) + "|"
         key += _encoded(environ.get("PATH_INFO", ""), _PATH_OK, _PATH_SAFE) or "/"
     if query_string:
         query = environ.get("QUERY_STRING")
@@ -105,7 +110,18 @@ _SCHEMES: Final = frozenset({"http", "https"})
 
 
 def _query_name(part: str) -> str:
-    return part.partition("=")[0]
+    """The name of a query part as ``request.args`` reads it: werkzeug decodes the query
+    as UTF-8, then each name as ``parse_qsl`` does, leaving invalid bytes encoded. Parts
+    whose names it reads alike must sort alike (``%61`` and ``a``, ``+`` and ``%20``), or
+    a stable sort could swap the values of one name."""
+    name = part.partition("=")[0]
+    if name.isascii() and "%" not in name and "+" not in name:
+        return name  # what werkzeug reads it as, without the work
+    try:
+        text = name.encode("latin-1").decode()
+    except UnicodeError:  # werkzeug cannot read such a query: request.args raises
+        return name
+    return unquote_plus(text, errors="werkzeug.url_quote")
 
 
 def _encoded(text: str, ok: Callable[[str], object], safe: str) -> str:
