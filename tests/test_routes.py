@@ -648,7 +648,7 @@ def test_cached_refuses_durations_out_of_bounds_where_the_route_is_written(
         tc.cached(**{option: seconds})
 
 
-def test_the_vary_option_refuses_a_bare_string_and_star(make_app: AppFactory) -> None:
+def test_the_vary_option_refuses_what_is_not_one_header_name(make_app: AppFactory) -> None:
     _, tc = make_app()
     with pytest.raises(TypeError, match="vary"):
         tc.cached(vary="X-Tenant")
@@ -656,6 +656,11 @@ def test_the_vary_option_refuses_a_bare_string_and_star(make_app: AppFactory) ->
         tc.cached(vary=("Accept", "*"))
     with pytest.raises(ValueError, match="vary"):
         tc.cached(vary=(name for name in ("Accept", "*")))
+    # One name no request sends: such a page would match everyone (a user's own page,
+    # keyed by "Cookie" here, would reach every other user).
+    for slip in ("Accept-Language, Cookie", " * ", "Cookie ", "", 42):
+        with pytest.raises(ValueError, match=r"cached\(vary=\.\.\.\): .* is not a header name"):
+            tc.cached(vary=("Accept", slip))  # type: ignore[arg-type]
 
     @tc.cached(vary=(name for name in ("X-Tenant",)))  # a generator is read once
     def tenant() -> str:

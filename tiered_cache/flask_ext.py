@@ -24,6 +24,7 @@ from ._durations import checked_seconds
 from .cache import Cache
 from .config import CacheConfig, ExtensionConfig
 from .errors import ConfigurationError
+from .http import is_field_name
 from .keyspace import Namespace
 from .locks import DistributedLock
 
@@ -212,7 +213,7 @@ class TieredCache:
         :param key_prefix: the key's first part (default: the request path).
         :param query_string: key on the (sorted) query string too.
         :param vary: request headers to key on besides the response's own ``Vary``
-            (a tuple of names; ``"*"`` is refused: such a page is never stored).
+            (a tuple of names, one each; ``"*"`` is refused: such a page is never stored).
         :param namespace: a namespace whose invalidation drops these pages.
         :param unless: called per request; true bypasses the cache (``X-Cache: BYPASS``).
         :param per_user: key by the session's user, so each user has their own page.
@@ -230,6 +231,9 @@ class TieredCache:
         vary = tuple(vary)  # once: an untyped caller's generator would be spent by a check
         if "*" in vary:
             raise ValueError("cached(vary=...): a page that varies on '*' is never shared")
+        for name in vary:  # "Accept, Cookie" would be one name no request sends: no Vary
+            if not is_field_name(name):
+                raise ValueError(f"cached(vary=...): {name!r} is not a header name")
         # Here, where the route is written, not as a 500 on its first miss.
         if timeout is not None:
             checked_seconds("cached(timeout=...)", timeout)

@@ -99,6 +99,13 @@ _DIRECTIVES: Final[dict[str, str]] = {
 # An HTTP field name (RFC 9110 token), or "*".
 _FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
+
+def is_field_name(name: object) -> bool:
+    """Whether ``name`` is one HTTP field name (a token, RFC 9110 section 5.1), such as
+    ``"Accept-Language"``: not ``"Accept, Cookie"``, nor one with spaces around it."""
+    return isinstance(name, str) and _FIELD_NAME.fullmatch(name) is not None
+
+
 # Request headers that would make the internal GET of a precondition check conditional
 # or give it a body; see _representation_tag.
 _NOT_FOR_GET: Final = (
@@ -240,7 +247,7 @@ def vary(*headers: str) -> ViewDecorator:
     if not headers:
         raise ValueError("vary() needs at least one header name")
     for name in headers:
-        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+        if not is_field_name(name):
             raise ValueError(f"vary(): {name!r} is not a header name")
 
     def add(response: Response) -> None:
