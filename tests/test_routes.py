@@ -518,6 +518,16 @@ def test_status_codes_choose_what_is_stored(make_app: AppFactory) -> None:
     assert (again.status_code, xcache(again), calls["gone"]) == (404, "HIT-L1", 1)
 
 
+def test_status_codes_refuses_what_is_no_page(make_app: AppFactory) -> None:
+    """A 304 stored for one browser's revalidation was served, empty, to every plain GET;
+    a 206 is part of a page. Both are refused where the route is written."""
+    _, tc = make_app()
+    for status in (304, 206, 100, 199, 600, True, "200"):
+        with pytest.raises(ValueError, match=r"cached\(status_codes=\.\.\.\): .* not a status"):
+            tc.cached(status_codes=(200, status))  # type: ignore[arg-type]
+    tc.cached(status_codes=(200, 204, 301, 404, 599))  # all of these may be stored
+
+
 # -- Authorization, unless ----------------------------------------------------------------
 
 

@@ -219,7 +219,9 @@ class TieredCache:
         :param per_user: key by the session's user, so each user has their own page.
         :param public: shared even for requests with ``Authorization``, and served by the
             WSGI fast path before Flask builds a request context.
-        :param status_codes: the statuses that may be stored.
+        :param status_codes: the statuses that may be stored, from 200 to 599 but for 206
+            and 304 (a part of a page, and an answer to one request's condition, are not
+            pages to serve to others: RFC 9111 sections 3.3 and 4.3.4).
         :param etag: give stored pages a strong ETag and answer ``If-None-Match`` with 304.
         :param stale_ttl: serve a page this long past ``timeout`` while one worker
             refreshes it.
@@ -235,6 +237,13 @@ class TieredCache:
             if not is_field_name(name):
                 raise ValueError(f"cached(vary=...): {name!r} is not a header name")
         # Here, where the route is written, not as a 500 on its first miss.
+        status_codes = tuple(status_codes)
+        for status in status_codes:
+            if type(status) is not int or not 200 <= status <= 599 or status in {206, 304}:
+                raise ValueError(
+                    f"cached(status_codes=...): {status!r} is not a status a page may be "
+                    "stored with (200 to 599, but for 206 and 304)"
+                )
         if timeout is not None:
             checked_seconds("cached(timeout=...)", timeout)
         checked_seconds("cached(stale_ttl=...)", stale_ttl)
@@ -247,7 +256,7 @@ class TieredCache:
             unless=unless,
             per_user=per_user,
             public=public,
-            status_codes=tuple(status_codes),
+            status_codes=status_codes,
             etag=etag,
             stale_ttl=stale_ttl,
         )
