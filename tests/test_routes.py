@@ -1130,6 +1130,53 @@ def test_the_get_that_checks_a_put_precondition_releases_the_refresh_lock(
     assert xcache(response) == "MISS"
 
 
+@pytest.mark.parametrize("stale_ttl", [0, 60], ids=["fresh", "stale-refresh"])
+def test_a_cached_view_calling_another_settles_one_miss(
+    make_app: AppFactory, stale_ttl: float
+) -> None:
+    """The inner view runs uncached: its miss used to be replaced by the outer one's in
+    the environ and never settled (request_finished stayed connected for good, and a
+    refresh lock the inner one took was held until it expired)."""
+    app, tc = make_app()
+    calls: Counter[str] = Counter()
+
+    def listening(app: Flask) -> bool:
+        return any(True for _ in request_finished.receivers_for(app))
+
+    @app.route("/home")
+    @tc.cached(timeout=1, stale_ttl=stale_ttl)
+    def home() -> str:
+        calls["home"] += 1
+        return "home"
+
+    @app.route("/")
+    @tc.cached(timeout=1, stale_ttl=stale_ttl)
+    def index() -> str:
+        calls["index"] += 1
+        return f"index: {home()}"
+
+    client = app.test_client()
+    first = client.get("/")
+    assert (first.text, xcache(first), dict(calls)) == (
+        "index: home",
+        "MISS",
+        {"index": 1, "home": 1},
+    )
+    assert not listening(app)
+    again = client.get("/")
+    assert (again.text, xcache(again), calls["index"]) == ("index: home", "HIT-L1", 1)
+    own = client.get("/home")  # /home's page is its own, not something index stored for it
+    assert (own.text, xcache(own)) == ("home", "MISS")
+    if stale_ttl:  # a refresh of the outer page: its lock is taken and let go
+        for refreshes in (2, 3):
+            time.sleep(1.1)
+            refreshed = client.get("/")  # the request that refreshes gets its own page
+            assert (refreshed.text, xcache(refreshed)) == ("index: home", "MISS")
+            assert calls["index"] == refreshes
+            assert not listening(app)
+    assert not listening(app)
+
+
 def test_misses_are_stored_by_a_receiver_connected_only_while_they_are_in_flight(
     make_app: AppFactory,
 ) -> None:

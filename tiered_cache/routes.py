@@ -130,6 +130,9 @@ REFRESH_LOCK_SECONDS: Final = 30.0
 FAST_INDEX_MAX: Final = 10_000
 PENDING: Final = "tiered_cache.route"
 """In a request's WSGI environ: the miss this request will store (a :class:`Pending`)."""
+IN_VIEW: Final = "tiered_cache.in_view"
+"""In a request's WSGI environ while a cached view runs: a cached view that it calls
+runs uncached (the outer view's response is the request's page, and its one miss)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -324,11 +327,11 @@ class Routes:
         """Answer a request to a cached view: from the cache, or by running ``view``."""
         environ = request.environ
         method = environ["REQUEST_METHOD"]
-        if method not in {"GET", "HEAD"}:
+        if method not in {"GET", "HEAD"} or IN_VIEW in environ:
             return view()  # type: ignore[no-any-return]
         authorized = "HTTP_AUTHORIZATION" in environ
         if (authorized and not options.public) or (options.unless is not None and options.unless()):
-            return _marked(view(), BYPASS)
+            return _marked(_outermost(view, environ), BYPASS)
         live, key = self.where(options, environ)
         # One namespace version from lookup to store: a page a view made before an
         # invalidation is stored under the version it invalidated, where nobody reads.
@@ -352,7 +355,7 @@ class Routes:
     def _run(self, view: Callable[[], Any], pending: Pending) -> Response:
         """Run the view on a miss; its final response is judged in :func:`_finished`."""
         try:
-            rv = view()
+            rv = _outermost(view, request.environ)
             # Now, before the session interface reads the session to save it.
             pending.session_read = pending.options.per_user or _session_read()
             if pending.session_read:
@@ -629,6 +632,17 @@ def _one_line_each(headers: Headers) -> None:
     """Join several ``Cache-Control`` or ``Vary`` lines into one (see :func:`one_line`)."""
     for name in _LISTS:
         one_line(headers, name)
+
+
+def _outermost(view: Callable[[], Any], environ: MutableMapping[str, Any]) -> Any:
+    """Run a cached view with :data:`IN_VIEW` set: a cached view it calls runs as it is
+    (its miss would replace this one's, never to be settled, or store its own response
+    under this URL)."""
+    environ[IN_VIEW] = True
+    try:
+        return view()
+    finally:
+        del environ[IN_VIEW]
 
 
 def _marked(rv: Any, source: str) -> Response:
