@@ -389,6 +389,36 @@ def test_a_hit_s_headers_are_what_werkzeug_would_send(make_app: AppFactory) -> N
     assert "Content-Length" not in empty.headers
 
 
+def test_lines_a_hook_adds_go_out_once_on_a_hit_through_flask(make_app: AppFactory) -> None:
+    """A hook that adds lines (``headers.add``) added them on the miss, and the page kept
+    them: on a hit through Flask the hook runs again, and each went out twice (a doubled
+    ``Access-Control-Allow-Origin`` makes browsers refuse the answer). What the page
+    holds twice still goes out twice, and a line the hook adds anew goes out."""
+    served = 0
+
+    def hook(response: Response) -> Response:
+        nonlocal served
+        served += 1
+        response.headers.add("Access-Control-Allow-Origin", "*")
+        response.headers.add("Link", "</a.css>; rel=preload")
+        response.headers.add("Link", "</a.css>; rel=preload")
+        response.headers.add("X-Served", str(served))
+        return response
+
+    app = hooked_page(make_app, hook)
+    client = app.test_client()
+    miss = client.get("/page")
+    hit = client.get("/page")
+    assert xcache(hit) == "HIT-L1"
+    for response in (miss, hit):
+        assert response.headers.getlist("Access-Control-Allow-Origin") == ["*"]
+        assert response.headers.getlist("Link") == ["</a.css>; rel=preload"] * 2
+    assert hit.headers.getlist("X-Served") == ["1", "2"]  # the page's, and the hook's own
+    not_modified = client.get("/page", headers={"If-None-Match": miss.headers["ETag"]})
+    assert (not_modified.status_code, xcache(not_modified)) == (304, "HIT-L1")
+    assert not_modified.headers.getlist("Access-Control-Allow-Origin") == ["*"]
+
+
 def test_a_hit_s_body_is_sent_as_it_is_unless_a_hook_needs_werkzeug(
     make_app: AppFactory,
 ) -> None:

@@ -378,10 +378,14 @@ class Routes:
         make = _hit_class(current_app.response_class)
         delivery = (("X-Cache", source), page.age(self.cache._clock()))
         if etag and page.not_modified_for(environ):
-            return make(status=304, headers=_headers([*page.not_modified, *delivery]))
-        # A list body: no Content-Length recomputed (the page has it), nothing re-encoded.
-        headers = _headers([*page.headers, *delivery])
-        return make([page.body], status=page.status, headers=headers)
+            lines = (*page.not_modified, *delivery)
+            response = make(status=304, headers=_headers(list(lines)))
+        else:
+            lines = (*page.headers, *delivery)
+            # A list body: no Content-Length recomputed (the page has it), nothing re-encoded.
+            response = make([page.body], status=page.status, headers=_headers(list(lines)))
+        response.hit_lines = lines  # type: ignore[attr-defined]
+        return response
 
     # -- storing the final response ----------------------------------------------------
 
@@ -546,8 +550,13 @@ def _hit_class(base: type[Response]) -> type[Response]:
         return found
 
     class HitResponse(base):  # type: ignore[valid-type,misc]
+        hit_lines: tuple[tuple[str, str], ...] = ()
+        """The header lines the hit was made with, before any ``after_request`` hook."""
+
         def get_wsgi_headers(self, environ: WSGIEnvironment) -> Headers:
             headers: Headers = self.headers
+            if tuple(headers) != self.hit_lines:
+                _drop_hooks_repeats(headers, self.hit_lines)
             if _as_they_are(headers, self.status_code):
                 return headers
             fixed: Headers = super().get_wsgi_headers(environ)
@@ -562,6 +571,28 @@ def _hit_class(base: type[Response]) -> type[Response]:
 
     HitResponse.__name__ = HitResponse.__qualname__ = f"Hit{base.__name__}"
     return _HIT_CLASSES.setdefault(base, HitResponse)
+
+
+def _drop_hooks_repeats(headers: Headers, made: tuple[tuple[str, str], ...]) -> None:
+    """Drop the lines of ``headers`` that repeat one of a hit's own lines beyond its
+    count there: an ``after_request`` hook that adds a line (``headers.add``) added it on
+    the miss too, and the page kept it, so on a hit through Flask it would go out twice
+    (the fast path, which runs no hooks, sends it once)."""
+    left: dict[tuple[str, str], int] = {}
+    for name, value in made:
+        line = (name.lower(), value)
+        left[line] = left.get(line, 0) + 1
+    kept = []
+    for name, value in headers:
+        line = (name.lower(), value)
+        count = left.get(line)
+        if count is None or count > 0:
+            kept.append((name, value))
+            if count is not None:
+                left[line] = count - 1
+    if len(kept) < len(headers):
+        headers.clear()
+        headers.extend(kept)
 
 
 def _as_they_are(headers: Headers, status: int) -> bool:
