@@ -144,3 +144,29 @@ def test_what_a_leader_does_to_its_result_does_not_reach_its_followers(
     assert mine == {"items": [1, 2, "the leader's own change"]}
     assert results == [{"items": [1, 2]}] * 3
     assert cache.get("k") == {"items": [1, 2]}
+
+
+def test_a_bump_overtaken_by_another_processs_bump_does_not_stick(make_cache: MakeCache) -> None:
+    """Our INCR answers v+1, theirs v+2, and their message reaches us before we record
+    ours: recording v+1 then kept this process on a version that no one writes under, for
+    as long as the bus stayed up (its invalidated values served, new writes unseen)."""
+    ours, theirs = make_cache(), make_cache()
+    mine, other = ours.namespace("users"), theirs.namespace("users")
+    mine.get("warm")
+    original = ours._tier.run
+
+    def run(what: str, call: Callable[[Any], Any]) -> Any:
+        result = original(what, call)
+        if what == "invalidate_namespace":  # after our INCR: theirs, heard by us at once
+            received = ours.stats()["invalidations_received"]
+            other.set("k", "invalidated by theirs")
+            theirs.invalidate_namespace("users")
+            assert until(lambda: ours.stats()["invalidations_received"] > received + 1)
+        return result
+
+    ours._tier.run = run  # type: ignore[method-assign]
+    ours.invalidate_namespace("users")
+    ours._tier.run = original  # type: ignore[method-assign]
+    assert mine.get("k", "gone") == "gone"
+    other.set("k2", "written after both bumps")
+    assert until(lambda: mine.get("k2") == "written after both bumps")

@@ -519,12 +519,16 @@ class Cache(Keyspace):
             start_counter(pipe, counter)
             pipe.incr(counter)
 
+        # Another process's bump heard between our INCR's reply and the record below
+        # would be overwritten by our older version, trusted for as long as the bus
+        # stays up: the epoch says that a forget came in between.
+        epoch = self._versions.epoch
         result = self._write("invalidate_namespace", bump, namespaces=(encoded,))
         if result is UNAVAILABLE:
             self._versions.forget(encoded)
             return 0
         version = int(result[1])
-        self._versions.heard(encoded, version)
+        self._versions.heard(encoded, version, epoch)
         return version
 
     def clear(self) -> int:

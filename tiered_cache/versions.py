@@ -125,9 +125,18 @@ class NamespaceVersions:
             self.current.pop(name, None)
             self._epoch += 1
 
-    def heard(self, name: str, version: int) -> None:
-        """Record a version this process set itself."""
+    @property
+    def epoch(self) -> int:
+        """Moves on every :meth:`forget` and :meth:`clear`: pass it to :meth:`heard`."""
+        return self._epoch
+
+    def heard(self, name: str, version: int, epoch: int) -> None:
+        """Record a version this process set itself, unless a forget or a flush came
+        after ``epoch`` (the :attr:`epoch` read before the bump was sent): then another
+        process bumped it past ours, or may have, and the next read fetches it."""
         with self._lock:
+            if self._epoch != epoch:
+                return
             known = self._known.get(name)
             if known is None or known[0] <= version:
                 self._known[name] = (version, self._timer())
