@@ -598,6 +598,35 @@ def test_a_load_whose_store_fails_releases_its_flight_lock_when_redis_answers(
     assert redis.Redis.from_url(redis_server.url).exists(lock) == 0
 
 
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_a_waiter_loads_when_redis_goes_away_instead_of_sleeping_out_the_lock(
+    redis_server: RedisServer, caches: list[Cache], fault: str
+) -> None:
+    """A waiter sleeps until the bus announces the value; once the bus is lost no
+    announcement can come, and it slept out the whole lock_timeout (10 s here) before
+    it loaded. The bus wakes it when it is lost (a paused Redis: after its PONG is late)."""
+    cache = _make(caches, redis_server)
+    cache.connect()
+    lock = KeyLayout.flight_lock(cache._layout.data(DEFAULT_NAMESPACE, 0, "k"))
+    redis.Redis.from_url(redis_server.url).set(lock, b"another worker", px=60_000)
+    result: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(cache.get_or_set("k", _loader("v"), lock_timeout=10))
+    )
+    waiter.start()
+    _wait_for(lambda: cache.stats()["stampede_waits"] >= 1, what="the waiter to sleep")
+    went_away = time.monotonic()
+    redis_server.kill() if fault == "kill" else redis_server.pause()
+    try:
+        waiter.join(15)
+        assert result == ["v"]
+        # Lost at once when killed; paused, once the bus's PONG is late (at most 1 s here).
+        assert time.monotonic() - went_away < 5
+    finally:
+        if fault == "pause":
+            redis_server.resume()
+
+
 # -- 7. Locks never fail open ------------------------------------------------------------
 
 

@@ -106,6 +106,8 @@ class Bus:
     :param on_message: called in the listener thread for every foreign message.
     :param on_subscribed: called after every successful (re)subscription, before the bus
         vouches for anything: the cache flushes its local state there.
+    :param on_lost: called in the listener thread when a subscription that was made ends
+        (no announcement comes until the next one).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Bus:
         sender: str,
         on_message: Callable[[Message], None],
         on_subscribed: Callable[[], None],
+        on_lost: Callable[[], None] = lambda: None,
         disconnected_ttl: float,
         socket_timeout: float,
         log: RateLimitedLog,
@@ -127,6 +130,7 @@ class Bus:
         self.sender = sender
         self._on_message = on_message
         self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
         self._ttl = disconnected_ttl
         self._ping_every = min(max(disconnected_ttl / 4, 0.02), 1.0)
         self._pong_timeout = max(4 * socket_timeout, disconnected_ttl, 0.5)
@@ -206,11 +210,13 @@ class Bus:
             self._listen(pubsub)
         finally:
             self.fresh_until = 0.0
-            self.connected = False
+            was_connected, self.connected = self.connected, False
             if self._watched is not None:  # the connection goes back to a shared pool
                 self._watched.deregister_connect_callback(self._on_connect)
                 self._watched = None
             pubsub.close()
+            if was_connected:
+                self._on_lost()
 
     def _subscribe(self, pubsub: Any) -> float:
         """Subscribe and wait for the confirmation; return when the request was sent."""

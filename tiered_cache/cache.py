@@ -167,6 +167,7 @@ class Cache(Keyspace):
             sender=self._sender,
             on_message=self._on_message,
             on_subscribed=self._on_subscribed,
+            on_lost=self._on_lost,
             disconnected_ttl=self._dttl,
             socket_timeout=self.config.socket_timeout,
             log=self._log,
@@ -237,6 +238,12 @@ class Cache(Keyspace):
         self._versions.clear()
         self._loading.waiters.wake_all()
         self._tell_listeners(None)
+
+    def _on_lost(self) -> None:
+        """Wake the waiters sleeping on an announcement that can no longer come: they read
+        Redis again, and with Redis gone they load (fail open) instead of sleeping out
+        ``lock_timeout``."""
+        self._loading.waiters.wake_all()
 
     def _listen(self, listener: Listener) -> None:
         """Let a feature built on the engine hear the bus too (see :data:`Listener`)."""
