@@ -69,6 +69,10 @@ def test_miss_returns_default_and_none_is_cacheable(cache: Cache) -> None:
     assert cache.get("none", MISS) is None
     assert cache.has("none")
     assert not cache.has("absent")
+    # By keyword too, as SPEC 2 writes it (the hit path stands in for the method).
+    assert cache.get("absent", default=5) == 5
+    assert cache.get(key="none", default=5) is None
+    assert cache.namespace("n").get(key="absent", default=5) == 5
 
 
 def test_writer_reads_its_own_write_from_l1(cache: Cache) -> None:

@@ -150,7 +150,7 @@ class Cache(Keyspace):
         self._hit_counts: list[Callable[[], int]] = []  # one per L1 reader
         self._l1_value = self._l1_reader(lambda _local, _default: MISS)
         # The default namespace's get: the hit path itself, shadowing Keyspace.get.
-        self.get = self._l1_reader(self._get_after_l1)  # type: ignore[method-assign,assignment]
+        self.get = self._l1_reader(self._get_after_l1)  # type: ignore[method-assign]
         self._tier.reset()
         self._log.after_fork()
         self._reset_counters()

@@ -17,9 +17,13 @@ from .l1 import L1Store
 
 
 class L1Reader(Protocol):
-    """The L1 hit path: the value of ``local``, or what the miss handler returns."""
+    """The L1 hit path: the value of ``key``, or what the miss handler returns.
 
-    def __call__(self, local: Any, default: Any = None, /) -> Any: ...
+    Its parameters are named as :meth:`Keyspace.get`'s, whose place it takes as
+    ``Cache.get``: ``get(key="k", default=0)`` works as the method does.
+    """
+
+    def __call__(self, key: Any, default: Any = None) -> Any: ...
 
 
 def make_reader(
@@ -29,7 +33,7 @@ def make_reader(
     disconnected_ttl: float,
     miss: Callable[[Any, Any], Any],
 ) -> tuple[L1Reader, Callable[[], int]]:
-    """Build ``read(local, default)``, which calls ``miss(local, default)`` on a miss.
+    """Build ``read(key, default)``, which calls ``miss(key, default)`` on a miss.
 
     An entry is served while it is younger than its expiry (``l1_ttl`` or the value's own
     freshness) and either the bus vouches for this process (:attr:`Bus.fresh_until`) or
@@ -40,21 +44,21 @@ def make_reader(
     peek, touch = l1.peek, l1.touch
     hits = 0  # a closure cell, cheaper than an attribute of the cache on every hit
 
-    def read(local: Any, default: Any = None, /) -> Any:
+    def read(key: Any, default: Any = None) -> Any:
         nonlocal hits
-        entry = peek(local)
+        entry = peek(key)
         if entry is not None:
             now = timer()
             if entry.expires > now and (
                 now < bus.fresh_until or entry.stored > now - disconnected_ttl
             ):
                 try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
-                    touch(local)
+                    touch(key)
                 except KeyError:  # evicted by another thread since the lookup
                     pass
                 hits += 1
                 copy = entry.copy
                 return entry.value if copy is None else copy(entry.value)
-        return miss(local, default)
+        return miss(key, default)
 
     return read, lambda: hits
