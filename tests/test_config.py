@@ -9,6 +9,7 @@ import sys
 from typing import Any, get_type_hints
 
 import pytest
+import redis
 
 from tiered_cache import Cache, ConfigurationError
 from tiered_cache.config import CacheConfig, CacheSettings
@@ -151,3 +152,18 @@ def test_the_core_never_imports_flask() -> None:
         "from tiered_cache import TieredCache; assert 'flask' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_client_that_decodes_replies_is_refused(redis_url: str) -> None:
+    """Its replies come back as text (and framed values fail to decode inside redis-py,
+    before any of our error handling): refused where it is given, not on every read."""
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        Cache(redis=decoding)
+    decoding.close()
+    cache = Cache(redis=redis.Redis.from_url(redis_url))
+    try:
+        cache.set("k", "v")
+        assert cache.get("k") == "v"
+    finally:
+        cache.close()

@@ -36,7 +36,7 @@ from ._log import RateLimitedLog
 from .bus import Bus, Message, NoBus
 from .config import CacheConfig, CacheSettings
 from .copying import copier_for
-from .errors import TieredCacheError
+from .errors import ConfigurationError, TieredCacheError
 from .flight import release
 from .framing import Frame
 from .hit_path import L1Reader, make_reader
@@ -73,11 +73,19 @@ Listener = Callable[[Message | None], None]
 after every (re)subscription, when messages may have been missed."""
 
 
+def _decodes_responses(client: Any) -> bool:
+    """Whether redis-py decodes this client's replies to ``str``."""
+    try:
+        return bool(client.get_encoder().decode_responses)
+    except AttributeError:  # not a redis-py client: let its calls show what it is
+        return False
+
+
 class Cache(Keyspace):
     """A two-tier cache: an L1 in this process over a Redis L2 shared by every worker.
 
     :param redis: a redis-py client to use instead of one made from ``redis_url`` (its
-        timeouts and retries are then the caller's choice).
+        timeouts and retries are then the caller's choice; not ``decode_responses``).
     :param timer: the monotonic clock (injectable for tests).
     :param settings: the settings of :class:`~tiered_cache.config.CacheConfig`,
         lower-case (``l1_max_items=...``).
@@ -103,6 +111,14 @@ class Cache(Keyspace):
         self._default_base = self._layout.space(DEFAULT_NAMESPACE, 0)
         self._serializer = make_serializer(config.serializer, secret_key=config.secret_key)
         self._owns_client = redis is None
+        if redis is not None and _decodes_responses(redis):
+            raise ConfigurationError(
+                "redis",
+                redis,
+                "a client made with decode_responses=True hands back text where the cache "
+                "reads bytes; give it one without (it may share the same connection pool "
+                "settings)",
+            )
         client = redis or client_from_url(config.redis_url, socket_timeout=config.socket_timeout)
         breaker = Breaker(config.breaker_failures, config.breaker_reset, timer)
         self._tier = RedisTier(
