@@ -94,6 +94,18 @@ def test_environment_strings_are_parsed() -> None:
         ("redis_url", "redis+sentinel://h1:26379/mymaster/x"),
         ("redis_url", "redis+sentinel://h1:26379/mymaster/0/1"),
         ("redis_url", "redis+sentinel://h1:26379/mymaster?db=x"),
+        # Options that would be quietly left out: a plaintext connection, say.
+        ("redis_url", "redis+sentinel://h1:26379/mymaster?ssl=true"),
+        ("redis_url", "redis+cluster://h1:7000/5"),
+        ("redis_url", "redis+cluster://h1:7000?password=pw"),
+        ("redis_url", "redis://host:0/0"),  # redis-py would quietly use 6379
+        # redis-py refuses these only when it connects: a TypeError on every call.
+        ("redis_url", "redis://localhost/0?sockettimeout=1"),
+        ("redis_url", "unix:///tmp/redis.sock?foo=bar"),
+        # Durations past a hundred years overflow the clock a socket waits on.
+        ("socket_timeout", 1e10),
+        ("breaker_reset", 1e12),
+        ("l1_ttl", 1e10),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:
@@ -161,9 +173,11 @@ def test_a_client_that_decodes_replies_is_refused(redis_url: str) -> None:
     with pytest.raises(ConfigurationError, match="decode_responses"):
         Cache(redis=decoding)
     decoding.close()
-    cache = Cache(redis=redis.Redis.from_url(redis_url))
+    client = redis.Redis.from_url(redis_url)
+    cache = Cache(redis=client)
     try:
         cache.set("k", "v")
         assert cache.get("k") == "v"
     finally:
         cache.close()
+        client.close()  # the caller's client: the cache leaves it open

@@ -41,6 +41,33 @@ def test_caches_find_the_master_through_sentinel(
         reader.close()
 
 
+def test_the_urls_user_and_percent_encoded_password_reach_the_master(
+    sentinel: SentinelServer, redis_server: RedisServer
+) -> None:
+    """The user was dropped and the password passed on still percent-encoded: an ACL
+    user, or a password holding "@" or "/", could not sign in through Sentinel."""
+    master = redis.Redis(port=redis_server.port)
+    master.acl_setuser(
+        "cacher",
+        enabled=True,
+        passwords=["+p@ss/1"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    host_port = sentinel.url.removeprefix("redis+sentinel://")
+    url = f"redis+sentinel://cacher:p%40ss%2F1@{host_port}"
+    try:
+        with Cache(redis_url=url, fail_open=False) as cache:
+            assert cache.set("k", "signed in")
+            assert cache.get("k") == "signed in"
+            users = {client["user"] for client in master.client_list()}
+            assert "cacher" in users
+    finally:
+        master.acl_deluser("cacher")
+        master.close()
+
+
 def test_an_unknown_service_is_an_outage_not_a_crash(sentinel: SentinelServer) -> None:
     url = sentinel.url.rsplit("/", 1)[0] + "/no-such-service"
     with Cache(redis_url=url) as cache:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import statistics
 import time
 import uuid
@@ -21,6 +20,7 @@ import click
 from flask.cli import AppGroup
 
 from . import metrics
+from ._durations import checked_seconds
 from .errors import TieredCacheError
 from .keys import encode_name
 from .redis_tier import REDIS_ERRORS, Client, client_from_url
@@ -207,10 +207,12 @@ COLORS: Final = {"OK": "green", "INFO": "blue", "WARN": "yellow", "FAIL": "red"}
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    """A finite number of seconds above 0 (FloatRange lets nan through), else a usage error."""
-    if not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"must be a finite number of seconds > 0, not {value}")
-    return value
+    """A finite number of seconds above 0 and within a hundred years (FloatRange lets nan
+    through, and a socket timeout past that overflows), else a usage error."""
+    try:
+        return checked_seconds("the timeout", value, zero=False)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @group.command("doctor")

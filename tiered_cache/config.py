@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import redis
+
 from ._durations import checked_seconds
 from .errors import ConfigurationError
 from .ratelimit.limits import STRATEGIES, parse_limits
@@ -73,11 +75,10 @@ def _timeout(value: Any) -> float:
     return checked_seconds("a timeout (0 = no expiry)", _number(value, float))
 
 
-def _positive_float(value: Any) -> float:
-    number = float(_number(value, float))
-    if number <= 0:
-        raise ValueError("must be > 0")
-    return number
+def _positive_seconds(value: Any) -> float:
+    """A duration above 0, bounded as every duration is (a socket timeout past it
+    overflows the clock the socket waits on, and each call would raise)."""
+    return checked_seconds("a duration", _number(value, float), zero=False)
 
 
 def _fraction(value: Any) -> float:
@@ -115,17 +116,36 @@ def _redis_url(value: Any) -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("no host in the URL")
     try:
-        parts.port  # noqa: B018 - parsing the port is the check
+        port = parts.port
     except ValueError:
         raise ValueError("bad port in the URL") from None
+    if port == 0:  # redis-py would quietly use 6379
+        raise ValueError("bad port in the URL")
+    if parts.scheme == "redis+cluster":
+        if not _CLUSTER_PATH.fullmatch(parts.path) or parts.query:
+            # redis_tier reads host, port and userinfo alone: an option ignored there
+            # (?ssl=true, ?password=) would quietly connect without it.
+            raise ValueError(
+                "a redis+cluster URL is redis+cluster://[user:password@]host:port, without "
+                "a database (a cluster has only 0) or query options"
+            )
+        return value
     if parts.scheme == "unix" and not parts.path:
         raise ValueError("no socket path in the URL")
     if parts.scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(parts.path):
         raise ValueError("the path must be a database number, /0 to /15 say")
+    # A query option redis-py does not know (?sockettimeout=1) is only refused when a
+    # connection is made, as a TypeError on every call: make one here, unconnected.
+    try:
+        pool = redis.ConnectionPool.from_url(value)
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        raise ValueError(f"redis-py refuses its options: {exc}") from None
     return value
 
 
 _DB_PATH = re.compile(r"/?|/[0-9]+/?")
+_CLUSTER_PATH = re.compile(r"/?|/0/?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
@@ -146,9 +166,13 @@ def _sentinel_path(path: str, query: str) -> None:
     names = [name for name in path.split("/") if name]
     if not names:
         raise ValueError("no service name in the URL: redis+sentinel://host:port/service")
-    dbs = names[1:] or parse_qs(query).get("db", [])
+    options = parse_qs(query, keep_blank_values=True)
+    dbs = names[1:] or options.get("db", [])
     if len(names) > 2 or not all(_DB.fullmatch(db) for db in dbs):
         raise ValueError("after the service name, only a database number: /service/0")
+    if set(options) - {"db"}:
+        # redis_tier reads ?db= alone: any other option would be quietly left out.
+        raise ValueError("a redis+sentinel URL takes no query option but ?db=")
 
 
 _DB = re.compile(r"[0-9]+")
@@ -186,17 +210,17 @@ class CacheConfig:
     l1_max_bytes: int = _setting(
         64 * 1024 * 1024, _non_negative_int, "approximate: what entries hold, decoded"
     )
-    l1_ttl: float = _setting(60.0, _positive_float, "no L1 entry is older than this")
+    l1_ttl: float = _setting(60.0, _positive_seconds, "no L1 entry is older than this")
     l1_disconnected_ttl: float = _setting(
-        1.0, _positive_float, "cap on L1 age while the bus is down"
+        1.0, _positive_seconds, "cap on L1 age while the bus is down"
     )
     serializer: str = _setting("json", _one_of(SERIALIZERS), "json, msgpack or signed pickle")
     secret_key: str | bytes | None = _setting(None, _secret, "HMAC key for pickle")
     invalidation: bool = _setting(True, _bool, "the pub/sub invalidation bus")
     fail_open: bool = _setting(True, _bool, "Redis errors are misses, not exceptions")
-    socket_timeout: float = _setting(0.25, _positive_float, "seconds, for cache traffic")
+    socket_timeout: float = _setting(0.25, _positive_seconds, "seconds, for cache traffic")
     breaker_failures: int = _setting(5, _positive_int, "consecutive failures that open it")
-    breaker_reset: float = _setting(2.0, _positive_float, "seconds the breaker stays open")
+    breaker_reset: float = _setting(2.0, _positive_seconds, "seconds the breaker stays open")
 
     @classmethod
     def resolve(

@@ -176,8 +176,11 @@ def _sentinel_client(parts: Any, options: dict[str, Any]) -> Client:
         raise ValueError("a redis+sentinel URL names the service: redis+sentinel://h:p/service")
     db = int(path[1]) if len(path) > 1 else int(parse_qs(parts.query).get("db", ["0"])[0])
     sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]
+    # The URL's user and password are the master's (percent-decoded, as in any URL).
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
     return sentinel.master_for(  # type: ignore[no-untyped-call]
-        path[0], db=db, password=parts.password, **options
+        path[0], db=db, username=username, password=password, **options
     )
 
 
