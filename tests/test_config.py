@@ -97,7 +97,7 @@ def test_environment_strings_are_parsed() -> None:
         # Options that would be quietly left out: a plaintext connection, say.
         ("redis_url", "redis+sentinel://h1:26379/mymaster?ssl=true"),
         ("redis_url", "redis+cluster://h1:7000/5"),
-        ("redis_url", "redis+cluster://h1:7000?password=pw"),
+        ("redis_url", "redis+cluster://h1:7000?ssl=true"),
         ("redis_url", "redis://host:0/0"),  # redis-py would quietly use 6379
         # redis-py refuses these only when it connects: a TypeError on every call.
         ("redis_url", "redis://localhost/0?sockettimeout=1"),
@@ -181,3 +181,25 @@ def test_a_client_that_decodes_replies_is_refused(redis_url: str) -> None:
     finally:
         cache.close()
         client.close()  # the caller's client: the cache leaves it open
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "secret"),
+    [
+        ("TIERED_CACHE_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/abc", "hunter2"),
+        ("TIERED_CACHE_REDIS_URL", "redis://h/abc?password=hunter2", "hunter2"),
+        ("TIERED_CACHE_REDIS_URL", "redis+cluster://u:hunter2@h:7000/5", "hunter2"),
+        ("TIERED_CACHE_ENDPOINTS_TOKEN", "hunter2 secret!", "hunter2"),
+    ],
+)
+def test_a_bad_value_names_its_key_but_not_its_secret(key: str, value: str, secret: str) -> None:
+    """Error messages reach logs and tracebacks: the URL is printed without its password
+    (as the CLI prints it), a token by its length."""
+    from tiered_cache.config import ExtensionConfig
+
+    with pytest.raises(ConfigurationError) as raised:
+        ExtensionConfig.resolve({}, {key: value})
+    assert raised.value.key == key
+    assert key in str(raised.value)
+    assert secret not in str(raised.value)
+    assert raised.value.value == value  # the exception still holds it, for the caller

@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
-from urllib.parse import unquote_plus, urlsplit
 
 import click
 from flask.cli import AppGroup
 
 from . import metrics
 from ._durations import checked_seconds
+from ._redaction import redacted
 from .errors import TieredCacheError
 from .keys import encode_name
 from .redis_tier import REDIS_ERRORS, Client, client_from_url
@@ -47,23 +47,6 @@ def _state() -> AppState:
     from .flask_ext import TieredCache
 
     return TieredCache.state()
-
-
-def redacted(url: str) -> str:
-    """``url`` without its passwords, fit to print: the userinfo's, and the value of every
-    query parameter whose name holds "password" (redis-py reads ``?password=``,
-    ``?sentinel_password=``...). The rest is kept as it was written."""
-    head, question, query = url.partition("?")  # not urlunsplit: it turns unix:/// into unix:/
-    password = urlsplit(head).password
-    if password:
-        head = head.replace(f":{password}@", ":***@", 1)
-    return head + question + "&".join(_masked(field) for field in query.split("&"))
-
-
-def _masked(field: str) -> str:
-    """One ``name=value`` of a query, its value masked when the name holds "password"."""
-    name, equals, _ = field.partition("=")
-    return f"{name}=***" if equals and "password" in unquote_plus(name).lower() else field
 
 
 def _checked(what: str, cache: Cache, call: Callable[[], T]) -> T:

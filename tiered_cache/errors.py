@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 
+from ._redaction import shown
+
 
 class TieredCacheError(Exception):
     """Base class of every error this package raises."""
 
 
 class ConfigurationError(TieredCacheError, ValueError):
-    """A setting has a bad value; the message names the setting and the value."""
+    """A setting has a bad value; the message names the setting and the value (a Redis
+    URL without its passwords, a secret by its length only: messages reach logs)."""
 
     def __init__(self, key: str, value: object, reason: str) -> None:
         self.key = key
         self.value = value
-        super().__init__(f"{key}={value!r}: {reason}")
+        super().__init__(f"{key}={shown(key, value)}: {reason}")
 
 
 class CacheUnavailable(TieredCacheError):
