@@ -475,11 +475,22 @@ def _junk_records() -> dict[str, bytes]:
         "started-text": {**good, "started": "x"},
         "no-host": {k: v for k, v in good.items() if k != "host"},
         "not-a-dict": [1, 2],
-        # Shown, without the one figure that is not a number.
+        # Shown, without the figures that are not finite numbers a float can hold.
         "bad-figure": {**good, "id": "figure", "stats": {"l1_hits": "many", "l2_hits": 3}},
     }
     junk = {name: json.dumps(record).encode() for name, record in records.items()}
-    return {**junk, "deep": b"[" * 100_000, "not-json": b"\xff\xfe"}
+    # What json reads but no JSON reply may hold (NaN), or Prometheus cannot print.
+    junk["bad-figure"] = junk["bad-figure"].replace(
+        b'"l2_hits": 3}', b'"l2_hits": 3, "misses": 1' + b"0" * 400 + b', "early_refreshes": NaN}'
+    )
+    return {
+        **junk,
+        "published-wide": json.dumps({**good, "published": 0})
+        .replace('"published": 0', '"published": 1' + "0" * 400)
+        .encode(),
+        "deep": b"[" * 100_000,
+        "not-json": b"\xff\xfe",
+    }
 
 
 def _serving(make_app: MakeApp) -> tuple[Flask, FlaskClient, str]:
@@ -503,6 +514,7 @@ def test_junk_under_the_stats_keys_never_fails_a_reader(make_app: MakeApp, redis
     stats = client.get("/_tiered_cache/stats")
     assert stats.status_code == 200
     body = stats.get_json()
+    json.loads(stats.text, parse_constant=lambda name: pytest.fail(f"{name} in a reply"))
     assert body["complete"] is True
     assert sorted(w["id"] for w in body["workers"]) == sorted(
         ["figure", publisher_of(TieredCache.state(app)).id]  # type: ignore[union-attr]

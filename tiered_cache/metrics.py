@@ -321,9 +321,11 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
     for name, kind in _FIELDS.items():
         if not _is(record.get(name), kind):
             return None
-    # Figures are numbers (flags are bools): anything else is left out, not summed.
+    # Figures are finite numbers (flags are bools): anything else is left out, not
+    # summed (json reads NaN, which no JSON reply may hold, and ints too wide for a
+    # float, which the Prometheus text cannot print).
     figures = record["stats"].items()
-    record["stats"] = {k: v for k, v in figures if type(v) in (int, float, bool)}
+    record["stats"] = {k: v for k, v in figures if type(v) is bool or _finite(v)}
     return record
 
 
@@ -331,8 +333,18 @@ def _is(value: Any, kind: type) -> bool:
     """Whether ``value`` is a ``kind`` (an int is a float; a bool is neither; a float is
     finite)."""
     if kind is float:
-        return type(value) in (int, float) and math.isfinite(value)
+        return _finite(value)
     return type(value) is kind
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is an int or float that a float holds, and not NaN or infinite."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int wider than any float
+        return False
 
 
 def snapshot(cache: Cache, publisher: StatsPublisher | None) -> dict[str, Any]:
