@@ -662,6 +662,29 @@ def test_a_bump_of_an_evicted_counter_drops_the_namespace_here_too(
     assert users.get("1") is None
 
 
+@pytest.mark.parametrize("junk", ["garbage", "a list"])
+def test_a_counter_holding_junk_is_replaced_by_the_next_bump(
+    make_cache: MakeCache, redis_url: str, junk: str
+) -> None:
+    """Readers take a counter that is no counter for version 0, and INCR refused it: the
+    bump raised a raw redis error and the namespace could never be invalidated again."""
+    writer, reader = make_cache(), make_cache()
+    counter = writer._layout.counter("users")
+    raw = plain(redis_url)
+    raw.delete(counter)
+    if junk == "a list":
+        raw.rpush(counter, "x")
+    else:
+        raw.set(counter, junk)
+    writer.namespace("users").set("1", "under the junk")
+    assert reader.namespace("users").get("1") == "under the junk"
+    version = writer.invalidate_namespace("users")
+    assert version > 0 and int(raw.get(counter) or 0) == version
+    assert until(lambda: reader.namespace("users").get("1", "gone") == "gone")
+    assert writer.namespace("users").get("1", "gone") == "gone"
+    assert writer.invalidate_namespace("users") == version + 1  # a counter again
+
+
 def test_a_closed_cache_starts_no_refresh(make_cache: MakeCache) -> None:
     cache = make_cache(ttl_jitter=0)
     stale = {"timeout": 1, "stale_ttl": 30, "early_refresh": False}

@@ -60,7 +60,7 @@ from .sentinels import MISS
 from .serializers import make_serializer
 from .sizing import entry_size
 from .stored import StoredValues, expired
-from .versions import NamespaceVersions, start_counter
+from .versions import NamespaceVersions, fresh_start, start_counter
 
 if TYPE_CHECKING:
     from .memoize import Memo, MemoizedFunction, P
@@ -546,13 +546,27 @@ class Cache(Keyspace):
         # would be overwritten by our older version, trusted for as long as the bus
         # stays up: the epoch says that a forget came in between.
         epoch = self._versions.epoch
-        result = self._write("invalidate_namespace", bump, namespaces=(encoded,))
-        if result is UNAVAILABLE:
+        result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
+        version = UNAVAILABLE if result is UNAVAILABLE else result[1]
+        if isinstance(version, ResponseError):
+            version = self._restart_counter(encoded, counter, version)
+        if version is UNAVAILABLE:
             self._versions.forget(encoded)
             return 0
-        version = int(result[1])
+        version = int(version)
         self._versions.heard(encoded, version, epoch)
         return version
+
+    def _restart_counter(self, encoded: str, counter: str, error: Exception) -> int | Unavailable:
+        """Replace a version counter that holds what is no counter (foreign bytes, another
+        type): readers take it for version 0 and INCR refuses it, so nothing could
+        invalidate the namespace. A fresh start is above every version it ever had."""
+        self._log.warning("namespace", "replacing a foreign version counter: %s", error)
+        version = fresh_start()
+        written = self._write(
+            "invalidate_namespace", lambda pipe: pipe.set(counter, version), namespaces=(encoded,)
+        )
+        return UNAVAILABLE if written is UNAVAILABLE else version
 
     def clear(self) -> int:
         """Delete every key under this prefix and schema version (SCAN + UNLINK, never KEYS).
