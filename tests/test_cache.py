@@ -227,6 +227,17 @@ def test_incr_refuses_a_value_that_is_not_a_counter(cache: Cache) -> None:
         cache.incr("k")
 
 
+def test_a_bad_delta_is_the_callers_error_not_an_outage(make_cache: MakeCache) -> None:
+    """redis-py refuses a delta that is no number as a DataError, which counted as an
+    outage: three bad calls opened the breaker and every write of the process was lost."""
+    cache = make_cache(breaker_failures=3)
+    for delta in (None, "1", 1.5, True, 2**63):
+        with pytest.raises((TypeError, ValueError), match="delta"):
+            cache.incr("n", delta)  # type: ignore[arg-type]
+    assert cache.stats()["redis_errors"] == 0 and not cache.stats()["breaker_open"]
+    assert cache.incr("n", 2**63 - 1) == 2**63 - 1
+
+
 def test_incr_evicts_other_l1_copies(make_cache: MakeCache) -> None:
     writer, reader = make_cache(), make_cache()
     writer.incr("n")

@@ -493,6 +493,12 @@ class Cache(Keyspace):
         return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
+        # Checked here: redis-py refuses a non-number as a DataError, which the error
+        # boundary would count as an outage (three of them open the breaker for everyone).
+        if not isinstance(delta, int) or isinstance(delta, bool):
+            raise TypeError(f"incr() takes a whole number delta, not {delta!r}")
+        if not -(2**63) <= delta < 2**63:
+            raise ValueError(f"incr() delta {delta} is out of Redis's 64-bit range")
         timeout = self.config.default_timeout
 
         def incr(pipe: Any) -> None:

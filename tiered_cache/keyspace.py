@@ -137,6 +137,8 @@ class Keyspace:
 
         :returns: the new value, or None when Redis is unavailable and failing open.
         :raises TieredCacheError: when ``key`` holds something that is not a counter.
+        :raises TypeError: when ``delta`` is not a whole number (a bool included).
+        :raises ValueError: when ``delta`` is outside Redis's 64-bit integers.
         """
         local, gkey = self._where(key)
         return self._cache._incr(local, gkey, delta)
