@@ -105,6 +105,10 @@ class Keyspace:
     def add(self, key: str, value: Any, timeout: float | None = None) -> bool:
         """Store ``value`` only if ``key`` holds nothing in Redis (``SET NX``).
 
+        A value ``get_or_set`` stored with ``stale_ttl`` is held until its stale window
+        ends, though ``get`` and ``has`` call it gone once its ``timeout`` passed: ``add``
+        refuses it until then (it is what the next ``get_or_set`` serves stale).
+
         :returns: True when stored.
         """
         local, gkey = self._where(key)
