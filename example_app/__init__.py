@@ -40,7 +40,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = secrets.token_hex(32)
     path = app.config.get("EXAMPLE_DB_PATH") or os.path.join(app.instance_path, "catalogue.sqlite3")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    db = Catalogue(path, delay_ms=float(app.config["EXAMPLE_DB_DELAY_MS"]))
+    delay = app.config["EXAMPLE_DB_DELAY_MS"]
+    try:
+        delay_ms = float(delay)
+    except (TypeError, ValueError):
+        raise ValueError(f"EXAMPLE_DB_DELAY_MS={delay!r}: expected milliseconds >= 0") from None
+    db = Catalogue(path, delay_ms=delay_ms)
     db.create()
     app.extensions["example_catalogue"] = db
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,12 @@ def seed_products() -> list[Product]:
     ]
 
 
+def _storable_id(product_id: int) -> bool:
+    """Whether SQLite's INTEGER can hold ``product_id`` (a larger id names no product;
+    sqlite3 would raise OverflowError on it)."""
+    return -(2**63) <= product_id < 2**63
+
+
 class Catalogue:
     """The products table of one SQLite file.
 
@@ -44,6 +51,8 @@ class Catalogue:
     """
 
     def __init__(self, path: str, *, delay_ms: float = 20) -> None:
+        if not (math.isfinite(delay_ms) and delay_ms >= 0):  # time.sleep would refuse it
+            raise ValueError(f"EXAMPLE_DB_DELAY_MS={delay_ms!r}: expected milliseconds >= 0")
         self.path = path
         self.delay = delay_ms / 1000
 
@@ -81,6 +90,8 @@ class Catalogue:
 
     def get(self, product_id: int) -> Product | None:
         """One product, or None."""
+        if not _storable_id(product_id):
+            return None
         with self._connect() as conn:
             rows = self._query(
                 conn, "SELECT id, name, price FROM products WHERE id = ?", product_id
@@ -101,6 +112,8 @@ class Catalogue:
         """Apply ``changes`` (``name`` and/or ``price``) and return the product, or None."""
         if not changes or not set(changes) <= {"name", "price"}:
             raise ValueError(f"only name and price can change, not {sorted(changes)}")
+        if not _storable_id(product_id):
+            return None
         assignments = ", ".join(f"{column} = :{column}" for column in changes)
         with self._connect() as conn:
             time.sleep(self.delay)

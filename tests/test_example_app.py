@@ -32,6 +32,8 @@ def test_updates_survive_seeding_again(tmp_path: Path) -> None:
     catalogue.create()  # the next start: existing rows are kept
     assert catalogue.get(1) == changed
     assert catalogue.update(999, {"price": 1}) is None
+    # An id past SQLite's INTEGER names no product (sqlite3 raised OverflowError: a 500).
+    assert catalogue.get(2**63) is None and catalogue.update(2**70, {"price": 1}) is None
     with pytest.raises(ValueError, match="only name and price"):
         catalogue.update(1, {"price = 0 --": 1})
 
@@ -61,6 +63,14 @@ def test_settings_come_from_the_environment(
         assert app.config["SECRET_KEY"]  # made up when none is given
     finally:
         close_app(app)
+
+
+@pytest.mark.parametrize("delay", ["-5", "nan", "inf", "soon"])
+def test_a_bad_database_delay_fails_at_start_naming_the_setting(tmp_path: Path, delay: str) -> None:
+    """time.sleep refused it on every query: a 500 for every page."""
+    config = {"EXAMPLE_DB_DELAY_MS": delay, "EXAMPLE_DB_PATH": str(tmp_path / "d.sqlite3")}
+    with pytest.raises(ValueError, match="EXAMPLE_DB_DELAY_MS"):
+        create_app(config)
 
 
 def test_an_update_writes_through_to_the_cache(
