@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.flask_apps import close_app
 from tests.procs import GroupSync, ProcessGroup, run_in_processes
-from tests.redis_harness import RedisServer
+from tests.redis_harness import HOST, RedisServer, free_port
+from tests.waiting import until
 from tiered_cache import metrics
 from tiered_cache.endpoints import publisher_of
 from tiered_cache.flask_ext import TieredCache
@@ -123,6 +124,30 @@ def test_health_503_while_the_breaker_is_open(
     assert response.status_code == 503
     assert response.get_json()["breaker_open"] is True
     assert "breaker" in response.get_json()["redis"]["error"]
+
+
+def test_health_503_while_redis_refuses_writes(
+    app_factory: Callable[..., tuple[Flask, TieredCache]], redis_server: RedisServer
+) -> None:
+    """A replica answers PING but refuses every write (READONLY): a PING said "ok", and
+    each one closed the breaker those refusals opened, so the worker kept trying."""
+    app, _ = app_factory(
+        redis_server.url, TIERED_CACHE_BREAKER_FAILURES=3, TIERED_CACHE_BREAKER_RESET=0.5
+    )
+    client = app.test_client()
+    assert client.get("/_tiered_cache/health").status_code == 200
+    admin = redis.Redis(port=redis_server.port)
+    admin.replicaof(HOST, free_port())  # a master that is not there: read-only from now
+    try:
+        answers = [client.get("/_tiered_cache/health") for _ in range(4)]
+        assert [a.status_code for a in answers] == [503] * 4
+        assert "read only replica" in answers[0].get_json()["redis"]["error"]
+        assert "breaker" in answers[-1].get_json()["redis"]["error"]
+        assert answers[-1].get_json()["breaker_open"] is True
+    finally:
+        admin.replicaof("NO", "ONE")
+        admin.close()
+    assert until(lambda: client.get("/_tiered_cache/health").status_code == 200, timeout=5)
 
 
 # -- tokens, caching, switches --------------------------------------------------------

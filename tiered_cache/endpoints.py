@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import HTTPException, Unauthorized
 
 from . import metrics
-from .redis_tier import UNAVAILABLE
+from .errors import CacheUnavailable
 
 if TYPE_CHECKING:
     from .cache import Cache
@@ -107,9 +108,9 @@ def _unauthorized(error: HTTPException) -> Response:
 
 @blueprint.get("/health")
 def health() -> tuple[Response, int]:
-    """Redis ping latency, bus and breaker state, L1 size; 503 when Redis cannot serve."""
+    """Redis latency, bus and breaker state, L1 size; 503 when Redis cannot serve."""
     cache = _state().cache
-    latency_ms, error = ping(cache)
+    latency_ms, error = probe(cache)
     stats = cache.stats()
     healthy = error is None and not stats["breaker_open"]
     body = {
@@ -122,16 +123,27 @@ def health() -> tuple[Response, int]:
     return jsonify(body), 200 if healthy else 503
 
 
-def ping(cache: Cache) -> tuple[float | None, str | None]:
-    """One PING through the cache's error boundary: (latency in ms, None) or (None, why)."""
+PROBE_MS: Final = 10_000
+"""How long the health check's write lives."""
+
+
+def probe(cache: Cache) -> tuple[float | None, str | None]:
+    """One write through the cache's error boundary: (latency in ms, None) or (None, why).
+
+    A write, not a PING: a Redis that answers PING but refuses writes (``READONLY`` from a
+    replica, ``OOM``, ``MISCONF``) cannot cache, and a PING's success would also close
+    the breaker those refusals open, for every call of this worker.
+    """
+    key = cache.layout.health_probe
     started = time.perf_counter()
     try:
-        result = metrics.tier_of(cache).run("health", lambda client: client.ping())
-    except Exception as exc:  # fail_open=False raises CacheUnavailable; health reports it
+        # fail_open=False: an outage raises CacheUnavailable, which says why.
+        tier = metrics.tier_of(cache)
+        tier.run("health", lambda client: client.set(key, b"1", px=PROBE_MS), fail_open=False)
+    except CacheUnavailable as exc:
+        return None, str(exc)
+    except redis.ResponseError as exc:  # no outage, but no write either (an ACL's NOPERM)
         return None, f"{type(exc).__name__}: {exc}"
-    if result is UNAVAILABLE:
-        reason = "circuit breaker open" if cache.stats()["breaker_open"] else "unreachable"
-        return None, f"Redis unavailable ({reason})"
     return round((time.perf_counter() - started) * 1000, 3), None
 
 

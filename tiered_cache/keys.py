@@ -16,6 +16,8 @@ Besides data keys the layout has, under the same prefix and schema version:
 - ``{data key}#lock``: the single-flight / refresh lock of a data key (kept by
   ``clear``, as every lock: ``#`` is not a safe character, so no user key ends so);
 - ``#lock:{name}``: named locks from :meth:`Cache.lock`;
+- ``#health``: written, with a short TTL, by each health check, to prove Redis takes
+  writes;
 - the bus channel ``{prefix}:{version}:#bus``.
 
 The core engine needs no Redis Cluster hash tags: every multi-key call it makes (MGET,
@@ -80,7 +82,7 @@ def encode_name(name: str) -> str:
 class KeyLayout:
     """Builds every Redis key and channel name of one prefix and schema version."""
 
-    __slots__ = ("base", "channel", "counter_prefix", "stats_index", "stats_prefix")
+    __slots__ = ("base", "channel", "counter_prefix", "health_probe", "stats_index", "stats_prefix")
 
     def __init__(self, prefix: str, version: int) -> None:
         self.base = f"{prefix}:{version}:"
@@ -88,6 +90,7 @@ class KeyLayout:
         self.counter_prefix = f"{self.base}#ns:"
         self.stats_prefix = f"{self.base}#stats:"
         self.stats_index = f"{self.stats_prefix}index"
+        self.health_probe = f"{self.base}#health"
 
     def data(self, namespace: str, namespace_version: int, key: str) -> str:
         """Return the data key of ``key`` (already encoded names are not re-encoded)."""
