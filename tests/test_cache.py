@@ -164,7 +164,14 @@ def test_a_timeout_redis_cannot_take_is_refused(cache: Cache, timeout: Any) -> N
         cache.set_many({"k": "v"}, timeout=timeout)
     with pytest.raises(ValueError, match="timeout"):
         cache.lock("job", timeout=timeout)
-    assert cache.get("k", MISS) is MISS
+    # Before the loader runs (it ran, then the store refused: on every call), and where a
+    # memoized function is written.
+    loads: list[int] = []
+    with pytest.raises(ValueError, match="timeout"):
+        cache.get_or_set("k", lambda: loads.append(1), timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        cache.memoize(timeout=timeout)
+    assert loads == [] and cache.get("k", MISS) is MISS
 
 
 @pytest.mark.parametrize("option", ["stale_ttl", "lock_timeout"])

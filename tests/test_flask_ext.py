@@ -97,6 +97,13 @@ def test_one_extension_serves_several_apps_each_with_its_own_cache(make_app: Mak
     assert calls == [3, 3, 3]
 
 
+@pytest.mark.parametrize("timeout", [-1, float("nan"), 1e16])
+def test_memoize_refuses_a_bad_timeout_where_it_is_written(timeout: float) -> None:
+    """As cached() does: not on the first call, after the function ran for nothing."""
+    with pytest.raises(ValueError, match=r"memoize\(timeout=\.\.\.\)"):
+        TieredCache().memoize(timeout=timeout)
+
+
 def test_initialising_twice_or_using_it_outside_an_app_fails_clearly(make_app: MakeApp) -> None:
     tc = TieredCache()
     app = make_app(tc)

@@ -622,8 +622,13 @@ class Cache(Keyspace):
         :param timeout: seconds, as :meth:`set`.
         :param namespace: a namespace whose invalidation also drops these results.
         :param unless: called before each call; when it returns true the cache is bypassed.
+        :raises ValueError: for a ``timeout`` out of bounds, here rather than after the
+            function ran on its first call.
         """
         from .memoize import memoized
+
+        if timeout is not None:
+            checked_seconds("memoize(timeout=...)", timeout)
 
         def decorate(fn: Callable[P, R]) -> MemoizedFunction[P, R]:
             return memoized(self, fn, timeout=timeout, namespace=namespace, unless=unless)

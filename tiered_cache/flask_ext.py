@@ -330,6 +330,8 @@ class TieredCache:
         """:meth:`Cache.memoize`, usable before ``init_app``: each call uses the cache of
         the app it runs in (one memoized function per app, made on first use).
         """
+        if timeout is not None:  # here, where it is written, as cached() does
+            checked_seconds("memoize(timeout=...)", timeout)
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
             def on(cache: Cache) -> MemoizedFunction[P, R]:

@@ -84,9 +84,12 @@ class Loading:
     def get_or_set(self, load: Load) -> Any:
         """Return the value of ``load.gkey``; L1 was already missed.
 
-        :raises ValueError: for a ``stale_ttl`` or ``lock_timeout`` that is not a number
-            of seconds within bounds (checked here, on the way to Redis, not on hits).
+        :raises ValueError: for a ``timeout``, ``stale_ttl`` or ``lock_timeout`` that is
+            not a number of seconds within bounds (checked here, on the way to Redis, not
+            on hits, and before the loader runs for nothing).
         """
+        if load.timeout is not None:
+            checked_seconds("timeout", load.timeout)
         checked_seconds("stale_ttl", load.stale_ttl)
         checked_seconds("lock_timeout", load.lock_timeout)
         flight, leader = self.flights.join(load.gkey)
