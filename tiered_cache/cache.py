@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -71,6 +72,10 @@ R = TypeVar("R")
 Listener = Callable[[Message | None], None]
 """Called in the listener thread with every message from another process, and with None
 after every (re)subscription, when messages may have been missed."""
+
+
+_FOREIGN_COUNTER: Final = re.compile(r"WRONGTYPE|not an integer")
+"""What Redis answers an INCR of a key that holds no counter."""
 
 
 def _decodes_responses(client: Any) -> bool:
@@ -555,6 +560,8 @@ class Cache(Keyspace):
         result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
         version = UNAVAILABLE if result is UNAVAILABLE else result[1]
         if isinstance(version, ResponseError):
+            if not _FOREIGN_COUNTER.search(str(version)):
+                raise version  # not about the counter (an ACL's NOPERM): the caller's
             version = self._restart_counter(encoded, counter, version)
         if version is UNAVAILABLE:
             self._versions.forget(encoded)
