@@ -69,7 +69,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import current_app, request
@@ -378,12 +378,12 @@ class Routes:
         make = _hit_class(current_app.response_class)
         delivery = (("X-Cache", source), page.age(self.cache._clock()))
         if etag and page.not_modified_for(environ):
-            lines = (*page.not_modified, *delivery)
-            response = make(status=304, headers=_headers(list(lines)))
+            lines = [*page.not_modified, *delivery]
+            response = make(status=304, headers=_headers(lines.copy()))
         else:
-            lines = (*page.headers, *delivery)
+            lines = [*page.headers, *delivery]
             # A list body: no Content-Length recomputed (the page has it), nothing re-encoded.
-            response = make([page.body], status=page.status, headers=_headers(list(lines)))
+            response = make([page.body], status=page.status, headers=_headers(lines.copy()))
         response.hit_lines = lines  # type: ignore[attr-defined]
         return response
 
@@ -550,12 +550,12 @@ def _hit_class(base: type[Response]) -> type[Response]:
         return found
 
     class HitResponse(base):  # type: ignore[valid-type,misc]
-        hit_lines: tuple[tuple[str, str], ...] = ()
+        hit_lines: Sequence[tuple[str, str]] = ()  # each hit sets its own list
         """The header lines the hit was made with, before any ``after_request`` hook."""
 
         def get_wsgi_headers(self, environ: WSGIEnvironment) -> Headers:
             headers: Headers = self.headers
-            if tuple(headers) != self.hit_lines:
+            if headers._list != self.hit_lines:  # one C comparison: the same tuples
                 _drop_hooks_repeats(headers, self.hit_lines)
             if _as_they_are(headers, self.status_code):
                 return headers
@@ -573,7 +573,7 @@ def _hit_class(base: type[Response]) -> type[Response]:
     return _HIT_CLASSES.setdefault(base, HitResponse)
 
 
-def _drop_hooks_repeats(headers: Headers, made: tuple[tuple[str, str], ...]) -> None:
+def _drop_hooks_repeats(headers: Headers, made: Sequence[tuple[str, str]]) -> None:
     """Drop the lines of ``headers`` that repeat one of a hit's own lines beyond its
     count there: an ``after_request`` hook that adds a line (``headers.add``) added it on
     the miss too, and the page kept it, so on a hit through Flask it would go out twice
