@@ -703,6 +703,35 @@ def test_a_counter_holding_junk_is_replaced_by_the_next_bump(
     assert writer.invalidate_namespace("users") == version + 1  # a counter again
 
 
+def test_two_workers_replacing_a_junk_counter_never_move_it_backwards(
+    make_cache: MakeCache, redis_url: str
+) -> None:
+    """Both find the junk; the other one replaces it and bumps past it before ours
+    replaces it too. A plain SET of our (earlier) fresh start moved the counter back to
+    versions that would be handed out again, and bring back what was stored under them."""
+    ours, theirs = make_cache(), make_cache()
+    counter = ours._layout.counter("users")
+    raw = plain(redis_url)
+    raw.set(counter, "junk")
+    original = ours._tier.run
+    theirs_versions: list[int] = []
+
+    def run(what: str, call: Callable[[Any], Any], **options: Any) -> Any:
+        result = original(what, call, **options)
+        if what == "invalidate_namespace" and not theirs_versions:  # our INCR was refused
+            theirs_versions.append(theirs.invalidate_namespace("users"))
+            theirs_versions.append(theirs.invalidate_namespace("users"))
+        return result
+
+    ours._tier.run = run  # type: ignore[method-assign]
+    try:
+        version = ours.invalidate_namespace("users")
+    finally:
+        ours._tier.run = original  # type: ignore[method-assign]
+    assert theirs_versions[1] == theirs_versions[0] + 1
+    assert version == theirs_versions[1] + 1 == int(raw.get(counter) or 0)
+
+
 def test_a_closed_cache_starts_no_refresh(make_cache: MakeCache) -> None:
     cache = make_cache(ttl_jitter=0)
     stale = {"timeout": 1, "stale_ttl": 30, "early_refresh": False}

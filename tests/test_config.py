@@ -102,6 +102,7 @@ def test_environment_strings_are_parsed() -> None:
         # redis-py refuses these only when it connects: a TypeError on every call.
         ("redis_url", "redis://localhost/0?sockettimeout=1"),
         ("redis_url", "unix:///tmp/redis.sock?foo=bar"),
+        ("redis_url", "redis://h/0?decode_responses=true"),  # text where bytes are read
         # Durations past a hundred years overflow the clock a socket waits on.
         ("socket_timeout", 1e10),
         ("breaker_reset", 1e12),
@@ -125,6 +126,8 @@ def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:
         "redis+sentinel://h1:26379,h2:26379/mymaster",
         "redis+sentinel://:pw@h1:26379,h2:26380,h3/mymaster/2",
         "redis+sentinel://h1/mymaster",
+        "redis+sentinel://h1/mymaster?db=",  # database 0
+        "redis+sentinel://h1/mymaster?db=3",
     ],
 )
 def test_sentinel_urls_may_name_several_sentinels(url: str) -> None:
@@ -189,10 +192,13 @@ def test_a_client_that_decodes_replies_is_refused(redis_url: str) -> None:
         ("TIERED_CACHE_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/abc", "hunter2"),
         ("TIERED_CACHE_REDIS_URL", "redis://h/abc?password=hunter2", "hunter2"),
         ("TIERED_CACHE_REDIS_URL", "redis+cluster://u:hunter2@h:7000/5", "hunter2"),
+        ("TIERED_CACHE_REDIS_URL", b"redis://:hunter2@h:6379/0", "hunter2"),  # not a str
         ("TIERED_CACHE_ENDPOINTS_TOKEN", "hunter2 secret!", "hunter2"),
     ],
 )
-def test_a_bad_value_names_its_key_but_not_its_secret(key: str, value: str, secret: str) -> None:
+def test_a_bad_value_names_its_key_but_not_its_secret(
+    key: str, value: str | bytes, secret: str
+) -> None:
     """Error messages reach logs and tracebacks: the URL is printed without its password
     (as the CLI prints it), a token by its length."""
     from tiered_cache.config import ExtensionConfig

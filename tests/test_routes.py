@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -419,6 +420,40 @@ def test_lines_a_hook_adds_go_out_once_on_a_hit_through_flask(make_app: AppFacto
     assert not_modified.headers.getlist("Access-Control-Allow-Origin") == ["*"]
 
 
+def test_list_lines_a_hook_adds_go_out_once_on_a_hit_through_flask(make_app: AppFactory) -> None:
+    """The page was stored with its Vary and Cache-Control lines joined into one (a hook's
+    ``Vary: Origin``, as flask-cors adds it, inside ``Vary: Accept-Encoding, Origin``): the
+    hook's line again on a hit repeats it. A hook that replaces the line is obeyed."""
+    app, tc = make_app()
+
+    @app.get("/page")
+    @tc.cached(timeout=60)
+    def page() -> Response:
+        response = Response("body")
+        response.headers["Vary"] = "Accept-Encoding"
+        response.cache_control.max_age = 60
+        return response
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        if request.headers.get("X-Replace"):
+            response.headers["Vary"] = "Origin"
+        else:
+            response.headers.add("Vary", "Origin")
+        response.headers.add("Cache-Control", "public")
+        return response
+
+    client = app.test_client()
+    miss = client.get("/page")
+    for hit in (client.get("/page"), client.head("/page")):
+        assert xcache(hit) == "HIT-L1"
+        assert hit.headers.getlist("Vary") == miss.headers.getlist("Vary")
+        assert hit.headers.getlist("Cache-Control") == miss.headers.getlist("Cache-Control")
+    assert len(miss.headers.getlist("Vary")) == len(miss.headers.getlist("Cache-Control")) == 1
+    replaced = client.get("/page", headers={"X-Replace": "1"})  # the same page, a hit
+    assert xcache(replaced) == "HIT-L1" and replaced.headers.getlist("Vary") == ["Origin"]
+
+
 def test_a_hit_s_body_is_sent_as_it_is_unless_a_hook_needs_werkzeug(
     make_app: AppFactory,
 ) -> None:
@@ -556,6 +591,7 @@ def test_status_codes_refuses_what_is_no_page(make_app: AppFactory) -> None:
         with pytest.raises(ValueError, match=r"cached\(status_codes=\.\.\.\): .* not a status"):
             tc.cached(status_codes=(200, status))  # type: ignore[arg-type]
     tc.cached(status_codes=(200, 204, 301, 404, 599))  # all of these may be stored
+    assert tc.cached(status_codes=(HTTPStatus.OK, HTTPStatus.NOT_FOUND))  # IntEnums too
 
 
 # -- Authorization, unless ----------------------------------------------------------------

@@ -35,8 +35,9 @@ def _masked(field: str) -> str:
 def shown(key: str, value: object) -> str:
     """``value`` of the setting ``key`` as an error message may print it."""
     if isinstance(value, str | bytes) and value:
-        if key.upper().endswith("REDIS_URL") and isinstance(value, str):
-            return repr(redacted(value))
+        if key.upper().endswith("REDIS_URL"):
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            return repr(redacted(text))
         if any(word in key.upper() for word in _SECRET_WORDS):
             return f"<{len(value)} characters, not shown>"
     return repr(value)

@@ -46,7 +46,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from importlib import resources
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -54,7 +53,7 @@ import redis
 
 from .errors import CacheUnavailable, ConfigurationError
 from .keys import encode_key
-from .redis_tier import UNAVAILABLE, RedisTier, get_reply
+from .redis_tier import UNAVAILABLE, RedisTier, get_reply, lua_source
 from .sessions import SessionUnavailable
 
 T = TypeVar("T")
@@ -299,10 +298,6 @@ def _issued(value: object) -> float | None:
 # -- Redis --------------------------------------------------------------------------------------
 
 
-def _script(name: str) -> str:
-    return (resources.files(__package__) / "lua" / name).read_text(encoding="utf-8")
-
-
 class SessionStore:
     """Every Redis operation on sessions, through the cache's error boundary.
 
@@ -324,9 +319,9 @@ class SessionStore:
         self.index_ttl = 2 * settings.lifetime
         client = tier.client
         self._cluster = hasattr(client, "keyslot")
-        self._rotate = client.register_script(_script("session_rotate.lua"))
-        self._store = client.register_script(_script("session_store.lua"))
-        self._revoke = client.register_script(_script("session_revoke.lua"))
+        self._rotate = client.register_script(lua_source("session_rotate.lua"))
+        self._store = client.register_script(lua_source("session_store.lua"))
+        self._revoke = client.register_script(lua_source("session_revoke.lua"))
 
     # -- naming ---------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from .redis_tier import (
     Unavailable,
     client_from_url,
     get_reply,
+    lua_source,
     unlink_matching,
     without_outages,
 )
@@ -135,6 +136,7 @@ class Cache(Keyspace):
             timer=timer,
         )
         self._cluster = hasattr(client, "mget_nonatomic")
+        self._counter_restart = client.register_script(lua_source("counter_restart.lua"))
         self._namespaces: dict[str, Namespace] = {}
         self._versions_current: dict[str, int] = {}
         self._listeners: list[Listener] = []
@@ -571,15 +573,20 @@ class Cache(Keyspace):
         return version
 
     def _restart_counter(self, encoded: str, counter: str, error: Exception) -> int | Unavailable:
-        """Replace a version counter that holds what is no counter (foreign bytes, another
+        """Bump a version counter that holds what is no counter (foreign bytes, another
         type): readers take it for version 0 and INCR refuses it, so nothing could
-        invalidate the namespace. A fresh start is above every version it ever had."""
+        invalidate the namespace. ``lua/counter_restart.lua`` replaces it with a fresh
+        start, above every version it ever had, unless another worker already did."""
         self._log.warning("namespace", "replacing a foreign version counter: %s", error)
-        version = fresh_start()
-        written = self._write(
-            "invalidate_namespace", lambda pipe: pipe.set(counter, version), namespaces=(encoded,)
+        script = self._counter_restart
+        version = self._tier.run(
+            "invalidate_namespace",
+            lambda client: script(keys=[counter], args=[fresh_start()], client=client),
         )
-        return UNAVAILABLE if written is UNAVAILABLE else version
+        if version is UNAVAILABLE:
+            return UNAVAILABLE
+        announced = self._announce("invalidate_namespace", namespaces=(encoded,))
+        return int(version) if announced else UNAVAILABLE
 
     def clear(self) -> int:
         """Delete every key under this prefix and schema version (SCAN + UNLINK, never KEYS).

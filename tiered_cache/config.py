@@ -141,6 +141,8 @@ def _redis_url(value: Any) -> str:
         pool.connection_class(**pool.connection_kwargs)
     except TypeError as exc:
         raise ValueError(f"redis-py refuses its options: {exc}") from None
+    if pool.connection_kwargs.get("decode_responses"):
+        raise ValueError("decode_responses hands back text where the cache reads bytes")
     return value
 
 
@@ -167,7 +169,7 @@ def _sentinel_path(path: str, query: str) -> None:
     if not names:
         raise ValueError("no service name in the URL: redis+sentinel://host:port/service")
     options = parse_qs(query, keep_blank_values=True)
-    dbs = names[1:] or options.get("db", [])
+    dbs = names[1:] or [db for db in options.get("db", []) if db]  # ?db= is database 0
     if len(names) > 2 or not all(_DB.fullmatch(db) for db in dbs):
         raise ValueError("after the service name, only a database number: /service/0")
     if set(options) - {"db"}:

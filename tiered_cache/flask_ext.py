@@ -237,13 +237,15 @@ class TieredCache:
             if not is_field_name(name):
                 raise ValueError(f"cached(vary=...): {name!r} is not a header name")
         # Here, where the route is written, not as a 500 on its first miss.
-        status_codes = tuple(status_codes)
-        for status in status_codes:
-            if type(status) is not int or not 200 <= status <= 599 or status in {206, 304}:
+        given = tuple(status_codes)
+        for status in given:  # an int or an IntEnum such as http.HTTPStatus.OK; no bool
+            whole = isinstance(status, int) and not isinstance(status, bool)
+            if not whole or not 200 <= status <= 599 or status in {206, 304}:
                 raise ValueError(
                     f"cached(status_codes=...): {status!r} is not a status a page may be "
                     "stored with (200 to 599, but for 206 and 304)"
                 )
+        status_codes = tuple(int(status) for status in given)
         if timeout is not None:
             checked_seconds("cached(timeout=...)", timeout)
         checked_seconds("cached(stale_ttl=...)", stale_ttl)

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -69,6 +70,11 @@ def without_outages(results: list[Any]) -> list[Any]:
         if isinstance(result, redis.ResponseError) and outage_reply(result):
             raise result
     return results
+
+
+def lua_source(name: str) -> str:
+    """The source of ``tiered_cache/lua/<name>``."""
+    return (resources.files(__package__) / "lua" / name).read_text(encoding="utf-8")
 
 
 def client_from_url(url: str, *, socket_timeout: float) -> Client:

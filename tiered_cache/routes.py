@@ -574,25 +574,46 @@ def _hit_class(base: type[Response]) -> type[Response]:
 
 
 def _drop_hooks_repeats(headers: Headers, made: Sequence[tuple[str, str]]) -> None:
-    """Drop the lines of ``headers`` that repeat one of a hit's own lines beyond its
-    count there: an ``after_request`` hook that adds a line (``headers.add``) added it on
-    the miss too, and the page kept it, so on a hit through Flask it would go out twice
-    (the fast path, which runs no hooks, sends it once)."""
+    """Drop the lines of ``headers`` that repeat what the hit's own lines say: an
+    ``after_request`` hook that adds a line (``headers.add``) added it on the miss too,
+    and the page kept it, so on a hit through Flask it would go out twice (the fast path,
+    which runs no hooks, sends it once).
+
+    A line repeats one of the hit's lines when it is the same line beyond its count
+    there; a ``Cache-Control`` or ``Vary`` line also when each of its items is in that
+    header's line the hit still sends (the page was stored with such lines joined into
+    one: a hook's ``Vary: Origin`` is already in ``Vary: Accept-Encoding, Origin``).
+    """
     left: dict[tuple[str, str], int] = {}
     for name, value in made:
         line = (name.lower(), value)
         left[line] = left.get(line, 0) + 1
-    kept = []
+    kept, listed = [], dict[str, set[str]]()
     for name, value in headers:
         line = (name.lower(), value)
         count = left.get(line)
-        if count is None or count > 0:
+        if count is None:
             kept.append((name, value))
-            if count is not None:
-                left[line] = count - 1
+        elif count > 0:  # one of the hit's own lines, still sent
+            kept.append((name, value))
+            left[line] = count - 1
+            if line[0] in _LISTS_LOWER:
+                listed.setdefault(line[0], set()).update(_list_items(value))
+    if listed:
+        kept = [
+            (name, value)
+            for name, value in kept
+            if (name.lower(), value) in left  # the hit's own
+            or not (name.lower() in listed and _list_items(value) <= listed[name.lower()])
+        ]
     if len(kept) < len(headers):
         headers.clear()
         headers.extend(kept)
+
+
+def _list_items(value: str) -> set[str]:
+    """The items of a ``Cache-Control`` or ``Vary`` line, compared case-insensitively."""
+    return {item.strip().lower() for item in value.split(",") if item.strip()}
 
 
 def _as_they_are(headers: Headers, status: int) -> bool:

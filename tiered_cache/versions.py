@@ -133,9 +133,12 @@ class NamespaceVersions:
     def heard(self, name: str, version: int, epoch: int) -> None:
         """Record a version this process set itself, unless a forget or a flush came
         after ``epoch`` (the :attr:`epoch` read before the bump was sent): then another
-        process bumped it past ours, or may have, and the next read fetches it."""
+        process may have bumped it past ours, and the next read fetches it. Either way
+        the version known before the bump goes (the epoch moves for any name's forget)."""
         with self._lock:
             if self._epoch != epoch:
+                self._known.pop(name, None)
+                self.current.pop(name, None)
                 return
             known = self._known.get(name)
             if known is None or known[0] <= version:
