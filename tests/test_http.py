@@ -452,6 +452,27 @@ def test_a_write_checks_the_get_of_another_view_for_the_same_url(
     assert calls["DELETE"] == 1
 
 
+def test_a_resource_whose_get_streams_exists_but_has_no_tag_to_match(
+    app: Flask, client: FlaskClient, calls: Counter[str]
+) -> None:
+    """``If-Match: *`` holds for it (RFC 9110 13.1.1: a current representation exists),
+    and ``If-None-Match: *`` fails; a list of tags never matches. Every write got 412."""
+
+    @app.route("/feed", methods=["GET", "PUT"])
+    @etag
+    def feed() -> Response:
+        if request.method == "PUT":
+            calls["PUT"] += 1
+            return Response(status=204)
+        return Response(iter([b"a", b"b"]))
+
+    assert client.put("/feed", headers={"If-Match": "*"}).status_code == 204
+    assert client.put("/feed", headers={"If-Match": '"ab"'}).status_code == 412
+    assert client.put("/feed", headers={"If-None-Match": "*"}).status_code == 412
+    assert client.put("/feed", headers={"If-None-Match": '"ab"'}).status_code == 204
+    assert calls == Counter({"PUT": 2})
+
+
 def test_unconditional_writes_run_no_get_and_get_no_etag(
     store: dict[str, str], client: FlaskClient, calls: Counter[str]
 ) -> None:
@@ -573,6 +594,20 @@ def test_if_unmodified_since_on_put(
     )
     assert calls["PUT"] == 2
     assert "Last-Modified" not in client.put("/page").headers
+
+
+def test_if_match_without_an_etag_decorator_is_answered_before_the_view(
+    dated: dict[str, datetime | None], client: FlaskClient, calls: Counter[str]
+) -> None:
+    """Alone, last_modified let any If-Match through to the view unweighed, and skipped
+    If-Unmodified-Since for it: a stale client's PUT overwrote a newer version. The
+    resource has no entity tag, so a list never matches; ``*`` holds, it exists."""
+    stale = {"If-Unmodified-Since": http_date(CHANGED - timedelta(seconds=1))}
+    for method in (client.put, client.get, client.head):
+        assert method("/page", headers={**stale, "If-Match": '"bogus"'}).status_code == 412
+    assert calls == Counter()
+    assert client.put("/page", headers={**stale, "If-Match": "*"}).status_code == 200
+    assert calls == Counter({"PUT": 1})
 
 
 def test_unknown_date_just_runs_the_view(

@@ -31,7 +31,11 @@ return value and the top one sees everything. The order that makes sense::
 Preconditions follow RFC 9110 section 13.2.2: ``If-Match`` (strong comparison), else
 ``If-Unmodified-Since``; then ``If-None-Match`` (weak comparison; 304 for GET/HEAD, 412
 otherwise), else ``If-Modified-Since`` for GET/HEAD. They apply to 2xx responses only,
-and never to streamed ones, whose body is not read.
+and never to streamed ones, whose body is not read. The dates are weighed by
+:func:`last_modified`, which knows the resource's date before the view runs; :func:`etag`
+alone weighs only the tags (a date a view sets itself is known too late for a write).
+Both answer for the resource as ``fn`` or ``current`` describe it: they must return None
+for a requester who may not see it, or a 304 would tell that requester it exists.
 """
 
 from __future__ import annotations
@@ -312,14 +316,21 @@ def etag(
 
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+            request.environ[_IF_MATCH_ANSWERED] = True  # for a last_modified inside
             if request.method in _READS:
                 return _tagged_read(call, args, kwargs, weak, current)
             _check_write_preconditions(args, kwargs, weak, current)
             return make_response(call(*args, **kwargs))
 
+        setattr(wrapper, _IF_MATCH_ANSWERED, True)  # for a last_modified around it
         return wrapper
 
     return decorate if view is None else decorate(view)
+
+
+_IF_MATCH_ANSWERED: Final = "tiered_cache_if_match_answered"
+"""An :func:`etag` answers ``If-Match``: set on its view (``functools.wraps`` carries it
+up through the decorators above) and in the environ of the requests it runs for."""
 
 
 def _tagged_read(
@@ -400,9 +411,14 @@ def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
             return None, None
         if "ETag" in response.headers:
             return response.get_etag()
-        if response.is_streamed:
-            raise PreconditionFailed("The current representation cannot be compared.")
+        if response.is_streamed:  # it exists (If-Match: * holds), with no tag to compare
+            return _UNTAGGED, True
         return generate_etag(response.get_data()), False
+
+
+_UNTAGGED: Final = "\x00"
+"""The tag of a resource that exists but whose tag cannot be known (its GET streams):
+weak, so no If-Match list matches it, and no client can send it."""
 
 
 def _release_route_lock(environ: dict[str, Any]) -> None:
@@ -427,9 +443,11 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
       the view, for any method (a PUT that would overwrite a newer version).
     - GET/HEAD with ``If-Modified-Since`` at or after it (and neither ``If-None-Match``
       nor ``If-Match``, which take precedence and are :func:`etag`'s business): 304
-      without running the view. With ``If-Match`` the view runs, so that a failing one
-      gets its 412 (RFC 9110 section 13.2.2 weighs it first), and the date is not
-      weighed after it: a 200 where a 304 could have been, never the reverse.
+      without running the view. With ``If-Match`` the date is not weighed (RFC 9110
+      section 13.2.2 weighs it first): an :func:`etag` below or above this decorator
+      answers it; without one it is answered here, before the view, for any method
+      (``*`` holds, since the resource exists; a list of tags gets 412, since it has no
+      tag to match).
     - Otherwise the view runs; a 2xx GET/HEAD response gets ``Last-Modified`` unless it
       has one.
 
@@ -442,12 +460,15 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
 
     def decorate(view: View[P]) -> Callable[P, Response]:
         call = _synced(view)
+        tagged = getattr(view, _IF_MATCH_ANSWERED, False)
 
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
             stamp = fn(*args, **kwargs)
             if stamp is None:
                 return make_response(call(*args, **kwargs))
+            if not (tagged or _IF_MATCH_ANSWERED in request.environ):
+                _check_if_match_untagged()
             stamp = _whole_seconds(stamp)
             if _date_says_not_modified(stamp):
                 return _not_modified(lambda response: setattr(response, "last_modified", stamp))
@@ -459,6 +480,15 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
         return wrapper
 
     return decorate
+
+
+def _check_if_match_untagged() -> None:
+    """With no :func:`etag` to answer it, ``If-Match`` is weighed here, before the view
+    (RFC 9110 section 13.2.2 weighs it first, and a write must not run when it fails):
+    the resource exists, so ``*`` holds, and it has no entity tag, so no list matches."""
+    condition = request.if_match
+    if condition and not condition.star_tag:
+        raise PreconditionFailed("If-Match names entity tags, and this resource has none.")
 
 
 def _whole_seconds(stamp: datetime) -> datetime:
