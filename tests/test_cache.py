@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -533,6 +536,68 @@ def test_memoize_refuses_arguments_with_process_specific_repr(cache: Cache) -> N
             return "keyed-1"
 
     assert ident(Keyed()) == "called"
+
+
+class _User:
+    def __init__(self, id_: object) -> None:
+        self.id = id_
+
+    def __caching_id__(self) -> object:
+        return self.id
+
+    @classmethod
+    def count(cls, cache: Cache) -> int:
+        return 1
+
+
+class _Product(_User):
+    pass
+
+
+def test_memoize_keys_a_caching_id_with_its_class(cache: Cache) -> None:
+    """The id went into the key bare: User(1), Product(1) and 1 were one call, and a
+    User whose id is "7,8" was pair(7, 8)."""
+
+    @cache.memoize()
+    def describe(*args: object) -> str:
+        return f"{[type(a).__name__ for a in args]} {[getattr(a, 'id', a) for a in args]}"
+
+    calls = [(1,), (_User(1),), (_Product(1),), (7, 8), (_User("7,8"),), ("7,8",)]
+    expected = [
+        "['int'] [1]",
+        "['_User'] [1]",
+        "['_Product'] [1]",
+        "['int', 'int'] [7, 8]",
+        "['_User'] ['7,8']",
+        "['str'] ['7,8']",
+    ]
+    for _ in range(2):  # the misses, then the hits: each call its own result
+        assert [describe(*args) for args in calls] == expected
+
+
+def test_memoize_takes_a_class_whose_instances_have_a_caching_id(cache: Cache) -> None:
+    """A classmethod's cls (or any class) was asked for its instances' caching id."""
+    counted = cache.memoize()(_User.count.__func__)  # type: ignore[attr-defined]
+    assert counted(_User, cache) == 1
+    assert counted(_User, cache) == 1
+
+
+def test_memoize_keys_a_set_the_same_in_every_process(cache: Cache) -> None:
+    """A set's repr follows string hashes, which PYTHONHASHSEED makes differ between
+    processes: the same call had another key, so another worker's delete_memoized for
+    it did not reach this one's entry."""
+    code = (
+        "from tiered_cache.memoize import _arguments_repr;"
+        "print(_arguments_repr((frozenset({'red', 'green', 'blue'}), [{'a', 'b'}]), {}))"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for seed in ("1", "2", "3", "4")
+    }  # fmt: skip
+    assert len(keys) == 1, keys
 
 
 @dataclasses.dataclass(frozen=True)

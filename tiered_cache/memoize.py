@@ -3,7 +3,11 @@
 Keys. In Redis a call is keyed by the function's qualified name, its version, and
 ``repr`` of the arguments; arguments whose ``repr`` is the default ``<... at 0x...>``
 differ in every process, so they are refused with a ``TypeError`` unless they define
-``__caching_id__()``. In L1, when every argument is a ``str``, ``bytes``, ``int``,
+``__caching_id__()`` (whose result is keyed with the argument's class: ``User(1)`` and
+``Product(1)`` are different calls). Sets and frozensets are written with their items
+sorted, and tuples, lists and dicts with their items written the same way, so that a
+call has one key in every process (a set's own order follows string hashes, which
+differ between processes). In L1, when every argument is a ``str``, ``bytes``, ``int``,
 ``float``, ``bool`` or ``None``, a call is keyed by the argument tuple itself (as
 ``functools.lru_cache`` does: ``f(1, b=2)`` and ``f(1, 2)`` are different calls, and
 ``1 == 1.0`` share an L1 entry), so a hit formats no string. Any other argument (a
@@ -175,9 +179,23 @@ _DEFAULT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def _stable_repr(value: Any) -> str:
-    caching_id = getattr(value, "__caching_id__", None)
+    kind = type(value)
+    # Not on a class: its __caching_id__ is the instances' method (a classmethod's cls).
+    caching_id = None if isinstance(value, type) else getattr(value, "__caching_id__", None)
     if caching_id is not None:
-        return str(caching_id())
+        # Named with its class and quoted: User(1), Product(1), 1 and "7,8" stay apart.
+        return f"<{kind.__module__}.{kind.__qualname__} id={caching_id()!r}>"
+    if kind in (set, frozenset):  # iterated in an order of string hashes, per process
+        return f"{kind.__name__}({{{', '.join(sorted(map(_stable_repr, value)))}}})"
+    # Containers as repr writes them, but with what they hold written by this function.
+    if kind is tuple:
+        inner = ", ".join(map(_stable_repr, value))
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if kind is list:
+        return f"[{', '.join(map(_stable_repr, value))}]"
+    if kind is dict:
+        pairs = (f"{_stable_repr(k)}: {_stable_repr(v)}" for k, v in value.items())
+        return f"{{{', '.join(pairs)}}}"
     text = repr(value)
     if type(value) not in _PLAIN and _DEFAULT_REPR.search(text):
         raise TypeError(
