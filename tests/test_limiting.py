@@ -512,6 +512,41 @@ def test_default_strategy_from_config(app_factory: MakeApp, redis_url: str) -> N
     assert re.fullmatch(r'"4/minute";r=3;t=(1[45])', first.headers["RateLimit"])  # 15 s
 
 
+def test_sliding_window_log_refuses_amounts_it_cannot_keep_cheaply(
+    app_factory: MakeApp, redis_url: str
+) -> None:
+    """It keeps an entry per unit: a byte quota of 10 million a day made one 2 MB
+    request add two million entries in one script, which stalled Redis for seconds
+    (every session and cache call of every worker failed meanwhile). Refused where the
+    strategy is known: at decoration, else at init_app or the first request."""
+    from tiered_cache.ratelimit.limits import LOG_MAX_AMOUNT
+
+    big = f"{LOG_MAX_AMOUNT + 1}/day"
+    _, tc = app_factory(redis_url)
+    with pytest.raises(ValueError, match="too large for sliding-window-log"):
+        tc.limit(big, strategy="sliding-window-log")
+    tc.limit(big, strategy="gcra")  # whose cost does not grow with the amount
+    tc.limit(f"{LOG_MAX_AMOUNT}/day", strategy="sliding-window-log")
+
+    app, tc = app_factory(redis_url, ratelimit_default=big)  # the default strategy: the log
+    with pytest.raises(ConfigurationError, match="TIERED_CACHE_RATELIMIT_DEFAULT"):
+        tc.init_app(app)
+    assert "tiered_cache" not in app.extensions  # nothing half made
+    app, tc = app_factory(redis_url)
+    app.add_url_rule("/upload", "upload", tc.limit(big)(ok), methods=["POST"])
+    with pytest.raises(ConfigurationError, match="TIERED_CACHE_RATELIMIT_STRATEGY"):
+        tc.init_app(app)
+    app, tc = app_factory(redis_url, ratelimit_strategy="sliding-window-counter")
+    app.add_url_rule("/upload", "upload", tc.limit(big)(ok), methods=["POST"])
+    assert ready(app, tc).post("/upload").status_code == 200
+    app, tc = app_factory(redis_url)
+    client = ready(app, tc)
+    app.add_url_rule("/late", "late", tc.limit(big)(ok))  # decorated after init_app
+    app.config["PROPAGATE_EXCEPTIONS"] = True  # else a 500, with the error in the log
+    with pytest.raises(ConfigurationError, match="TIERED_CACHE_RATELIMIT_STRATEGY"):
+        client.get("/late")
+
+
 # -- status and reset through tc.limiter ------------------------------------------------------
 
 

@@ -85,8 +85,13 @@ class TieredCache:
 
         state.extras[MADE_KEY] = self._limited
         app.extensions[EXTENSION_KEY] = state
-        for name in _FEATURES:
-            importlib.import_module(f"{__package__}.{name}").init_app(app, state)
+        try:
+            for name in _FEATURES:
+                importlib.import_module(f"{__package__}.{name}").init_app(app, state)
+        except BaseException:  # a setting a feature refuses: no half-made extension
+            del app.extensions[EXTENSION_KEY]
+            cache.close()
+            raise
 
     # -- the current app's state -------------------------------------------------------
 

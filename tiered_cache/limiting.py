@@ -73,10 +73,10 @@ from flask import after_this_request, request
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from ._log import logger
-from .errors import CacheUnavailable, RateLimitExceeded
+from .errors import CacheUnavailable, ConfigurationError, RateLimitExceeded
 from .ratelimit.decision import Decision, LimitState
 from .ratelimit.limiter import RateLimiter
-from .ratelimit.limits import STRATEGIES, Limit, parse_limits
+from .ratelimit.limits import STRATEGIES, Limit, check_strategy, parse_limits
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -130,6 +130,8 @@ class LimitOptions:
             raise ValueError(
                 f"unknown rate limit strategy {strategy!r}: expected one of {STRATEGIES}"
             )
+        if strategy is not None:  # else the app's, checked at init_app (see RateLimits)
+            check_strategy(parsed, strategy)
         for name, value in (("key", key), ("exempt_when", exempt_when)):
             if value is not None and not callable(value):
                 raise ValueError(f"@tc.limit {name}= must be callable, not {value!r}")
@@ -250,12 +252,20 @@ class Limiting:
         )
         default = config.ratelimit_default
         self.default = None if default is None else LimitOptions.parse(default)
+        if self.default is not None:
+            try:
+                check_strategy(self.default.limits, self.limiter.strategy)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    "TIERED_CACHE_RATELIMIT_DEFAULT", default, str(exc)
+                ) from None
         self._app = app
         self._views = app.view_functions
         self._groups: dict[str, tuple[LimitOptions, ...]] = {}
         self._defaults: dict[str, tuple[LimitOptions, ...]] = {}
         self._made: Iterable[Callable[..., Any]] = state.extras.get(MADE_KEY, ())
         self._first = True
+        self._check_strategies(self._made)
 
     def groups(self, endpoint: str) -> tuple[LimitOptions, ...]:
         """The limits that apply to ``endpoint`` (found once per endpoint)."""
@@ -314,6 +324,7 @@ class Limiting:
         not changed in place, so a request iterating it in another thread is not disturbed.
         """
         self._first = False
+        self._check_strategies(self._views.values())  # and those decorated after init_app
         _warn_of_public_limited_routes(self._views)
         _warn_of_limits_not_applied(self._views, self._made)
         if self.default is not None or any(map(_options_of, self._views.values())):
@@ -321,6 +332,22 @@ class Limiting:
         hooks = self._app.before_request_funcs
         hooks[None] = [hook for hook in hooks.get(None, []) if hook != self.before_request]
         return False
+
+    def _check_strategies(self, views: Iterable[Callable[..., Any]]) -> None:
+        """Refuse, naming the setting, a route's limits that the app's strategy, which
+        they leave to it, cannot keep (see :data:`LOG_MAX_AMOUNT`)."""
+        strategy = self.limiter.strategy
+        for view in list(views):
+            for options in _options_of(view):
+                if options.strategy is None:
+                    try:
+                        check_strategy(options.limits, strategy)
+                    except ValueError as exc:
+                        name = getattr(view, "__qualname__", view)
+                        reason = f"{exc} (@tc.limit on {name})"
+                        raise ConfigurationError(
+                            "TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason
+                        ) from None
 
     def _check(self, options: LimitOptions, endpoint: str) -> Decision | None:
         """One group's decision, or None when it does not apply to this request."""

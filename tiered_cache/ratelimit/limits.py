@@ -65,6 +65,30 @@ def parse_limits(text: str) -> tuple[Limit, ...]:
     return check_distinct(tuple(limits))
 
 
+LOG_MAX_AMOUNT: Final = 100_000
+"""The largest amount a ``sliding-window-log`` limit takes. That strategy keeps an entry
+per unit spent, so a client may hold up to ``amount`` of them, and one request adds
+``cost`` of them in one script, while Redis serves nobody else (two million took three
+seconds): a larger amount, or a byte quota, is for ``sliding-window-counter`` or
+``gcra``, whose cost does not grow with it."""
+
+
+def check_strategy(limits: tuple[Limit, ...], strategy: str) -> None:
+    """Refuse limits that ``strategy`` cannot keep at a bounded cost.
+
+    :raises ValueError: naming the limit and the strategies that can keep it.
+    """
+    if strategy != "sliding-window-log":
+        return
+    for limit in limits:
+        if limit.amount > LOG_MAX_AMOUNT:
+            raise ValueError(
+                f"the limit {limit.text!r} is too large for sliding-window-log, which keeps "
+                f"an entry per unit (at most {LOG_MAX_AMOUNT}): use sliding-window-counter "
+                "or gcra"
+            )
+
+
 def check_distinct(limits: tuple[Limit, ...]) -> tuple[Limit, ...]:
     """Return ``limits``, checked to hold no amount and period twice (the two would share
     one counter, and one request would be counted twice on it).
