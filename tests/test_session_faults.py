@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
 
 import pytest
 import redis
@@ -526,3 +527,35 @@ def test_a_renewal_never_overwrites_a_change_made_meanwhile(
         slow.join(30)
     assert responses[0].status_code == 200 and "Set-Cookie" not in responses[0].headers
     assert client.get("/get/cart").text == "4-apples"
+
+
+def test_a_renewal_whose_reply_is_lost_still_renews_the_cookie(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """Redis stalls as a read-only request renews its session: the renewal may run once
+    Redis resumes, with its reply lost to the timeout. The cookie was not sent, while the
+    stored "issued" time became now: no renewal fell due again before the browser's old
+    cookie expired, and the user was logged out while the session lived on."""
+    app, _ = make_app(redis_server.url)
+    clock = Clock()
+    interface(app).clock = clock
+
+    def hook() -> None:  # reads only; its renewal is due when it saves
+        assert session.get("cart") == "3-apples"
+        redis_server.pause()
+
+    set_hook(app, hook)
+    client = logged_in(app, "alice")
+    client.post("/set/cart/3-apples")
+    clock.advance(3600 * 24 * 20)  # past half of the 31-day cookie
+    try:
+        response, elapsed = timed(lambda: client.get("/hook"))
+    finally:
+        redis_server.resume()
+    assert response.status_code == 200 and elapsed < HANG_GUARD
+    cookie = response.headers["Set-Cookie"]
+    assert sid(client) in cookie
+    expires = parsedate_to_datetime(cookie.split("Expires=")[1].split(";")[0])
+    assert abs(expires.timestamp() - (clock() + 31 * 24 * 3600)) < 5
+    time.sleep(QUIET)  # the thread that timed out skips Redis that long
+    assert client.get("/get/cart").text == "3-apples"

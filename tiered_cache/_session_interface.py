@@ -221,8 +221,12 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
     def _renew(self, session: TieredSession, now: float) -> None:
         """Renew the stored "issued" time and the cookie (and write what changed).
 
-        An unchanged session whose renewal fails loses nothing (its load slid the TTL;
-        the next request renews it): the response stands. A changed one is a 503.
+        An unchanged session whose renewal fails loses nothing (its load slid the TTL):
+        the response stands, and renews the cookie all the same. The renewal may have
+        run although its reply was lost to a timeout; then the stored time is now, and
+        the next renewal falls due only after the browser's old cookie expired, a silent
+        logout. A cookie renewed now never outlives the stored session, whose TTL the
+        load slid. A changed session whose renewal fails is a 503.
         """
         from .sessions import SessionUnavailable
 
@@ -233,7 +237,9 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         except SessionUnavailable as exc:
             if session.modified:
                 raise
-            self.store.warn("session-renew", "session renewal skipped: %r", exc)
+            self.store.warn("session-renew", "session renewal failed: %r", exc)
+            state.issued = now
+            state.cookie_due = state.cookie_due or session.is_permanent()
             return
         if found is True:  # changed by another request: the next one renews it
             return
