@@ -103,7 +103,9 @@ def test_a_failed_renewal_loses_a_response_only_if_the_session_changed(
     redis_server: RedisServer, changed: bool
 ) -> None:
     """Renewal (half the cookie's lifetime gone) writes at the end of the request: if
-    Redis refuses it, an unchanged session lost nothing and the response stands."""
+    Redis refuses it, an unchanged session lost nothing and the response stands, with
+    the cookie renewed all the same (the session's TTL slid as it loaded; and a renewal
+    whose reply is lost may have run, see test_session_faults)."""
     with made_apps(redis_server.url) as make:
         app, _ = make()
         clock = Clock()
@@ -125,7 +127,7 @@ def test_a_failed_renewal_loses_a_response_only_if_the_session_changed(
             admin.replicaof("NO", "ONE")
             admin.close()
         assert response.status_code == (503 if changed else 200)
-        assert "Set-Cookie" not in response.headers
+        assert ("Set-Cookie" in response.headers) == (not changed)
         assert client.get("/me").text == "alice"
 
 
