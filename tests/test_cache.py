@@ -18,7 +18,7 @@ import redis
 from tests.waiting import until, warm
 from tiered_cache import MISS, Cache, TieredCacheError
 from tiered_cache.keys import KeyLayout
-from tiered_cache.memoize import Memo
+from tiered_cache.memoize import Memo, _arguments_repr
 
 MakeCache = Callable[..., Cache]
 
@@ -598,6 +598,9 @@ def test_memoize_keys_a_set_the_same_in_every_process(cache: Cache) -> None:
         for seed in ("1", "2", "3", "4")
     }  # fmt: skip
     assert len(keys) == 1, keys
+    looped: list[object] = []
+    looped.append(looped)  # a list inside itself is keyed as repr writes it, not a crash
+    assert _arguments_repr((looped, [{"a"}, looped]), {}) == "([[...]],[set({'a'}), [[...]]])"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -596,18 +596,49 @@ def test_if_unmodified_since_on_put(
     assert "Last-Modified" not in client.put("/page").headers
 
 
-def test_if_match_without_an_etag_decorator_is_answered_before_the_view(
+def test_a_writes_if_match_without_an_etag_decorator_is_answered_before_the_view(
     dated: dict[str, datetime | None], client: FlaskClient, calls: Counter[str]
 ) -> None:
     """Alone, last_modified let any If-Match through to the view unweighed, and skipped
-    If-Unmodified-Since for it: a stale client's PUT overwrote a newer version. The
-    resource has no entity tag, so a list never matches; ``*`` holds, it exists."""
+    If-Unmodified-Since for it: a stale client's PUT overwrote a newer version. It is
+    weighed against the tag of what a GET answers now (here, none: no list matches)."""
     stale = {"If-Unmodified-Since": http_date(CHANGED - timedelta(seconds=1))}
-    for method in (client.put, client.get, client.head):
-        assert method("/page", headers={**stale, "If-Match": '"bogus"'}).status_code == 412
-    assert calls == Counter()
+    assert client.put("/page", headers={**stale, "If-Match": '"bogus"'}).status_code == 412
+    assert calls == Counter({"GET": 1})  # the GET that had no tag to match
     assert client.put("/page", headers={**stale, "If-Match": "*"}).status_code == 200
-    assert calls == Counter({"PUT": 1})
+    assert client.get("/page", headers={"If-Match": '"bogus"'}).status_code == 200  # no tag
+    assert calls == Counter({"GET": 2, "PUT": 1})
+
+
+def test_a_writes_if_match_meets_the_tag_a_cached_page_carries(
+    app: Flask, redis_url: str, calls: Counter[str]
+) -> None:
+    """Under ``@tc.cached``, whose pages carry a strong ETag (as README says to stack
+    the helpers), a PUT naming the tag the GET gave must pass, and a GET with it too."""
+    from tiered_cache.flask_ext import TieredCache
+
+    app.config["TIERED_CACHE_REDIS_URL"] = redis_url
+    tc = TieredCache(app, prefix="lm-cached")
+
+    @app.route("/doc", methods=["GET", "PUT"])
+    @tc.cached(timeout=60)
+    @last_modified(lambda: CHANGED)
+    def doc() -> str:
+        calls[request.method] += 1
+        return BODY
+
+    try:
+        client = app.test_client()
+        tag = client.get("/doc").headers["ETag"]
+        assert client.get("/doc", headers={"If-Match": tag}).status_code == 200  # a hit
+        with app.app_context():
+            tc.clear()
+        assert client.get("/doc", headers={"If-Match": tag}).status_code == 200  # a miss
+        assert client.put("/doc", headers={"If-Match": tag}).status_code == 200
+        assert client.put("/doc", headers={"If-Match": '"other"'}).status_code == 412
+        assert calls["PUT"] == 1
+    finally:
+        TieredCache.state(app).cache.close()
 
 
 def test_unknown_date_just_runs_the_view(

@@ -16,6 +16,7 @@ import redis
 
 from tests.waiting import until
 from tiered_cache import Cache
+from tiered_cache.keys import encode_name
 
 MakeCache = Callable[..., Cache]
 
@@ -180,3 +181,48 @@ def test_a_bump_overtaken_by_another_processs_bump_does_not_stick(
     assert mine.get("k", "gone") == "gone"
     other.set("k2", "written after both bumps")
     assert until(lambda: mine.get("k2") == "written after both bumps")
+
+
+def test_a_version_fetched_during_an_overtaken_bump_is_not_kept(make_cache: MakeCache) -> None:
+    """A thread fetches the namespace's version (the one before our bump) while our INCR
+    runs, after another name's invalidation moved the epoch: our bump, not recorded,
+    must make that fetch lose too, or the process keeps the version it invalidated."""
+    cache = make_cache()
+    cache.connect()
+    users = cache.namespace("users")
+    users.set("k", "old")
+    name = encode_name("users")
+    assert cache._versions.cached(name) is not None
+    cache._versions.forget(name)  # not known here any more (its trust ran out, say)
+    original_run, original_write = cache._tier.run, cache._write
+    fetched, go_on = threading.Event(), threading.Event()
+    fetches: list[Any] = []
+
+    def run(what: str, call: Callable[[Any], Any], **options: Any) -> Any:
+        result = original_run(what, call, **options)
+        if what == "namespace version" and threading.current_thread().name == "fetcher":
+            fetched.set()  # it holds the old version, not yet recorded
+            assert go_on.wait(5)
+        return result
+
+    def write(what: str, queue: Callable[[Any], object], **options: Any) -> Any:
+        if what == "invalidate_namespace":  # our bump is on its way
+            cache._versions.forget("another name")  # heard on the bus meanwhile
+            fetcher = threading.Thread(
+                target=lambda: fetches.append(cache._versions.get_or_guess(name)),
+                name="fetcher",
+            )
+            fetcher.start()
+            assert fetched.wait(5)
+        return original_write(what, queue, **options)
+
+    cache._tier.run = run  # type: ignore[method-assign]
+    cache._write = write  # type: ignore[method-assign]
+    try:
+        cache.invalidate_namespace("users")
+    finally:
+        go_on.set()
+        cache._tier.run = original_run  # type: ignore[method-assign]
+        cache._write = original_write  # type: ignore[method-assign]
+    assert until(lambda: len(fetches) == 1)
+    assert users.get("k", "gone") == "gone"

@@ -20,7 +20,7 @@ import redis
 
 from ._durations import checked_seconds
 from .errors import ConfigurationError
-from .ratelimit.limits import STRATEGIES, parse_limits
+from .ratelimit.limits import STRATEGIES, check_strategy, parse_limits
 
 KEY_PREFIX = "TIERED_CACHE_"
 URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
@@ -342,4 +342,12 @@ class ExtensionConfig:
         _refuse_unknown_keys(config, {KEY_PREFIX + name.upper() for name in mine | theirs})
         extension = _resolve(cls, {k: v for k, v in overrides.items() if k in mine}, config)
         cache = _resolve(CacheConfig, {k: v for k, v in overrides.items() if k in theirs}, config)
+        if extension.ratelimit_default is not None:  # both valid; do they go together?
+            try:
+                check_strategy(
+                    parse_limits(extension.ratelimit_default), extension.ratelimit_strategy
+                )
+            except ValueError as exc:
+                key = KEY_PREFIX + "RATELIMIT_DEFAULT"
+                raise ConfigurationError(key, extension.ratelimit_default, str(exc)) from None
         return extension, cache

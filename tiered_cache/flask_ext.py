@@ -79,6 +79,11 @@ class TieredCache:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(f"tiered_cache is already initialised on {app!r}")
         config, cache_config = ExtensionConfig.resolve(self._overrides, app.config)
+        from .limiting import check_strategies
+
+        # Before any feature touches the app: the routes registered so far (the rest are
+        # checked at the first request).
+        check_strategies(app.view_functions.values(), config.ratelimit_strategy)
         cache = Cache(**_cache_settings(cache_config, app))
         state = AppState(cache, config, cache_config)
         from .limiting import MADE_KEY
@@ -88,7 +93,7 @@ class TieredCache:
         try:
             for name in _FEATURES:
                 importlib.import_module(f"{__package__}.{name}").init_app(app, state)
-        except BaseException:  # a setting a feature refuses: no half-made extension
+        except BaseException:  # whatever a feature raises, the cache is not left open
             del app.extensions[EXTENSION_KEY]
             cache.close()
             raise

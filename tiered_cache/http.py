@@ -445,9 +445,9 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
       nor ``If-Match``, which take precedence and are :func:`etag`'s business): 304
       without running the view. With ``If-Match`` the date is not weighed (RFC 9110
       section 13.2.2 weighs it first): an :func:`etag` below or above this decorator
-      answers it; without one it is answered here, before the view, for any method
-      (``*`` holds, since the resource exists; a list of tags gets 412, since it has no
-      tag to match).
+      answers it; without one, a write's is answered here, before the view, against the
+      strong tag of what a GET of the URL answers now (``*`` holds: the resource
+      exists), and a GET's is left to what tags its answer (``@tc.cached``, the view).
     - Otherwise the view runs; a 2xx GET/HEAD response gets ``Last-Modified`` unless it
       has one.
 
@@ -468,7 +468,7 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
             if stamp is None:
                 return make_response(call(*args, **kwargs))
             if not (tagged or _IF_MATCH_ANSWERED in request.environ):
-                _check_if_match_untagged()
+                _check_write_if_match()
             stamp = _whole_seconds(stamp)
             if _date_says_not_modified(stamp):
                 return _not_modified(lambda response: setattr(response, "last_modified", stamp))
@@ -482,13 +482,17 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
     return decorate
 
 
-def _check_if_match_untagged() -> None:
-    """With no :func:`etag` to answer it, ``If-Match`` is weighed here, before the view
-    (RFC 9110 section 13.2.2 weighs it first, and a write must not run when it fails):
-    the resource exists, so ``*`` holds, and it has no entity tag, so no list matches."""
+def _check_write_if_match() -> None:
+    """With no :func:`etag` to answer it, a write's ``If-Match`` is weighed here, before
+    the view (RFC 9110 section 13.2.2 weighs it first, and a write must not run when it
+    fails): ``*`` holds, the resource exists; a list must name the strong tag of what a
+    GET of the URL answers now (``@tc.cached``'s page, a tag the view sets), as
+    :func:`etag` weighs it. A GET or HEAD runs its view: what answers with the tag
+    (``@tc.cached``, ``send_file``) weighs it."""
     condition = request.if_match
-    if condition and not condition.star_tag:
-        raise PreconditionFailed("If-Match names entity tags, and this resource has none.")
+    if request.method in _READS or not condition or condition.star_tag:
+        return
+    _check_if_match(*_representation_tag())
 
 
 def _whole_seconds(stamp: datetime) -> datetime:

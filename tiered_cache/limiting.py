@@ -252,20 +252,12 @@ class Limiting:
         )
         default = config.ratelimit_default
         self.default = None if default is None else LimitOptions.parse(default)
-        if self.default is not None:
-            try:
-                check_strategy(self.default.limits, self.limiter.strategy)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    "TIERED_CACHE_RATELIMIT_DEFAULT", default, str(exc)
-                ) from None
         self._app = app
         self._views = app.view_functions
         self._groups: dict[str, tuple[LimitOptions, ...]] = {}
         self._defaults: dict[str, tuple[LimitOptions, ...]] = {}
         self._made: Iterable[Callable[..., Any]] = state.extras.get(MADE_KEY, ())
         self._first = True
-        self._check_strategies(self._made)
 
     def groups(self, endpoint: str) -> tuple[LimitOptions, ...]:
         """The limits that apply to ``endpoint`` (found once per endpoint)."""
@@ -323,8 +315,10 @@ class Limiting:
         request), and a hook costs every request some microseconds. The list is replaced,
         not changed in place, so a request iterating it in another thread is not disturbed.
         """
+        # Every route is known now (init_app checked those it knew). Until the check
+        # passes, every request fails on it: a limit the strategy cannot keep never runs.
+        check_strategies(self._views.values(), self.limiter.strategy)
         self._first = False
-        self._check_strategies(self._views.values())  # and those decorated after init_app
         _warn_of_public_limited_routes(self._views)
         _warn_of_limits_not_applied(self._views, self._made)
         if self.default is not None or any(map(_options_of, self._views.values())):
@@ -332,22 +326,6 @@ class Limiting:
         hooks = self._app.before_request_funcs
         hooks[None] = [hook for hook in hooks.get(None, []) if hook != self.before_request]
         return False
-
-    def _check_strategies(self, views: Iterable[Callable[..., Any]]) -> None:
-        """Refuse, naming the setting, a route's limits that the app's strategy, which
-        they leave to it, cannot keep (see :data:`LOG_MAX_AMOUNT`)."""
-        strategy = self.limiter.strategy
-        for view in list(views):
-            for options in _options_of(view):
-                if options.strategy is None:
-                    try:
-                        check_strategy(options.limits, strategy)
-                    except ValueError as exc:
-                        name = getattr(view, "__qualname__", view)
-                        reason = f"{exc} (@tc.limit on {name})"
-                        raise ConfigurationError(
-                            "TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason
-                        ) from None
 
     def _check(self, options: LimitOptions, endpoint: str) -> Decision | None:
         """One group's decision, or None when it does not apply to this request."""
@@ -366,6 +344,24 @@ class Limiting:
             cost=cost,
             scope=options.scope or endpoint,
         )
+
+
+def check_strategies(views: Iterable[Callable[..., Any]], strategy: str) -> None:
+    """Refuse, naming the setting, a route's limits that the app's ``strategy``, which
+    they leave to it, cannot keep (see :data:`~tiered_cache.ratelimit.limits.LOG_MAX_AMOUNT`).
+
+    :raises ConfigurationError: naming ``TIERED_CACHE_RATELIMIT_STRATEGY`` and the view.
+    """
+    for view in list(views):
+        for options in _options_of(view):
+            if options.strategy is None:
+                try:
+                    check_strategy(options.limits, strategy)
+                except ValueError as exc:
+                    reason = f"{exc} (@tc.limit on {getattr(view, '__qualname__', view)})"
+                    raise ConfigurationError(
+                        "TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason
+                    ) from None
 
 
 def _options_of(view: Callable[..., Any] | None, endpoint: str = "") -> tuple[LimitOptions, ...]:

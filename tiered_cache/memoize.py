@@ -176,27 +176,53 @@ _C_COMPARED: Final = _PLAIN
 """Argument types (exactly these, not subclasses) whose hashing and ``==`` run in C, so
 that a lock-free L1 lookup of a key made of them runs no Python code."""
 _DEFAULT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+_CONTAINERS: Final = frozenset({tuple, list, dict, set, frozenset})
 
 
-def _stable_repr(value: Any) -> str:
+def _plain_dict(value: dict[Any, Any]) -> bool:
+    """Whether a dict holds only plain keys and values: its repr is then stable."""
+    return all(type(k) in _PLAIN and type(v) in _PLAIN for k, v in value.items())
+
+
+def _container_repr(value: Any, seen: frozenset[int]) -> str:
+    """A container as repr writes it, with what it holds written by :func:`_stable_repr`,
+    and a set's items sorted (iterated, they come in an order of string hashes, which
+    differ between processes)."""
+    kind = type(value)
+    if kind is dict:
+        pairs = (f"{_stable_repr(k, seen)}: {_stable_repr(v, seen)}" for k, v in value.items())
+        return f"{{{', '.join(pairs)}}}"
+    items = [_stable_repr(item, seen) for item in value]
+    if kind in (set, frozenset):
+        return f"{kind.__name__}({{{', '.join(sorted(items))}}})"
+    if kind is list:
+        return f"[{', '.join(items)}]"
+    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+
+def _stable_repr(value: Any, seen: frozenset[int] = frozenset()) -> str:
     kind = type(value)
     # Not on a class: its __caching_id__ is the instances' method (a classmethod's cls).
     caching_id = None if isinstance(value, type) else getattr(value, "__caching_id__", None)
     if caching_id is not None:
         # Named with its class and quoted: User(1), Product(1), 1 and "7,8" stay apart.
         return f"<{kind.__module__}.{kind.__qualname__} id={caching_id()!r}>"
-    if kind in (set, frozenset):  # iterated in an order of string hashes, per process
-        return f"{kind.__name__}({{{', '.join(sorted(map(_stable_repr, value)))}}})"
-    # Containers as repr writes them, but with what they hold written by this function.
-    if kind is tuple:
-        inner = ", ".join(map(_stable_repr, value))
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    if kind is list:
-        return f"[{', '.join(map(_stable_repr, value))}]"
-    if kind is dict:
-        pairs = (f"{_stable_repr(k)}: {_stable_repr(v)}" for k, v in value.items())
-        return f"{{{', '.join(pairs)}}}"
-    text = repr(value)
+    if kind is tuple or kind is list:
+        text = repr(value)  # in C: most arguments end here
+        if "{" not in text and "set(" not in text:  # no set or dict inside, no reordering
+            return _checked(value, text)
+    if kind in _CONTAINERS:
+        if kind is dict and _plain_dict(value):
+            return repr(value)
+        if id(value) in seen:
+            return "..."  # a container inside itself, as repr marks it
+        return _container_repr(value, seen | {id(value)})
+    return _checked(value, repr(value))
+
+
+def _checked(value: Any, text: str) -> str:
+    """``text``, the repr of ``value``, unless it holds a default repr, which differs in
+    every process."""
     if type(value) not in _PLAIN and _DEFAULT_REPR.search(text):
         raise TypeError(
             f"memoize cannot key an argument by its default repr {text}: it differs in "

@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from flask import current_app, request
 from flask.signals import request_finished
 from werkzeug.datastructures import Headers
-from werkzeug.http import generate_etag, unquote_etag
+from werkzeug.http import generate_etag, parse_list_header, unquote_etag
 
 from ._forks import renew_after_fork
 from ._page_keys import (
@@ -588,23 +588,28 @@ def _drop_hooks_repeats(headers: Headers, made: Sequence[tuple[str, str]]) -> No
     for name, value in made:
         line = (name.lower(), value)
         left[line] = left.get(line, 0) + 1
-    kept, listed = [], dict[str, set[str]]()
+    kept, own, added_lists = [], [], False
     for name, value in headers:
         line = (name.lower(), value)
         count = left.get(line)
-        if count is None:
+        if count is None:  # the hook's
             kept.append((name, value))
+            added_lists = added_lists or line[0] in _LISTS_LOWER
         elif count > 0:  # one of the hit's own lines, still sent
             kept.append((name, value))
+            own.append(line)
             left[line] = count - 1
-            if line[0] in _LISTS_LOWER:
-                listed.setdefault(line[0], set()).update(_list_items(value))
-    if listed:
+    if added_lists:
+        listed: dict[str, set[str]] = {}
+        for lower, value in own:
+            if lower in _LISTS_LOWER:
+                listed.setdefault(lower, set()).update(_list_items(value))
         kept = [
             (name, value)
             for name, value in kept
             if (name.lower(), value) in left  # the hit's own
-            or not (name.lower() in listed and _list_items(value) <= listed[name.lower()])
+            or name.lower() not in listed
+            or not _list_items(value) <= listed[name.lower()]
         ]
     if len(kept) < len(headers):
         headers.clear()
@@ -612,8 +617,9 @@ def _drop_hooks_repeats(headers: Headers, made: Sequence[tuple[str, str]]) -> No
 
 
 def _list_items(value: str) -> set[str]:
-    """The items of a ``Cache-Control`` or ``Vary`` line, compared case-insensitively."""
-    return {item.strip().lower() for item in value.split(",") if item.strip()}
+    """The items of a ``Cache-Control`` or ``Vary`` line (werkzeug's list parser, which
+    knows quoted strings), compared case-insensitively."""
+    return {item.strip().lower() for item in parse_list_header(value) if item.strip()}
 
 
 def _as_they_are(headers: Headers, status: int) -> bool:

@@ -133,12 +133,14 @@ class NamespaceVersions:
     def heard(self, name: str, version: int, epoch: int) -> None:
         """Record a version this process set itself, unless a forget or a flush came
         after ``epoch`` (the :attr:`epoch` read before the bump was sent): then another
-        process may have bumped it past ours, and the next read fetches it. Either way
-        the version known before the bump goes (the epoch moves for any name's forget)."""
+        process may have bumped it past ours, and the next read fetches it. Then the
+        name is forgotten as a bump heard on the bus forgets it (the epoch moves for any
+        name's forget, and a fetch in flight, begun before our INCR, must lose too)."""
         with self._lock:
             if self._epoch != epoch:
                 self._known.pop(name, None)
                 self.current.pop(name, None)
+                self._epoch += 1
                 return
             known = self._known.get(name)
             if known is None or known[0] <= version:
