@@ -447,7 +447,7 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
       section 13.2.2 weighs it first): an :func:`etag` below or above this decorator
       answers it; without one, a write's is answered here, before the view, against the
       strong tag of what a GET of the URL answers now (``*`` holds: the resource
-      exists), and a GET's is left to what tags its answer (``@tc.cached``, the view).
+      exists), and a GET's is left to the view (a read changes nothing).
     - Otherwise the view runs; a 2xx GET/HEAD response gets ``Last-Modified`` unless it
       has one.
 
@@ -487,8 +487,8 @@ def _check_write_if_match() -> None:
     the view (RFC 9110 section 13.2.2 weighs it first, and a write must not run when it
     fails): ``*`` holds, the resource exists; a list must name the strong tag of what a
     GET of the URL answers now (``@tc.cached``'s page, a tag the view sets), as
-    :func:`etag` weighs it. A GET or HEAD runs its view: what answers with the tag
-    (``@tc.cached``, ``send_file``) weighs it."""
+    :func:`etag` weighs it. A GET or HEAD runs its view, which changes nothing: an
+    :func:`etag`, or ``send_file``, weighs it there; ``@tc.cached`` does not (README)."""
     condition = request.if_match
     if request.method in _READS or not condition or condition.star_tag:
         return
