@@ -121,9 +121,13 @@ class NamespaceVersions:
     def forget(self, name: str) -> None:
         """Drop the version of ``name`` (another process bumped it); fetches in flight lose."""
         with self._lock:
-            self._known.pop(name, None)
-            self.current.pop(name, None)
-            self._epoch += 1
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        """:meth:`forget`, with the lock held."""
+        self._known.pop(name, None)
+        self.current.pop(name, None)
+        self._epoch += 1
 
     @property
     def epoch(self) -> int:
@@ -138,9 +142,7 @@ class NamespaceVersions:
         name's forget, and a fetch in flight, begun before our INCR, must lose too)."""
         with self._lock:
             if self._epoch != epoch:
-                self._known.pop(name, None)
-                self.current.pop(name, None)
-                self._epoch += 1
+                self._drop(name)
                 return
             known = self._known.get(name)
             if known is None or known[0] <= version:
