@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask, session
+from flask import Flask, Response, session
 
 from tests.flask_apps import close_app
 from tests.redis_harness import RedisServer, free_port
@@ -161,3 +161,41 @@ def test_a_page_is_served_not_stored_and_a_limit_fails_open_on_a_read_only_redis
         assert client.get("/page").headers["X-Cache"] == "HIT-L1"
     finally:
         close_app(app)
+
+
+def test_a_sessions_503_keeps_the_exchanges_headers_not_the_pages(
+    redis_server: RedisServer,
+) -> None:
+    """A changed session that cannot be saved turns the response into a 503, whose
+    headers were all dropped: without its CORS headers a browser hid the 503 from the
+    page that asked (a network error instead), and the rate-limit figures went too."""
+    with made_apps(redis_server.url) as make:
+        app, _ = make()
+
+        @app.after_request
+        def cors(response: Response) -> Response:
+            response.headers["Access-Control-Allow-Origin"] = "https://shop.example"
+            response.headers["X-RateLimit-Remaining"] = "4"
+            response.headers["Vary"] = "Origin"
+            response.headers["ETag"] = '"page"'
+            return response
+
+        client = logged_in(app, "alice")
+        admin = redis_server.client()
+
+        def hook() -> None:
+            session["x"] = "1"
+            admin.replicaof("127.0.0.1", free_port())  # the save will be refused
+
+        set_hook(app, hook)
+        try:
+            response = client.post("/hook")
+        finally:
+            admin.replicaof("NO", "ONE")
+            admin.close()
+        assert response.status_code == 503
+        assert response.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+        assert response.headers["X-RateLimit-Remaining"] == "4"
+        assert "Origin" in response.vary  # and Cookie: the session layer read it
+        assert "ETag" not in response.headers and "Set-Cookie" not in response.headers
+        assert int(response.headers["Retry-After"]) >= 1

@@ -380,15 +380,25 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         return store_id.removeprefix(self.store.settings.key_prefix)
 
 
+_EXCHANGE: Final = ("access-control-", "timing-allow-origin", "x-ratelimit-", "ratelimit", "vary")
+"""The headers a session's 503 keeps from the response it replaces (by lower-case prefix)."""
+
+
 def _unavailable(response: Response, exc: SessionUnavailable) -> None:
-    """Turn the response into the 503 of ``exc``: its session changes were not saved."""
+    """Turn the response into the 503 of ``exc``: its session changes were not saved.
+
+    Of the response's headers only those about the exchange stay (CORS, without which a
+    browser hides the 503 from the page that asked; rate-limit figures; ``Vary``); those
+    about the replaced body (its type, length, validators, ``Set-Cookie``) go.
+    """
     body = response.response
     close = getattr(body, "close", None)
     if close is not None:
         close()
     response.status_code = exc.code or 503
+    kept = [(k, v) for k, v in response.headers.items() if k.lower().startswith(_EXCHANGE)]
     response.headers.clear()
-    for name, value in exc.get_headers():
+    for name, value in [*kept, *exc.get_headers()]:
         response.headers.add(name, value)
     response.direct_passthrough = False
     response.set_data(exc.get_body())
