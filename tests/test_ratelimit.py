@@ -190,6 +190,19 @@ def test_gcra_large_limits_stay_exact(make_limiter: MakeLimiter) -> None:
     assert limiter.hit("1000000/day", "k", cost=1).states[0].remaining == 0
 
 
+def test_gcra_with_coarse_ticks_says_when_a_unit_is_back(make_limiter: MakeLimiter) -> None:
+    """10^10 a day takes 1 s ticks: a unit comes back at the next tick boundary, and the
+    wait counted a whole tick from wherever in the current one the request fell (for a
+    byte quota of 10 GB a month, 10 s said where 0.2 s was true)."""
+    limiter = make_limiter(strategy="gcra", deny_cache_size=0)
+    limit = "10000000000/day"
+    assert limiter.hit(limit, "k", cost=10**10).admitted
+    refused = limiter.hit(limit, "k")
+    assert not refused.admitted and 0 < refused.retry_after < 1.0
+    time.sleep(refused.retry_after + 0.05)
+    assert limiter.hit(limit, "k").admitted
+
+
 # -- one round trip ---------------------------------------------------------------------
 
 

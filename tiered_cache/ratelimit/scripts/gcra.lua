@@ -21,7 +21,9 @@ local function wait_for(s, cost)
   if excess <= 0 then
     return 0
   end
-  return math.ceil(excess / s.amount) * s.tick
+  -- The debt is paid back at tick boundaries: the k-th one after the current tick began,
+  -- part of which has passed (none with 1 us ticks; up to a coarse tick without this).
+  return math.ceil(excess / s.amount) * s.tick - s.into
 end
 
 local function figure(s)
@@ -43,7 +45,7 @@ local function inspect(key, amount, period, cost, now)
   local debt = tonumber(stored[1]) or 0
   local last = tonumber(stored[2]) or t
   local s = {amount = amount, period = period, tick = tick, p = period / tick, t = t,
-    debt = math.max(0, debt - math.max(0, t - last) * amount)}
+    into = now - t * tick, debt = math.max(0, debt - math.max(0, t - last) * amount)}
   figure(s)
   s.wait = wait_for(s, cost)
   return s
