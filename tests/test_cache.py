@@ -573,6 +573,11 @@ def test_memoize_keys_a_caching_id_with_its_class(cache: Cache) -> None:
     ]
     for _ in range(2):  # the misses, then the hits: each call its own result
         assert [describe(*args) for args in calls] == expected
+    # Inside a container too, with or without a set beside it (a default repr there
+    # raised TypeError unless a set sent the container down the item-by-item path).
+    assert _arguments_repr(([_User(1)],), {}) == _arguments_repr(([_User(1)],), {})
+    assert "id=1" in _arguments_repr(([_User(1)],), {})
+    assert "id=1" in _arguments_repr(([_User(1), {"a"}],), {})
 
 
 def test_memoize_takes_a_class_whose_instances_have_a_caching_id(cache: Cache) -> None:

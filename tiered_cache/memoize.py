@@ -209,8 +209,10 @@ def _stable_repr(value: Any, seen: frozenset[int] = frozenset()) -> str:
         return f"<{kind.__module__}.{kind.__qualname__} id={caching_id()!r}>"
     if kind is tuple or kind is list:
         text = repr(value)  # in C: most arguments end here
-        if "{" not in text and "set(" not in text:  # no set or dict inside, no reordering
-            return _checked(value, text)
+        # No set or dict inside (no reordering), and no default repr, which an item's
+        # __caching_id__ may stand in for below.
+        if "{" not in text and "set(" not in text and not _DEFAULT_REPR.search(text):
+            return text
     if kind in _CONTAINERS:
         if kind is dict and _plain_dict(value):
             return repr(value)
