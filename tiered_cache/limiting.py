@@ -130,7 +130,7 @@ class LimitOptions:
             raise ValueError(
                 f"unknown rate limit strategy {strategy!r}: expected one of {STRATEGIES}"
             )
-        if strategy is not None:  # else the app's, checked at init_app (see RateLimits)
+        if strategy is not None:  # else the app's: see check_strategies
             check_strategy(parsed, strategy)
         for name, value in (("key", key), ("exempt_when", exempt_when)):
             if value is not None and not callable(value):
