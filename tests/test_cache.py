@@ -482,6 +482,26 @@ def test_memoize_caches_per_arguments(make_cache: MakeCache) -> None:
     assert mine.__wrapped__ is add
 
 
+def test_a_user_key_that_spells_a_memoized_call_reaches_nothing(make_cache: MakeCache) -> None:
+    """Memoized results live beside the user's keys, never among them: an app that
+    caches under a key its visitors choose must not let one plant or read a result."""
+    cache, other = make_cache(), make_cache()
+
+    def price(item: int) -> str:
+        return f"price of {item}"
+
+    memoized, elsewhere = cache.memoize()(price), other.memoize()(price)
+    assert memoized(7) == "price of 7"
+    memo = memoized.memo
+    fn_version = cache._versions.get(memo.counter)
+    spelled = f"memo:{memo.qualname}:{fn_version}:{_arguments_repr((7,), {})}"
+    assert cache.get(spelled) is None
+    assert cache.set(spelled, "planted")
+    assert memoized(7) == "price of 7"
+    assert elsewhere(7) == "price of 7"  # from Redis
+    assert cache.get(spelled) == "planted"
+
+
 def test_delete_memoized_one_call_or_all(make_cache: MakeCache) -> None:
     cache, other = make_cache(), make_cache()
     calls: list[int] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from flask import Flask, Response, request, session, url_for
 from tests import test_routes
 from tests.session_apps import logged_in
 from tests.test_routes import SESSION_KINDS, AppFactory, session_app, xcache
+from tiered_cache import MISS, TieredCache
+from tiered_cache.keyspace import OwnSpace
 
 make_app = test_routes.make_app  # the app factory fixture, shared
 
@@ -406,6 +409,56 @@ def _tampered(text: str) -> list[str]:
     return [*out, text[0] + "[" * 100_000]
 
 
+def _page_slot(app: Flask) -> tuple[Callable[[str], Any], Callable[[str, str], bool]]:
+    """Read and write a page of the default namespace where the route cache keeps it (no
+    user key reaches there), as Redis tampering would."""
+    cache = TieredCache.state(app).cache
+    pages = OwnSpace(cache)
+
+    def read(key: str) -> Any:
+        local, gkey = pages._where(key)
+        found = cache._l1_value(local)
+        return cache._read(local, gkey) if found is MISS else found
+
+    def write(key: str, text: str) -> bool:
+        return cache._store(*pages._where(key), text, None)
+
+    return read, write
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_user_key_that_spells_a_route_key_neither_plants_nor_reads_a_page(
+    make_app: AppFactory, public: bool
+) -> None:
+    """An app that caches under keys its visitors choose (``tc.set(request.args["q"],
+    ...)``) must not let one read a page, nor plant one that every visitor is served."""
+    app, tc = make_app()
+
+    @app.route("/page")
+    @tc.cached(public=public)
+    def page() -> str:
+        return "honest"
+
+    @app.route("/forged")
+    @tc.cached(public=public)
+    def forged() -> str:
+        return "<script>forged</script>"
+
+    client = app.test_client()
+    client.get("/page")
+    client.get("/forged")
+    forgery = _page_slot(app)[0]("tc.route:http://localhost/forged")
+    assert isinstance(forgery, str) and forgery.startswith("E"), forgery
+    spelled = "tc.route:http://localhost/page"
+    with app.app_context():
+        assert tc.get(spelled) is None
+        assert tc.set(spelled, forgery)  # what a visitor chose, as key and as value
+        assert tc.get(spelled) == forgery
+    TieredCache.state(app).cache._l1.clear()  # the page from Redis, as another worker
+    for answer in (client.get("/page"), client.get("/page")):
+        assert answer.text == "honest", xcache(answer)
+
+
 @pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
 def test_a_tampered_page_in_redis_is_a_miss(make_app: AppFactory, public: bool) -> None:
     """SPEC 2: bad bytes in Redis are a miss, never an exception; and a hit sends what
@@ -422,12 +475,11 @@ def test_a_tampered_page_in_redis_is_a_miss(make_app: AppFactory, public: bool) 
     client = app.test_client()
     client.get("/page")
     key = "tc.route:http://localhost/page"
-    with app.app_context():
-        good = tc.get(key)
+    read, write = _page_slot(app)
+    good = read(key)
     assert isinstance(good, str) and good.startswith("E"), good
     for number, bad in enumerate(_tampered(good), start=2):
-        with app.app_context():
-            tc.set(key, bad)  # in this worker's L1 and in Redis
+        write(key, bad)  # in this worker's L1 and in Redis
         answer = client.get("/page")
         assert (answer.status_code, answer.text, xcache(answer)) == (200, "page", "MISS")
         assert "X-Evil" not in answer.headers and "Set-Cookie" not in answer.headers

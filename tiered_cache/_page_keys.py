@@ -34,7 +34,8 @@ from ._response_entry import SESSION_ENVIRON, SESSION_VARY
 USER_KEY: Final = "user_id"
 """The session key naming the user, for ``per_user``; ``tc.sessions.login`` sets it."""
 KEY_PREFIX: Final = "tc.route:"
-"""Starts every route key, so pages do not collide with the app's own cache keys."""
+"""Starts every route key (which names a page in logs and tools; pages live in a slot of
+their own, :class:`~tiered_cache.keyspace.OwnSpace`, which no user key reaches)."""
 
 Location = tuple[str, str | None, str, str, str]
 """Where a request goes, as the WSGI server gave it: ``wsgi.url_scheme``, ``HTTP_HOST``,

@@ -8,6 +8,10 @@ Cluster slot with ``{...}``.
 
 Besides data keys the layout has, under the same prefix and schema version:
 
+- ``{namespace}:{namespace_version}:#:{encoded key}``: the library's own entries (route
+  pages and their ``Vary`` indexes, memoized results), beside the user's keys of the same
+  namespace and never among them (:meth:`KeyLayout.own`): no encoded user key starts
+  with ``#:``, so no user key, whatever string it is, reads or plants one;
 - ``#ns:{name}``: the version counter of a namespace (never removed by ``clear``; it
   starts from the time in microseconds, so a version number is never reused even when
   the counter itself is evicted);
@@ -95,6 +99,13 @@ class KeyLayout:
     def data(self, namespace: str, namespace_version: int, key: str) -> str:
         """Return the data key of ``key`` (already encoded names are not re-encoded)."""
         return self.space(namespace, namespace_version) + encode_key(key)
+
+    def own(self, namespace: str, namespace_version: int, key: str) -> str:
+        """Return the Redis key of one of the library's own entries (a page, a memoized
+        result) named ``key``: ``#:`` and the encoded key, which no user key's data key
+        ends with (an encoded user key is safe characters, ``#`` not among them, or ``#``
+        and 40 hex digits)."""
+        return self.space(namespace, namespace_version) + "#:" + encode_key(key)
 
     def space(self, namespace: str, namespace_version: int) -> str:
         """Return what every data key of one namespace version starts with."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _NS_MARK: Final = object()  # first item of namespaced local keys; no user key equals it
+_OWN_MARK: Final = object()  # first item of the local keys of the library's own entries
 
 
 class Keyspace:
@@ -57,13 +58,15 @@ class Keyspace:
         """
         return self
 
-    def _global(self, key: str, local: Hashable) -> str:
-        """The Redis key of ``key`` whose L1 key is ``local``."""
+    def _global(self, key: str, local: Hashable, *, own: bool = False) -> str:
+        """The Redis key of ``key`` whose L1 key is ``local``; with ``own``, of the
+        library's entry ``key`` (see :class:`OwnSpace`)."""
         layout = self._cache._layout
+        data = layout.own if own else layout.data
         if self._ns is None:
-            return layout.data(DEFAULT_NAMESPACE, 0, key)
+            return data(DEFAULT_NAMESPACE, 0, key)
         assert isinstance(local, tuple)
-        return layout.data(self._ns, local[2], key)
+        return data(self._ns, local[2], key)
 
     def _where(self, key: str) -> tuple[Hashable, str]:
         local = self._local(key)
@@ -216,3 +219,49 @@ class _PinnedNamespace(Namespace):
 
     def _pinned(self) -> Keyspace:
         return self
+
+
+def own_local(local: Hashable) -> Hashable:
+    """The L1 key of the library's entry whose keyspace's L1 key would be ``local``."""
+    return (_OWN_MARK, local)
+
+
+class OwnSpace:
+    """The library's own entries in a keyspace (route pages): beside its keys, never
+    among them.
+
+    They share the keyspace's namespace and version, so invalidating the namespace drops
+    them too, but their L1 keys are marked tuples and their Redis keys
+    :meth:`~tiered_cache.keys.KeyLayout.own`'s: no user key, whatever string it is (an
+    app may cache under keys its visitors choose), reads one or plants one.
+    """
+
+    __slots__ = ("_space",)
+
+    def __init__(self, space: Keyspace) -> None:
+        self._space = space
+
+    @property
+    def guessed(self) -> bool:
+        """See :attr:`Keyspace.guessed`."""
+        return self._space.guessed
+
+    def _pinned(self) -> OwnSpace:
+        """See :meth:`Keyspace._pinned`."""
+        pinned = self._space._pinned()
+        return self if pinned is self._space else OwnSpace(pinned)
+
+    def _local(self, key: str) -> Hashable:
+        return (_OWN_MARK, self._space._local(key))
+
+    def _local_if_trusted(self, key: str) -> Hashable | None:
+        local = self._space._local_if_trusted(key)
+        return None if local is None else (_OWN_MARK, local)
+
+    def _global(self, key: str, local: Hashable) -> str:
+        assert isinstance(local, tuple) and local[0] is _OWN_MARK
+        return self._space._global(key, local[1], own=True)
+
+    def _where(self, key: str) -> tuple[Hashable, str]:
+        local = self._local(key)
+        return local, self._global(key, local)

@@ -110,7 +110,7 @@ class Memo(Generic[P, R]):
     ) -> str:
         namespace = self.namespace or DEFAULT_NAMESPACE
         key = f"memo:{self.qualname}:{fn_version}:{_arguments_repr(args, kwargs)}"
-        return self.cache.layout.data(namespace, ns_version, key)
+        return self.cache.layout.own(namespace, ns_version, key)
 
     def __repr__(self) -> str:
         return f"<memo of {self.qualname}>"

@@ -104,6 +104,7 @@ from ._response_entry import (
 from .flight import release
 from .http import one_cache_control_line, one_line
 from .keys import KeyLayout
+from .keyspace import OwnSpace, own_local
 from .redis_tier import UNAVAILABLE
 from .sentinels import MISS
 
@@ -115,7 +116,6 @@ if TYPE_CHECKING:
 
     from .cache import Cache
     from .flask_ext import AppState, TieredCache
-    from .keyspace import Keyspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -175,7 +175,7 @@ class Pending:
 
     routes: Routes
     options: RouteOptions
-    keyspace: Keyspace
+    keyspace: OwnSpace
     key: str
     index: tuple[str, ...] | None
     lock: tuple[str, bytes] | None
@@ -192,9 +192,11 @@ class FastTarget:
 
     key: str
     local: Callable[[str], Hashable | None] | None
-    """The route's namespace's trusted L1 key of ``key``; None: ``key`` itself (the
-    default namespace, which has no version)."""
+    """The route's namespace's trusted L1 key of ``key``; None: :func:`own_local` of
+    ``key`` (the default namespace, which has no version)."""
     etag: bool
+    where: Hashable = None
+    """The L1 key of ``key`` when ``local`` is None (made once, not on every hit)."""
 
 
 class Routes:
@@ -212,6 +214,7 @@ class Routes:
 
     def __init__(self, cache: Cache, app: Flask) -> None:
         self.cache = cache
+        self._pages = OwnSpace(cache)
         # The decoded pages may hold half of L1's budget again (see PageDecoder).
         self.pages = PageDecoder(max_bytes=cache.config.l1_max_bytes // 2)
         self.fast: dict[Location, FastTarget] = {}
@@ -234,21 +237,22 @@ class Routes:
 
     # -- keys and lookups --------------------------------------------------------------
 
-    def where(self, options: RouteOptions, environ: Mapping[str, Any]) -> tuple[Keyspace, str]:
-        """The keyspace and route key of this request."""
+    def where(self, options: RouteOptions, environ: Mapping[str, Any]) -> tuple[OwnSpace, str]:
+        """Where this request's pages live, and its route key."""
         key = route_key(environ, key_prefix=options.key_prefix, query_string=options.query_string)
         if options.per_user:
             key += "\x00u=" + session_user()
         return self._keyspace(options), key
 
-    def _keyspace(self, options: RouteOptions) -> Keyspace:
-        """The live keyspace of a route's pages (its namespace's current version)."""
+    def _keyspace(self, options: RouteOptions) -> OwnSpace:
+        """Where a route's pages live: its namespace (at its current version), in the
+        slot of the library's own entries, which no user key reaches."""
         if options.namespace is None:
-            return self.cache
-        return self.cache.namespace(options.namespace)
+            return self._pages
+        return OwnSpace(self.cache.namespace(options.namespace))
 
     def lookup(
-        self, keyspace: Keyspace, key: str, environ: MutableMapping[str, Any], stale_ttl: float
+        self, keyspace: OwnSpace, key: str, environ: MutableMapping[str, Any], stale_ttl: float
     ) -> Lookup:
         """Find the page of route key ``key`` for this request (L1, then Redis)."""
         value, source = self._read(keyspace, key, stale_ttl)
@@ -272,7 +276,7 @@ class Routes:
                 return Lookup(found, source, index, entry_key)
         return Lookup(None, MISSED, index, entry_key)
 
-    def _read(self, keyspace: Keyspace, key: str, stale_ttl: float) -> tuple[Any, str]:
+    def _read(self, keyspace: OwnSpace, key: str, stale_ttl: float) -> tuple[Any, str]:
         """The value under ``key`` and where it came from (MISS and ``MISS`` if none)."""
         local = keyspace._local(key)
         value = self.cache._l1_value(local)
@@ -291,14 +295,14 @@ class Routes:
 
         def find(target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
             local = target.local
-            where = target.key if local is None else local(target.key)
+            where = target.where if local is None else local(target.key)
             text = None if where is None else read(where)
             found = known(text) if type(text) is str else None
             if found is None:  # not decoded yet, or not a page
                 found = decode(text)
             if type(found) is tuple:
                 key = variant_key(target.key, found, environ)
-                where = key if local is None else local(key)
+                where = own_local(key) if local is None else local(key)
                 found = None if where is None else decode(read(where))
             if type(found) is Page and found.fast and (not found.vary or found.matches(environ)):
                 return found
@@ -313,9 +317,11 @@ class Routes:
         location = request_location(environ)
         if location in self.fast:
             return
-        keyspace = self._keyspace(options)
-        local = None if keyspace is self.cache else keyspace._local_if_trusted
-        self.fast[location] = FastTarget(key, local, options.etag)
+        if options.namespace is None:
+            target = FastTarget(key, None, options.etag, own_local(key))
+        else:
+            target = FastTarget(key, self._keyspace(options)._local_if_trusted, options.etag)
+        self.fast[location] = target
         if len(self.fast) > FAST_INDEX_MAX:
             # The oldest location goes; another thread may be trimming too.
             with contextlib.suppress(KeyError, RuntimeError, StopIteration):
@@ -467,7 +473,7 @@ class Routes:
 
     # -- the refresh lock of a stale page ----------------------------------------------
 
-    def _lock(self, keyspace: Keyspace, key: str) -> tuple[str, bytes] | None:
+    def _lock(self, keyspace: OwnSpace, key: str) -> tuple[str, bytes] | None:
         """Take the page's flight lock (cluster-wide); None when someone else holds it."""
         lock_key = KeyLayout.flight_lock(keyspace._where(key)[1])
         token = uuid.uuid4().hex.encode()
