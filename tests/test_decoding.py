@@ -14,6 +14,7 @@ handed out never changes the cached one).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import struct
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.waiting import until
 from tiered_cache import MISS, Cache, ConfigurationError
 from tiered_cache.framing import HEADER_SIZE, MAGIC, pack
 from tiered_cache.serializers import make_serializer
@@ -303,6 +305,42 @@ def test_incr_counters_read_back_as_int(
     assert other.get("neg") == -3
     assert raw.get(_key(cache, "n")) == b"6"
     assert cache.stats()["decode_errors"] == 0
+
+
+def test_a_counter_read_is_never_held_in_l1(
+    make_cache: Callable[..., Cache], raw: redis.Redis
+) -> None:
+    """SPEC 1: ``incr`` is an L2 counter, never held in L1. Redis expires a counter (a
+    failed-login window) without a word on the bus: a worker that held its read would
+    go on serving it for ``l1_ttl``."""
+    cache = make_cache(default_timeout=0.3)
+    assert cache.incr("n") == 1
+    assert cache.get("n") == 1 and cache.get_many("n") == [1] and cache.has("n")
+    assert cache._l1_value("n") is MISS
+    assert until(lambda: raw.exists(_key(cache, "n")) == 0, timeout=5)
+    assert (cache.get("n"), cache.has("n")) == (None, False)
+
+
+@dataclasses.dataclass
+class Blob:
+    """An object that is no container: its bytes hide from ``getsizeof`` of its shell."""
+
+    data: str
+
+
+def test_an_unpickled_object_is_charged_its_bytes_in_l1(make_cache: Callable[..., Cache]) -> None:
+    """The byte budget charges a value at least its serialized size: an object's shell
+    looked like 50 bytes, and 50 MB sat in L1 under a budget of 1 MB."""
+    budget = 1_000_000
+    cache = make_cache(serializer="pickle", secret_key=SECRET, l1_max_bytes=budget)
+    reader = make_cache(serializer="pickle", secret_key=SECRET, l1_max_bytes=budget)
+    for i in range(20):
+        assert cache.set(f"blob-{i}", Blob("x" * 100_000))
+        assert reader.get(f"blob-{i}") == Blob("x" * 100_000)
+    for one in (cache, reader):
+        stats = one.stats()
+        assert stats["l1_bytes"] <= budget, stats
+        assert stats["l1_items"] * 100_000 <= budget, stats
 
 
 # -- configuration and round trips -------------------------------------------------------

@@ -340,6 +340,53 @@ def test_fail_closed_raises_cache_unavailable(
     assert cache.stats()["redis_errors"] == 2
 
 
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda cache: cache.set("k", "new"),
+        lambda cache: cache.set_many({"k": "new"}),
+        lambda cache: cache.delete("k"),
+        lambda cache: cache.incr("k"),
+        lambda cache: cache.clear(),
+    ],
+    ids=["set", "set_many", "delete", "incr", "clear"],
+)
+def test_fail_closed_a_write_that_raised_drops_the_local_copy(
+    redis_server: RedisServer, caches: list[Cache], write: Callable[[Cache], Any]
+) -> None:
+    """A write whose reply is lost may still run, with its announcement, which reaches
+    every worker but the writer: the writer must not keep serving the old value."""
+    cache = _make(caches, redis_server, fail_open=False, breaker_failures=100)
+    assert cache.set("k", "old") and cache.get("k") == "old"
+    assert cache._l1_value("k") == "old"
+    redis_server.pause()
+    try:
+        with pytest.raises(CacheUnavailable):
+            write(cache)
+        assert cache._l1_value("k") is MISS
+    finally:
+        redis_server.resume()
+
+
+def test_fail_closed_a_bump_that_raised_forgets_the_version(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    """The same for a namespace: a bump that raised may have run, and the writer would
+    otherwise keep the old version for as long as its bus stays up."""
+    cache = _make(caches, redis_server, fail_open=False, breaker_failures=100)
+    products = cache.namespace("products")
+    assert products.set("k", "old") and products.get("k") == "old"
+    encoded = encode_name("products")
+    assert cache._versions.cached(encoded) is not None
+    redis_server.pause()
+    try:
+        with pytest.raises(CacheUnavailable):
+            products.invalidate()
+        assert cache._versions.cached(encoded) is None
+    finally:
+        redis_server.resume()
+
+
 def test_a_call_may_override_fail_open(redis_server: RedisServer, caches: list[Cache]) -> None:
     """Sessions and rate limits share the breaker but decide for themselves what an
     outage means: ``run(fail_open=...)`` overrides the cache's setting for one call."""

@@ -19,13 +19,14 @@ then to this process's L1. The rules that make this correct under concurrency:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
@@ -61,7 +62,7 @@ from .redis_tier import (
 from .sentinels import MISS
 from .serializers import make_serializer
 from .sizing import entry_size
-from .stored import StoredValues, expired
+from .stored import COUNTER, StoredValues, expired
 from .versions import NamespaceVersions, fresh_start, start_counter
 
 if TYPE_CHECKING:
@@ -75,8 +76,9 @@ Listener = Callable[[Message | None], None]
 after every (re)subscription, when messages may have been missed."""
 
 
-_FOREIGN_COUNTER: Final = re.compile(r"WRONGTYPE|not an integer")
-"""What Redis answers an INCR of a key that holds no counter."""
+_FOREIGN_COUNTER: Final = re.compile(r"WRONGTYPE|not an integer|would overflow")
+"""What Redis answers an INCR of a key that holds no counter (or foreign bytes that read
+as the largest integer, which no version counter of ours reaches)."""
 
 
 def _decodes_responses(client: Any) -> bool:
@@ -343,9 +345,19 @@ class Cache(Keyspace):
         return default if value is MISS else value
 
     def _entry(
-        self, value: Any, local: Hashable, gkey: str, fresh_until: float, early: float
+        self,
+        value: Any,
+        local: Hashable,
+        gkey: str,
+        fresh_until: float,
+        early: float,
+        *,
+        stored: int,
     ) -> Entry | None:
-        """An L1 entry for ``value``, living until L1 or logical expiry, or None if expired."""
+        """An L1 entry for ``value``, living until L1 or logical expiry, or None if expired.
+
+        :param stored: the bytes ``value`` takes in Redis (see :func:`entry_size`).
+        """
         now = self._timer()
         life = self.config.l1_ttl
         if fresh_until:
@@ -354,7 +366,12 @@ class Cache(Keyspace):
             return None
         copy = copier_for(value)
         size = entry_size(
-            value, local, gkey, copied=copy is not None, store=self._l1.entry_overhead
+            value,
+            local,
+            gkey,
+            copied=copy is not None,
+            store=self._l1.entry_overhead,
+            stored=stored,
         )
         return Entry(value, copy, now + life, now, size, gkey)
 
@@ -370,11 +387,12 @@ class Cache(Keyspace):
     ) -> Any:
         """Fill L1 with a value just read from Redis; return what the reader may keep.
 
-        That is ``value`` itself unless L1 now holds it too, then a private copy.
+        That is ``value`` itself unless L1 now holds it too, then a private copy. A
+        counter (``incr``'s) is never held: Redis expires it without a word on the bus.
         """
-        if not self._l1_on:
+        if not self._l1_on or frame.tag == COUNTER:
             return value
-        entry = self._entry(value, local, gkey, frame.fresh_until, early)
+        entry = self._entry(value, local, gkey, frame.fresh_until, early, stored=len(frame.payload))
         if entry is None or not self._l1.fill(local, entry, since) or entry.copy is None:
             return value
         return entry.copy(value)
@@ -451,14 +469,26 @@ class Cache(Keyspace):
         data, held, fresh_until = self._values.encode(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
         write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
-        with self._reading() as since:
+        with self._reading() as since, self._dropping_on_error(gkey):
             result = self._write("set", write, unlock=unlock, keys=(gkey,))
             if result is UNAVAILABLE or not result[0]:
                 self._l1.invalidate(gkey)
                 return False
-            entry = self._entry(held, local, gkey, fresh_until, early)
+            entry = self._entry(held, local, gkey, fresh_until, early, stored=len(data))
             self._keep(local, gkey, entry, since)
             return True
+
+    @contextlib.contextmanager
+    def _dropping_on_error(self, *gkeys: str) -> Iterator[None]:
+        """Drop this process's copies of ``gkeys`` when a write raises (``fail_open`` off):
+        a write whose reply was lost may still run, and its announcement with it, which
+        reaches every worker but this one."""
+        try:
+            yield
+        except BaseException:
+            for gkey in gkeys:
+                self._l1.invalidate(gkey)
+            raise
 
     def _keep(self, local: Hashable, gkey: str, entry: Entry | None, since: int) -> None:
         """Hold a value this process wrote (read-your-writes) unless another write raced it."""
@@ -477,12 +507,13 @@ class Cache(Keyspace):
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
 
-        with self._reading() as since:
-            result = self._write("set_many", write_all, keys=tuple(w[1] for w in writes))
-            for local, gkey, _, held, fresh_until, _ in writes:
+        gkeys = tuple(w[1] for w in writes)
+        with self._reading() as since, self._dropping_on_error(*gkeys):
+            result = self._write("set_many", write_all, keys=gkeys)
+            for local, gkey, data, held, fresh_until, _ in writes:
                 entry = None
                 if result is not UNAVAILABLE:
-                    entry = self._entry(held, local, gkey, fresh_until, 0.0)
+                    entry = self._entry(held, local, gkey, fresh_until, 0.0, stored=len(data))
                 self._keep(local, gkey, entry, since)
         return result is not UNAVAILABLE
 
@@ -494,9 +525,11 @@ class Cache(Keyspace):
             for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
                 pipe.unlink(gkey)
 
-        result = self._write("delete", unlink, keys=tuple(gkeys))
-        for gkey in gkeys:  # after the write, so a read that began before it cannot refill
-            self._l1.invalidate(gkey)
+        try:
+            result = self._write("delete", unlink, keys=tuple(gkeys))
+        finally:  # after the write (a read that began before it cannot refill), raised or not
+            for gkey in gkeys:
+                self._l1.invalidate(gkey)
         return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
@@ -513,8 +546,10 @@ class Cache(Keyspace):
             pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
             pipe.incrby(gkey, delta)
 
-        result = self._write("incr", incr, check=False, keys=(gkey,))
-        self._l1.invalidate(gkey)
+        try:
+            result = self._write("incr", incr, check=False, keys=(gkey,))
+        finally:
+            self._l1.invalidate(gkey)
         if result is UNAVAILABLE:
             return None
         if isinstance(result[1], Exception):
@@ -559,7 +594,11 @@ class Cache(Keyspace):
         # would be overwritten by our older version, trusted for as long as the bus
         # stays up: the epoch says that a forget came in between.
         epoch = self._versions.epoch
-        result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
+        try:
+            result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
+        except BaseException:  # it may still run, and be announced to every worker but this
+            self._versions.forget(encoded)
+            raise
         version = UNAVAILABLE if result is UNAVAILABLE else result[1]
         if isinstance(version, ResponseError):
             if not _FOREIGN_COUNTER.search(str(version)):
@@ -597,13 +636,16 @@ class Cache(Keyspace):
         """
         self._ensure_bus()
         layout = self._layout
-        deleted = self._tier.run(
-            "clear", lambda c: unlink_matching(c, layout.scan_pattern, keep=layout.kept_by_clear)
-        )
-        self._announce("clear", flush=True)
-        self._l1.clear()
-        # The bus skips this process's own messages: tell its features (the deny cache).
-        self._tell_listeners(Message(self._sender, flush=True))
+        try:
+            deleted = self._tier.run(
+                "clear",
+                lambda c: unlink_matching(c, layout.scan_pattern, keep=layout.kept_by_clear),
+            )
+            self._announce("clear", flush=True)
+        finally:  # raised or not (fail_open off), some keys may be gone
+            self._l1.clear()
+            # The bus skips this process's own messages: tell its features (the deny cache).
+            self._tell_listeners(Message(self._sender, flush=True))
         return 0 if deleted is UNAVAILABLE else deleted
 
     def lock(

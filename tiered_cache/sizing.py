@@ -49,11 +49,20 @@ def value_size(value: Any) -> int:
     return total
 
 
-def entry_size(value: Any, local: Hashable, gkey: str, *, copied: bool, store: int) -> int:
+def entry_size(
+    value: Any, local: Hashable, gkey: str, *, copied: bool, store: int, stored: int
+) -> int:
     """The bytes charged to the L1 budget for one entry.
+
+    The value is charged what :func:`value_size` finds in it, and never less than its
+    bytes in Redis: an object that is no container (a dataclass, a class instance,
+    unpickled) holds what its serialized form says, which ``getsizeof`` of its shell
+    does not see.
 
     :param copied: whether the entry carries a copier (a mutable value).
     :param store: the store's own bytes per entry (``L1Store.entry_overhead``).
+    :param stored: the value's bytes in Redis.
     """
-    size = value_size(value) + value_size(local) + getsizeof(gkey) + ENTRY_OVERHEAD + store
+    held = max(value_size(value), stored)
+    size = held + value_size(local) + getsizeof(gkey) + ENTRY_OVERHEAD + store
     return size + COPIER_OVERHEAD if copied else size

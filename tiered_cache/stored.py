@@ -23,6 +23,8 @@ from .sentinels import MISS, Miss
 from .serializers import Serializer
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+COUNTER: Final = 0
+"""The tag of a counter's frame (``incr``'s bare integer); serializers' tags start at 1."""
 
 
 class StoredValues:
@@ -71,7 +73,7 @@ class StoredValues:
         except SerializationError as exc:
             number = counter_value(raw)
             if number is not None:
-                return Frame(0, 0.0, 0.0, raw), number
+                return Frame(COUNTER, 0.0, 0.0, raw), number
             return self._undecodable("undecodable value at %s (%s); treated as a miss", gkey, exc)
 
     def _undecodable(self, message: str, gkey: str, why: object) -> Miss:
