@@ -512,6 +512,54 @@ def test_default_strategy_from_config(app_factory: MakeApp, redis_url: str) -> N
     assert re.fullmatch(r'"4/minute";r=3;t=(1[45])', first.headers["RateLimit"])  # 15 s
 
 
+def test_the_same_limit_stacked_in_one_scope_is_refused(
+    app_factory: MakeApp, redis_url: str
+) -> None:
+    """A counter is the client's key, scope, strategy and limit: two stacked decorators
+    with the same limit in one scope shared it whatever their keys, so anyone could lock
+    an address out by posting it as a user name, and one request counted twice."""
+    from flask import request
+
+    def by_user() -> str:
+        return request.form["user"]
+
+    _, tc = app_factory(redis_url)
+    per_address = tc.limit("3/minute")
+    with pytest.raises(ValueError, match="would count on one counter"):
+        per_address(tc.limit("3 per 60 seconds", key=by_user)(ok))
+    with pytest.raises(ValueError, match="would count on one counter"):
+        tc.limit("5/hour;3/minute", methods=["GET"])(tc.limit("3/minute", methods=["POST"])(ok))
+    tc.limit("3/minute", strategy="gcra")(tc.limit("3/minute", strategy="fixed-window")(ok))
+
+    # Apart, as a scope keeps them, each counts its own.
+    app, tc = app_factory(redis_url)
+    both = tc.limit("3/minute")(tc.limit("3/minute", key=by_user, scope="login-user")(ok))
+    app.add_url_rule("/login", "login", both, methods=["POST"])
+    client = ready(app, tc)
+    victim = {"REMOTE_ADDR": "203.0.113.7"}
+    for n in range(3):
+        attacker = {"REMOTE_ADDR": f"10.0.0.{n}"}
+        answer = client.post("/login", data={"user": "203.0.113.7"}, environ_base=attacker)
+        assert answer.status_code == 200
+    assert client.post("/login", data={"user": "alice"}, environ_base=victim).status_code == 200
+
+    # One leaves the strategy to the app, which names the other's: refused at init_app.
+    app, tc = app_factory(redis_url, ratelimit_strategy="gcra")
+    mixed = tc.limit("3/minute")(tc.limit("3/minute", key=by_user, strategy="gcra")(ok))
+    app.add_url_rule("/mixed", "mixed", mixed, methods=["POST"])
+    with pytest.raises(ConfigurationError, match="TIERED_CACHE_RATELIMIT_STRATEGY"):
+        tc.init_app(app)
+    app, tc = app_factory(redis_url, ratelimit_strategy="fixed-window")
+    app.add_url_rule("/mixed", "mixed", mixed, methods=["POST"])
+    ready(app, tc)
+    # A scope that names the endpoint is the endpoint's own scope.
+    app, tc = app_factory(redis_url)
+    named = tc.limit("3/minute")(tc.limit("3/minute", key=by_user, scope="login")(ok))
+    app.add_url_rule("/login", "login", named, methods=["POST"])
+    with pytest.raises(ConfigurationError, match="would count on one counter"):
+        tc.init_app(app)
+
+
 def test_sliding_window_log_refuses_amounts_it_cannot_keep_cheaply(
     app_factory: MakeApp, redis_url: str
 ) -> None:

@@ -119,6 +119,34 @@ def test_sliding_window_log_keeps_an_entry_per_unit(
     assert own_redis.zcard(key) == 2503
 
 
+def test_the_limiter_refuses_what_the_decorator_refuses(make_limiter: MakeLimiter) -> None:
+    """``tc.limiter.hit`` and ``status`` took a sliding-window-log limit of millions,
+    whose one request added two million entries in one script and stalled Redis."""
+    limiter = make_limiter(strategy="sliding-window-log")
+    for call in (limiter.hit, limiter.status):
+        with pytest.raises(ValueError, match="too large for sliding-window-log"):
+            call("2000000/hour", "client")
+    assert limiter.hit("2000000/hour", "client", strategy="gcra").admitted
+
+
+def test_sliding_window_counter_figures_of_a_large_quota_are_exact(
+    make_limiter: MakeLimiter,
+) -> None:
+    """A byte quota's figures came out a unit short (products of the amount and the
+    period in microseconds passed 2^53 in Lua's doubles), with a reset of 0 though units
+    were spent: what the figures say is what the decision admits."""
+    limiter = make_limiter(strategy="sliding-window-counter")
+    for quota in ("1000000000/day", "999999999999999/day", "1000000000000000/second"):
+        client = uuid.uuid4().hex
+        amount = parse_limits(quota)[0].amount
+        spent = limiter.hit(quota, client, cost=12345)
+        assert spent.admitted and spent.states[0].remaining == amount - 12345, quota
+        assert spent.states[0].reset_after > 0, quota
+        assert limiter.hit(quota, client, cost=amount - 12345).admitted, quota
+        last = limiter.hit(quota, client, cost=1)
+        assert not last.admitted and last.states[0].remaining == 0, quota
+
+
 def test_sliding_window_counter_is_constant_memory(
     make_limiter: MakeLimiter, redis_server: RedisServer, own_redis: redis.Redis
 ) -> None:

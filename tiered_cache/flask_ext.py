@@ -83,7 +83,7 @@ class TieredCache:
 
         # Before any feature touches the app: the routes registered so far (the rest are
         # checked at the first request).
-        check_strategies(app.view_functions.values(), config.ratelimit_strategy)
+        check_strategies(app.view_functions, config.ratelimit_strategy)
         cache = Cache(**_cache_settings(cache_config, app))
         state = AppState(cache, config, cache_config)
         from .limiting import MADE_KEY

@@ -66,7 +66,7 @@ import inspect
 import json
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import after_this_request, request
@@ -186,7 +186,11 @@ def limited_view(
         view = async_view if inspect.iscoroutinefunction(fn) else sync_view
         functools.update_wrapper(view, fn)
         # The outer decorator is applied last but listed first: it is checked first.
-        setattr(view, ATTRIBUTE, (options, *getattr(fn, ATTRIBUTE, ())))
+        stacked = (options, *getattr(fn, ATTRIBUTE, ()))
+        shared = _sharing_a_counter(stacked, None)
+        if shared is not None:
+            raise ValueError(shared)
+        setattr(view, ATTRIBUTE, stacked)
         if made is not None:
             made.add(view)
         return view  # type: ignore[return-value]
@@ -317,7 +321,7 @@ class Limiting:
         """
         # Every route is known now (init_app checked those it knew). Until the check
         # passes, every request fails on it: a limit the strategy cannot keep never runs.
-        check_strategies(self._views.values(), self.limiter.strategy)
+        check_strategies(self._views, self.limiter.strategy)
         self._first = False
         _warn_of_public_limited_routes(self._views)
         _warn_of_limits_not_applied(self._views, self._made)
@@ -346,13 +350,24 @@ class Limiting:
         )
 
 
-def check_strategies(views: Iterable[Callable[..., Any]], strategy: str) -> None:
+def check_strategies(views: Mapping[str, Callable[..., Any]], strategy: str) -> None:
     """Refuse, naming the setting, a route's limits that the app's ``strategy``, which
     they leave to it, cannot keep (see :data:`~tiered_cache.ratelimit.limits.LOG_MAX_AMOUNT`).
 
+    Also stacked limits that the app's strategy puts on one counter (one of them leaves
+    the strategy to the app, the other names the same one; see :func:`_sharing_a_counter`).
+
+    :param views: the app's view functions by endpoint.
     :raises ConfigurationError: naming ``TIERED_CACHE_RATELIMIT_STRATEGY`` and the view.
     """
-    for view in list(views):
+    for endpoint, view in list(views.items()):
+        stacked = [
+            dataclasses.replace(o, scope=o.scope or endpoint) for o in _options_of(view, endpoint)
+        ]
+        shared = _sharing_a_counter(stacked, strategy)
+        if shared is not None:
+            reason = f"{shared} (@tc.limit on {getattr(view, '__qualname__', view)})"
+            raise ConfigurationError("TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason)
         for options in _options_of(view):
             if options.strategy is None:
                 try:
@@ -362,6 +377,33 @@ def check_strategies(views: Iterable[Callable[..., Any]], strategy: str) -> None
                     raise ConfigurationError(
                         "TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason
                     ) from None
+
+
+def _sharing_a_counter(stacked: Iterable[LimitOptions], strategy: str | None) -> str | None:
+    """Why two stacked ``@tc.limit`` of one route would count on one counter, or None.
+
+    A counter is the client's key, the scope (the endpoint unless named), the strategy
+    and the limit's amount and period: which decorator counted is not part of it. So the
+    same limit stacked twice in one scope, with other keys (an address and a user name)
+    or other ``methods``, would be one count: a user name that reads as an address would
+    spend that address's requests, and one request would be counted twice.
+
+    :param strategy: the app's, for limits that leave it to the app; None before it is
+        known (then only limits whose strategies read alike are compared).
+    """
+    seen: dict[tuple[str | None, str | None, int, int], Limit] = {}
+    for options in stacked:
+        for limit in options.limits:
+            counter = (options.scope, options.strategy or strategy, limit.amount, limit.period)
+            same = seen.get(counter)
+            if same is not None:
+                return (
+                    f"the stacked limits {same.text!r} and {limit.text!r} would count on one "
+                    "counter (the same limit, scope and strategy): give one of them a scope="
+                )
+        for limit in options.limits:
+            seen[options.scope, options.strategy or strategy, limit.amount, limit.period] = limit
+    return None
 
 
 def _options_of(view: Callable[..., Any] | None, endpoint: str = "") -> tuple[LimitOptions, ...]:

@@ -42,7 +42,7 @@ from ..redis_tier import UNAVAILABLE, unlink_matching
 from . import lua
 from .decision import Decision, LimitState
 from .deny_cache import Denial, DenyCache
-from .limits import STRATEGIES, Limit, check_distinct, parse_limits
+from .limits import STRATEGIES, Limit, check_distinct, check_strategy, parse_limits
 
 if TYPE_CHECKING:
     from ..bus import Reset
@@ -287,7 +287,9 @@ class RateLimiter:
         plan = self._plans.get(cache_key)
         if plan is None:
             _check_strategy(strategy)
-            plan = _make_plan(_as_limits(limits), strategy)
+            parsed = _as_limits(limits)
+            check_strategy(parsed, strategy)  # as @tc.limit does: a log of millions stalls Redis
+            plan = _make_plan(parsed, strategy)
             if len(self._plans) < 1024:  # limits come from code and config, not requests
                 self._plans[cache_key] = plan
         return plan

@@ -13,14 +13,34 @@
 -- ARGV[2+2i]  amount of limit i;  ARGV[3+2i]  its period in microseconds
 -- Reply: {admitted, retry_after_us, now_us, then remaining, reset_after_us, wait_us per limit}
 
+local function weighed(s)
+  -- The previous window's units still counted, whole: ceil(p * (time left) / period).
+  -- The estimate admits `cost` when c + cost + p * (time left) / period <= amount, that
+  -- is when c + cost + weighed(s) <= amount: one count, in whole units, for the decision
+  -- and for the figures. Exact while the product stays below 2^53 (a fresh window, p = 0,
+  -- always); past it the ratio is taken first, within a unit. (Products of the amount
+  -- and the period in microseconds, as this once compared, passed 2^53 for quotas from
+  -- about 10,000,000 a day, and their figures came out a unit short.)
+  local time_left = s.period - s.elapsed
+  local product = s.prev * time_left
+  if product >= 9007199254740992 then
+    return math.ceil(s.prev * (time_left / s.period))
+  end
+  local units = math.floor(product / s.period)
+  if units * s.period < product then
+    units = units + 1
+  elseif units > 0 and (units - 1) * s.period >= product then
+    units = units - 1
+  end
+  return units
+end
+
 local function wait_for(s, cost)
-  -- Microseconds until `cost` more units fit, from the estimate's formula. Compared as
-  -- products, not quotients, so a fresh window (p = 0) is decided exactly.
+  -- Microseconds until `cost` more units fit, from the estimate's formula.
   if cost > s.amount then
     return s.period
   end
-  local spent = s.prev * (s.period - s.elapsed) + (s.curr + cost) * s.period
-  if spent <= s.amount * s.period then
+  if s.curr + cost + s.weighed <= s.amount then
     return 0
   end
   if s.curr + cost <= s.amount then
@@ -34,8 +54,8 @@ local function wait_for(s, cost)
 end
 
 local function figure(s)
-  local left = s.amount * s.period - s.curr * s.period - s.prev * (s.period - s.elapsed)
-  s.remaining = math.min(s.amount, math.max(0, math.floor(left / s.period)))
+  s.weighed = weighed(s)
+  s.remaining = math.min(s.amount, math.max(0, s.amount - s.curr - s.weighed))
   if s.remaining >= s.amount then
     s.reset = 0
   else
