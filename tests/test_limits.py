@@ -39,6 +39,9 @@ def test_limit_strings_parse(text: str, expected: list[tuple[int, int]]) -> None
         "1000000000000001/second",  # beyond what the scripts count exactly
         "5/101 years",  # a period past MAX_SECONDS
         "5/10000000000000000 seconds",
+        "\u0661\u0660/second",  # Arabic-Indic digits: int() reads them, the limit is ASCII
+        "1/\u017fecond",  # a long s, which IGNORECASE matched to "s" (a KeyError followed)
+        "1/minute\u00a0",
     ],
 )
 def test_bad_limit_strings_name_the_part(text: str) -> None:

@@ -24,7 +24,9 @@ _UNITS: Final = {
 _LIMIT = re.compile(
     r"\s*(?P<amount>\d+)\s*(?:/|\s+per\s+)\s*(?P<multiple>\d+\s*)?"
     r"(?P<unit>second|minute|hour|day|month|year)s?\s*",
-    re.IGNORECASE,
+    # ASCII: in Unicode mode \d took Arabic-Indic digits and IGNORECASE matched a long s (U+017F)
+    # to "s" in "second", a unit no table holds.
+    re.IGNORECASE | re.ASCII,
 )
 
 
