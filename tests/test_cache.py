@@ -797,6 +797,31 @@ def test_a_counter_holding_junk_is_replaced_by_the_next_bump(
     assert writer.invalidate_namespace("users") == version + 1  # a counter again
 
 
+@pytest.mark.parametrize("invalidation", [True, False], ids=["bus", "no-bus"])
+def test_a_counter_past_any_version_of_ours_is_junk_to_every_reader(
+    make_cache: MakeCache, redis_url: str, invalidation: bool
+) -> None:
+    """Foreign bytes reading as the largest integer: INCR refuses them ("would overflow")
+    and the counter restarts at a fresh start, below what it held. Workers that had read
+    it kept the higher version (versions only move up), so the bump invalidated nothing
+    there, for as long as the bus stayed up, or for good without one."""
+    writer = make_cache(invalidation=invalidation, l1_ttl=0.3)
+    reader = make_cache(invalidation=invalidation, l1_ttl=0.3)
+    writer.connect()
+    reader.connect()
+    counter = writer._layout.counter("users")
+    raw = plain(redis_url)
+    raw.set(counter, str(2**63 - 1))
+    writer.namespace("users").set("1", "under the junk")
+    assert reader.namespace("users").get("1") == "under the junk"
+    version = writer.invalidate_namespace("users")
+    assert 0 < version < 2**62 and int(raw.get(counter) or 0) == version
+    assert writer.namespace("users").get("1", "gone") == "gone"
+    assert until(lambda: reader.namespace("users").get("1", "gone") == "gone")
+    writer.namespace("users").set("2", "after")
+    assert until(lambda: reader.namespace("users").get("2") == "after")
+
+
 def test_two_workers_replacing_a_junk_counter_never_move_it_backwards(
     make_cache: MakeCache, redis_url: str
 ) -> None:

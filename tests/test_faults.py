@@ -374,6 +374,7 @@ def test_fail_closed_a_bump_that_raised_forgets_the_version(
     """The same for a namespace: a bump that raised may have run, and the writer would
     otherwise keep the old version for as long as its bus stays up."""
     cache = _make(caches, redis_server, fail_open=False, breaker_failures=100)
+    cache.connect()  # its bus's first subscription forgets every version: done with first
     products = cache.namespace("products")
     assert products.set("k", "old") and products.get("k") == "old"
     encoded = encode_name("products")
@@ -385,6 +386,28 @@ def test_fail_closed_a_bump_that_raised_forgets_the_version(
         assert cache._versions.cached(encoded) is None
     finally:
         redis_server.resume()
+
+
+def test_fail_closed_a_junk_counter_restart_that_raised_forgets_the_version(
+    redis_server: RedisServer, caches: list[Cache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement of a junk counter ran, and its announcement raised: the version
+    this worker knew is gone from Redis, so it must not keep it either."""
+    cache = _make(caches, redis_server, fail_open=False, breaker_failures=100)
+    cache.connect()  # its bus's first subscription forgets every version: done with first
+    products = cache.namespace("products")
+    assert products.set("k", "old")
+    encoded = encode_name("products")
+    assert cache._versions.cached(encoded) is not None
+    redis_server.client().set(cache._layout.counter(encoded), "junk")
+
+    def lost(*args: Any, **kwargs: Any) -> bool:
+        raise CacheUnavailable("the announcement's reply was lost")
+
+    monkeypatch.setattr(cache, "_announce", lost)
+    with pytest.raises(CacheUnavailable):
+        products.invalidate()
+    assert cache._versions.cached(encoded) is None
 
 
 def test_a_call_may_override_fail_open(redis_server: RedisServer, caches: list[Cache]) -> None:

@@ -40,7 +40,7 @@ from .config import CacheConfig, CacheSettings
 from .copying import copier_for
 from .errors import ConfigurationError, TieredCacheError
 from .flight import release
-from .framing import Frame
+from .framing import HEADER_SIZE, Frame
 from .hit_path import L1Reader, make_reader
 from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_key, encode_name
 from .keyspace import Keyspace, Namespace
@@ -474,7 +474,8 @@ class Cache(Keyspace):
             if result is UNAVAILABLE or not result[0]:
                 self._l1.invalidate(gkey)
                 return False
-            entry = self._entry(held, local, gkey, fresh_until, early, stored=len(data))
+            stored = len(data) - HEADER_SIZE  # the payload, as readers charge it
+            entry = self._entry(held, local, gkey, fresh_until, early, stored=stored)
             self._keep(local, gkey, entry, since)
             return True
 
@@ -513,7 +514,9 @@ class Cache(Keyspace):
             for local, gkey, data, held, fresh_until, _ in writes:
                 entry = None
                 if result is not UNAVAILABLE:
-                    entry = self._entry(held, local, gkey, fresh_until, 0.0, stored=len(data))
+                    entry = self._entry(
+                        held, local, gkey, fresh_until, 0.0, stored=len(data) - HEADER_SIZE
+                    )
                 self._keep(local, gkey, entry, since)
         return result is not UNAVAILABLE
 
@@ -596,14 +599,14 @@ class Cache(Keyspace):
         epoch = self._versions.epoch
         try:
             result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
+            version = UNAVAILABLE if result is UNAVAILABLE else result[1]
+            if isinstance(version, ResponseError):
+                if not _FOREIGN_COUNTER.search(str(version)):
+                    raise version  # not about the counter (an ACL's NOPERM): the caller's
+                version = self._restart_counter(encoded, counter, version)
         except BaseException:  # it may still run, and be announced to every worker but this
             self._versions.forget(encoded)
             raise
-        version = UNAVAILABLE if result is UNAVAILABLE else result[1]
-        if isinstance(version, ResponseError):
-            if not _FOREIGN_COUNTER.search(str(version)):
-                raise version  # not about the counter (an ACL's NOPERM): the caller's
-            version = self._restart_counter(encoded, counter, version)
         if version is UNAVAILABLE:
             self._versions.forget(encoded)
             return 0

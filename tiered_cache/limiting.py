@@ -66,7 +66,7 @@ import inspect
 import json
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from flask import after_this_request, request
@@ -187,9 +187,9 @@ def limited_view(
         functools.update_wrapper(view, fn)
         # The outer decorator is applied last but listed first: it is checked first.
         stacked = (options, *getattr(fn, ATTRIBUTE, ()))
-        shared = _sharing_a_counter(stacked, None)
+        shared = _sharing_a_counter(stacked, None, None)
         if shared is not None:
-            raise ValueError(shared)
+            raise ValueError(shared[0])
         setattr(view, ATTRIBUTE, stacked)
         if made is not None:
             made.add(view)
@@ -354,20 +354,21 @@ def check_strategies(views: Mapping[str, Callable[..., Any]], strategy: str) -> 
     """Refuse, naming the setting, a route's limits that the app's ``strategy``, which
     they leave to it, cannot keep (see :data:`~tiered_cache.ratelimit.limits.LOG_MAX_AMOUNT`).
 
-    Also stacked limits that the app's strategy puts on one counter (one of them leaves
-    the strategy to the app, the other names the same one; see :func:`_sharing_a_counter`).
+    Also stacked limits that would share one counter (see :func:`_sharing_a_counter`),
+    which decoration cannot always tell: a ``scope=`` that names the endpoint, or the
+    app's strategy named by one of them and left to the app by the other.
 
     :param views: the app's view functions by endpoint.
     :raises ConfigurationError: naming ``TIERED_CACHE_RATELIMIT_STRATEGY`` and the view.
+    :raises ValueError: for stacked limits that share a counter whatever the strategy.
     """
     for endpoint, view in list(views.items()):
-        stacked = [
-            dataclasses.replace(o, scope=o.scope or endpoint) for o in _options_of(view, endpoint)
-        ]
-        shared = _sharing_a_counter(stacked, strategy)
+        shared = _sharing_a_counter(_options_of(view, endpoint), endpoint, strategy)
         if shared is not None:
-            reason = f"{shared} (@tc.limit on {getattr(view, '__qualname__', view)})"
-            raise ConfigurationError("TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason)
+            reason = f"{shared[0]} (@tc.limit on the endpoint {endpoint!r})"
+            if shared[1]:
+                raise ConfigurationError("TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason)
+            raise ValueError(reason)
         for options in _options_of(view):
             if options.strategy is None:
                 try:
@@ -379,31 +380,51 @@ def check_strategies(views: Mapping[str, Callable[..., Any]], strategy: str) -> 
                     ) from None
 
 
-def _sharing_a_counter(stacked: Iterable[LimitOptions], strategy: str | None) -> str | None:
-    """Why two stacked ``@tc.limit`` of one route would count on one counter, or None.
+def _sharing_a_counter(
+    stacked: Sequence[LimitOptions], endpoint: str | None, strategy: str | None
+) -> tuple[str, bool] | None:
+    """Why two stacked ``@tc.limit`` of one route would share a counter, or None.
 
     A counter is the client's key, the scope (the endpoint unless named), the strategy
     and the limit's amount and period: which decorator counted is not part of it. So the
-    same limit stacked twice in one scope, with other keys (an address and a user name)
-    or other ``methods``, would be one count: a user name that reads as an address would
-    spend that address's requests, and one request would be counted twice.
+    same limit stacked twice in one scope is one count: with other keys (an address and
+    a user name), a user name that reads as an address would spend that address's
+    requests; for methods that overlap, one request is counted twice. Shared by design
+    only when both name the scope, with one key, for methods apart (a class-based view's
+    GET and POST on one budget).
 
+    :param endpoint: the route's, once known (None at decoration: a named scope is then
+        not compared with the default one).
     :param strategy: the app's, for limits that leave it to the app; None before it is
         known (then only limits whose strategies read alike are compared).
+    :returns: the reason, and whether the app's strategy is what made the two alike.
     """
-    seen: dict[tuple[str | None, str | None, int, int], Limit] = {}
-    for options in stacked:
-        for limit in options.limits:
-            counter = (options.scope, options.strategy or strategy, limit.amount, limit.period)
-            same = seen.get(counter)
-            if same is not None:
-                return (
-                    f"the stacked limits {same.text!r} and {limit.text!r} would count on one "
-                    "counter (the same limit, scope and strategy): give one of them a scope="
-                )
-        for limit in options.limits:
-            seen[options.scope, options.strategy or strategy, limit.amount, limit.period] = limit
+    for i, one in enumerate(stacked):
+        for other in stacked[:i]:
+            scopes = one.scope or endpoint, other.scope or endpoint
+            if scopes[0] != scopes[1] or (one.strategy or strategy) != (other.strategy or strategy):
+                continue
+            if _shared_by_design(one, other):
+                continue
+            mine = {(limit.amount, limit.period): limit for limit in one.limits}
+            for limit in other.limits:
+                same = mine.get((limit.amount, limit.period))
+                if same is not None:
+                    reason = (
+                        f"the stacked limits {limit.text!r} and {same.text!r} would share one "
+                        f"counter (the same limit and strategy in the scope {scopes[0]!r}): "
+                        "give one of them a scope="
+                    )
+                    return reason, one.strategy != other.strategy
     return None
+
+
+def _shared_by_design(one: LimitOptions, other: LimitOptions) -> bool:
+    """Both name their scope, with one key function, for methods apart."""
+    named = one.scope is not None and other.scope is not None and one.key is other.key
+    if not named or one.methods is None or other.methods is None:
+        return False
+    return not one.methods & other.methods
 
 
 def _options_of(view: Callable[..., Any] | None, endpoint: str = "") -> tuple[LimitOptions, ...]:
@@ -412,9 +433,10 @@ def _options_of(view: Callable[..., Any] | None, endpoint: str = "") -> tuple[Li
     own HTTP method there, apart from the other methods' (unless given a ``scope``)."""
     found = _options_on(view)
     view_class = getattr(view, "view_class", None)
-    if found or view_class is None:
+    if view_class is None:
         return found
-    everything = list(_options_on(getattr(view_class, "dispatch_request", None)))
+    # The class's ``decorators`` (on the view as_view made) and its methods' own, both.
+    everything = [*found, *_options_on(getattr(view_class, "dispatch_request", None))]
     for method in sorted(getattr(view_class, "methods", None) or ()):
         for options in _options_on(getattr(view_class, method.lower(), None)):
             if (one := _only(options, method, f"{endpoint} {method}")) is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import redis
 
@@ -30,6 +30,25 @@ def fresh_start() -> int:
     per microsecond, for as long as the counter lived, to catch up with a later start.
     """
     return time.time_ns() // 1000
+
+
+JUNK_FROM: Final = 2**62
+"""A counter at or past this holds foreign bytes: :func:`fresh_start` counters, bumped
+once a microsecond, would take 140,000 years to reach it. Read as version 0 (junk), so
+that its replacement by a fresh start (``lua/counter_restart.lua``, when INCR would
+overflow) moves every reader's version up, as versions only ever move."""
+
+
+def counter_version(raw: object) -> int:
+    """The version a counter's GET reply stands for: 0 when absent or not a counter of
+    ours (foreign bytes, a number no counter of ours reaches), as if it had just started."""
+    if not isinstance(raw, bytes):
+        return 0
+    try:
+        version = int(raw)
+    except ValueError:
+        return 0
+    return version if version < JUNK_FROM else 0
 
 
 def start_counter(pipe: Any, counter: str) -> None:
@@ -112,11 +131,7 @@ class NamespaceVersions:
             self._tier.hold_off()
             known = self._known.get(name)
             return (known[0] if known else 0), True
-        try:
-            version = int(raw) if isinstance(raw, bytes) else 0
-        except ValueError:  # not a counter of ours: start from 0, as if absent
-            version = 0
-        return self._record(name, version, fetched_at, epoch), False
+        return self._record(name, counter_version(raw), fetched_at, epoch), False
 
     def forget(self, name: str) -> None:
         """Drop the version of ``name`` (another process bumped it); fetches in flight lose."""
