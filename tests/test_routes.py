@@ -1362,3 +1362,34 @@ def test_the_page_memo_is_bounded_in_size_not_only_in_entries() -> None:
     huge = text(99, 250_000)  # bigger than the whole budget: decoded, not kept
     assert isinstance(decoder.get(huge), Page)
     assert decoder.known(huge) is None and decoder.known(texts[-1]) is not None
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+@pytest.mark.parametrize("vary", [(), ("Accept-Language",)], ids=["plain", "vary"])
+def test_a_request_counts_once_by_what_answered_it(
+    make_app: AppFactory, public: bool, vary: tuple[str, ...]
+) -> None:
+    """``l1_hits``, ``l2_hits`` and ``misses`` count requests by what answered them: a
+    page behind a ``Vary`` index reads twice, and counted both, a MISS was an L1 hit."""
+    apps = [make_app(), make_app()]
+    for app, tc in apps:
+
+        @app.route("/page")
+        @tc.cached(public=public, vary=vary)
+        def page() -> str:
+            return "hello " + request.headers.get("Accept-Language", "")
+
+    def counted(app: Flask, language: str) -> tuple[str | None, dict[str, int]]:
+        cache = TieredCache.state(app).cache
+        before = cache.stats()
+        answer = app.test_client().get("/page", headers={"Accept-Language": language})
+        after = cache.stats()
+        names = ("l1_hits", "l2_hits", "misses")
+        return xcache(answer), {name: after[name] - before[name] for name in names}
+
+    (first, _), (second, _) = apps
+    assert counted(first, "fr") == ("MISS", {"l1_hits": 0, "l2_hits": 0, "misses": 1})
+    assert counted(second, "fr") == ("HIT-L2", {"l1_hits": 0, "l2_hits": 1, "misses": 0})
+    assert counted(second, "fr") == ("HIT-L1", {"l1_hits": 1, "l2_hits": 0, "misses": 0})
+    if vary:
+        assert counted(second, "de") == ("MISS", {"l1_hits": 0, "l2_hits": 0, "misses": 1})

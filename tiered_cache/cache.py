@@ -174,6 +174,7 @@ class Cache(Keyspace):
         self._start_lock = threading.Lock()
         self._hit_counts: list[Callable[[], int]] = []  # one per L1 reader
         self._l1_value = self._l1_reader(lambda _local, _default: MISS)
+        self._l1_look = self._l1_reader(lambda _local, _default: MISS, counted=False)
         # The default namespace's get: the hit path itself, shadowing Keyspace.get.
         self.get = self._l1_reader(self._get_after_l1)  # type: ignore[method-assign]
         self._tier.reset()
@@ -182,6 +183,8 @@ class Cache(Keyspace):
 
     def _reset_counters(self) -> None:
         self.l2_hits = self.misses = 0
+        self.route_l1_hits = 0
+        """Pages served from L1 through Flask (the route cache counts once a request)."""
         self.loader_calls = self.stampede_waits = self.stale_served = 0
         self.early_refreshes = self.ratelimit_refusals = 0
 
@@ -333,11 +336,22 @@ class Cache(Keyspace):
 
     # -- L1 -------------------------------------------------------------------------
 
-    def _l1_reader(self, miss: Callable[[Any, Any], Any]) -> L1Reader:
-        """Build an L1 hit path over this process's L1 and bus (see :mod:`.hit_path`)."""
-        read, hits = make_reader(self._l1, self._bus, self._timer, self._dttl, miss)
-        self._hit_counts.append(hits)
+    def _l1_reader(self, miss: Callable[[Any, Any], Any], *, counted: bool = True) -> L1Reader:
+        """Build an L1 hit path over this process's L1 and bus (see :mod:`.hit_path`).
+
+        :param counted: count its hits in ``l1_hits``; else its caller counts them, once
+            a request (:meth:`_count_l1_hits`, :attr:`route_l1_hits`).
+        """
+        read, hits = make_reader(
+            self._l1, self._bus, self._timer, self._dttl, miss, counted=counted
+        )
+        if counted:
+            self._hit_counts.append(hits)
         return read
+
+    def _count_l1_hits(self, hits: Callable[[], int]) -> None:
+        """Add a feature's own count of L1 hits to ``l1_hits`` (in this process)."""
+        self._hit_counts.append(hits)
 
     def _get_after_l1(self, key: str, default: Any) -> Any:
         """``get`` of the default namespace once L1 missed."""
@@ -709,7 +723,7 @@ class Cache(Keyspace):
 
     def stats(self) -> dict[str, Any]:
         """This process's figures (SPEC section 8), as a flat dict."""
-        l1_hits = sum(count() for count in self._hit_counts)
+        l1_hits = sum(count() for count in self._hit_counts) + self.route_l1_hits
         lookups = l1_hits + self.l2_hits + self.misses
         return {
             "l1_hits": l1_hits,

@@ -277,9 +277,13 @@ class Routes:
         return Lookup(None, MISSED, index, entry_key)
 
     def _read(self, keyspace: OwnSpace, key: str, stale_ttl: float) -> tuple[Any, str]:
-        """The value under ``key`` and where it came from (MISS and ``MISS`` if none)."""
+        """The value under ``key`` and where it came from (MISS and ``MISS`` if none).
+
+        Counted nowhere: a page behind a ``Vary`` index takes two reads, and a request is
+        counted once, by what it was answered with (:meth:`dispatch`).
+        """
         local = keyspace._local(key)
-        value = self.cache._l1_value(local)
+        value = self.cache._l1_look(local)
         if value is not MISS:
             return value, HIT_L1
         return _read_l2(self.cache, local, keyspace._global(key, local), stale_ttl)
@@ -291,9 +295,12 @@ class Routes:
         Redis: namespace versions are the ones this process knows, and a version it
         cannot vouch for sends the request on to Flask, which asks Redis.
         """
-        read, known, decode = self.cache._l1_value, self.pages.known, self.pages.get
+        read, known, decode = self.cache._l1_look, self.pages.known, self.pages.get
+        hits = 0  # a request answered here counts once, whatever it read
+        self.cache._count_l1_hits(lambda: hits)
 
         def find(target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
+            nonlocal hits
             local = target.local
             where = target.where if local is None else local(target.key)
             text = None if where is None else read(where)
@@ -305,6 +312,7 @@ class Routes:
                 where = own_local(key) if local is None else local(key)
                 found = None if where is None else decode(read(where))
             if type(found) is Page and found.fast and (not found.vary or found.matches(environ)):
+                hits += 1
                 return found
             return None
 
@@ -348,6 +356,10 @@ class Routes:
             page = None  # another, non-public route stored it under the same key
         if page is not None:
             if found.source != STALE:
+                if found.source == HIT_L1:
+                    self.cache.route_l1_hits += 1
+                else:
+                    self.cache.l2_hits += 1
                 self.remember_fast(options, environ, key)
                 return self.respond(page, found.source, environ, etag=options.etag)
             # Only a GET refreshes: a HEAD's response is not stored.
@@ -355,6 +367,7 @@ class Routes:
             if lock is None:  # another request (in any worker) is refreshing it
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
+        self.cache.misses += 1  # the view runs (a stale page's refresh too)
         pending = Pending(self, options, keyspace, key, found.index, lock, session_before())
         return self._run(view, pending)
 
@@ -510,16 +523,13 @@ def _read_l2(cache: Cache, local: Any, gkey: str, stale_ttl: float) -> tuple[Any
     with cache._reading() as since:
         decoded = cache._values.decode(gkey, cache._get(gkey))
         if decoded is MISS:
-            cache.misses += 1
             return MISS, MISSED
         frame, value = decoded
         now = cache._clock()
         if not frame.fresh_until or now < frame.fresh_until:
-            cache.l2_hits += 1
             return cache._fill(local, gkey, frame, value, since), HIT_L2
         if stale_ttl and now < frame.fresh_until + stale_ttl:
             return value, STALE
-        cache.misses += 1
         return MISS, MISSED
 
 
