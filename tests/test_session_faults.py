@@ -98,6 +98,27 @@ def test_redis_paused_503_within_a_second_then_the_session_is_intact(
     assert (client.get("/me").text, client.get("/get/cart").text) == ("alice", "3-apples")
 
 
+def test_a_server_that_refuses_the_session_scripts_is_a_503_not_a_500(
+    make_app: AppFactory, redis_server: RedisServer
+) -> None:
+    """An ACL without scripting (a managed Redis, say): every change, login, rotation
+    and revocation runs a script, and its NOPERM reached Flask as a 500."""
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all")
+    app, _ = make_app(redis_server.url.replace("redis://", "redis://app:pw@"))
+    client = logged_in(app, "alice")
+    client.post("/set/cart/3-apples")
+    admin.execute_command("ACL", "SETUSER", "app", "-evalsha", "-eval", "-script")
+    try:
+        assert_unavailable(*timed(lambda: client.post("/set/cart/4-pears")))
+        assert_unavailable(*timed(lambda: app.test_client().post("/login/bob")))
+        assert client.get("/get/cart").text == "3-apples"  # reads need no script
+    finally:
+        admin.execute_command("ACL", "SETUSER", "app", "+@all")
+    assert client.post("/set/cart/4-pears").status_code == 200
+    assert client.get("/get/cart").text == "4-pears"
+
+
 def test_an_open_breaker_answers_503_without_calling_redis(
     make_app: AppFactory, redis_server: RedisServer
 ) -> None:

@@ -220,6 +220,33 @@ def test_the_user_index_is_pruned_and_expires(make_app: AppFactory, r: redis.Red
     assert r.zcard(index) == 1
 
 
+def test_revoke_user_still_ends_sessions_after_the_lifetime_was_raised(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """Index entries were scored by the lifetime of the app that wrote them, and renewed
+    only past half of the new one: with the setting raised, a session in use lived on
+    (its loads slid its TTL) while its entry was pruned, and revoke_user missed it."""
+    clock = Clock()
+    with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=LIFETIME) as make:
+        old, _ = make()
+        interface(old).clock = clock
+        stolen = logged_in(old, "erin")
+        cookie = sid(stolen)
+    assert cookie is not None
+    with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=30 * 24 * LIFETIME) as make:
+        new, tc = make()
+        interface(new).clock = clock
+        thief = new.test_client()
+        thief.set_cookie("session", cookie)
+        for _ in range(3):  # used every hour, past the old entry's two lifetimes
+            clock.advance(LIFETIME)
+            assert thief.get("/me").text == "erin"
+        erin = logged_in(new, "erin")  # prunes the index of what it thinks dead
+        with new.app_context():
+            assert tc.sessions.revoke_user("erin") == 2
+        assert (thief.get("/me").text, erin.get("/me").text) == ("None", "None")
+
+
 def test_manager_needs_sessions_on(redis_url: str) -> None:
     app = Flask(__name__)
     app.config.update(TIERED_CACHE_REDIS_URL=redis_url, TIERED_CACHE_INVALIDATION=False)

@@ -247,18 +247,19 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         self._written(session, raw, now)
         state.cookie_due = state.cookie_due or (raw is not None and session.is_permanent())
 
-    @staticmethod
-    def _written(session: TieredSession, raw: bytes | None, issued: float | None) -> None:
+    def _written(self, session: TieredSession, raw: bytes | None, issued: float | None) -> None:
         state = session.tc
         if raw is None:  # gone (revoked in flight): the cookie must not be renewed
             state.stored = state.cookie_due = False
             return
         state.stored, state.raw, state.issued = True, raw, issued
+        state.index_ttl = self.store.index_ttl if state.user is not None else None
         state.permanent = session.is_permanent()
         session.modified = False
 
     def _renewal_due(self, session: TieredSession, now: float) -> bool:
-        """Half of the cookie's lifetime has passed: reissue it, renew the index entry.
+        """Half of the cookie's lifetime has passed, or the session's index entry may
+        expire before the session: reissue the cookie, renew the index entry.
 
         Nothing is due for an anonymous non-permanent session: its cookie has no expiry
         date and it is in no index.
@@ -267,6 +268,14 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         if state.user is None and not session.is_permanent():
             return False
         if state.issued is None:
+            return True
+        if state.user is not None and (
+            state.index_ttl is None or state.issued + state.index_ttl < now + self.store.ttl
+        ):
+            # Its index entry could expire before the session, whose load slid its TTL
+            # to this app's lifetime: written by an app with a shorter one (the setting
+            # was raised since), or before entries carried theirs. Out of the index,
+            # revoke_user would miss it.
             return True
         # Issued in the future beyond any clock skew between hosts: not by us.
         age = now - state.issued
@@ -322,7 +331,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         raw = self.store.rotate(old, new, record, keep_only_if_alive=False, now=now)
         if raw is None:
             raise RuntimeError("a freshly drawn session id was taken; try again")
-        session.moved(new, record, raw)
+        session.moved(new, record, raw, index_ttl=self.store.index_ttl)
 
     def rotate(self, session: TieredSession) -> None:
         """Give ``session`` a new id, same data; a session revoked meanwhile stays dead."""
@@ -340,7 +349,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         elif raw is MOVED:  # a concurrent login or rotation moved it, as _load can find
             self._left_behind(session)
         else:
-            session.moved(new, record, raw)
+            session.moved(new, record, raw, index_ttl=self.store.index_ttl)
 
     def regenerate(self, session: TieredSession) -> None:
         """flask-session's name for :meth:`rotate`."""

@@ -43,6 +43,8 @@ class SessionState:
     """When the cookie was last issued (epoch seconds), as stored."""
     user: User | None = None
     """The user given to ``login`` (names the index the id is listed in)."""
+    index_ttl: float | None = None
+    """The index TTL its record was written with (see ``Record.index_ttl``)."""
     raw: bytes | None = None
     """The stored bytes as loaded or last written."""
     permanent: bool = False
@@ -120,6 +122,7 @@ class TieredSession(RedisSession):  # type: ignore[misc]
             stored=True,
             issued=record.issued,
             user=record.user,
+            index_ttl=record.index_ttl,
             raw=record.raw,
             permanent=bool(record.data.get(PERMANENT, False)),
         )
@@ -136,9 +139,11 @@ class TieredSession(RedisSession):  # type: ignore[misc]
         self._loader = None
         self.modified = False
 
-    def moved(self, sid: str, record: Record, raw: bytes) -> None:
-        """The session now lives under ``sid``, stored as ``raw`` (login, rotate)."""
-        self.fill(Record(record.data, record.issued, record.user, raw))
+    def moved(self, sid: str, record: Record, raw: bytes, *, index_ttl: float) -> None:
+        """The session now lives under ``sid``, stored as ``raw`` (login, rotate) by a
+        store whose index TTL is ``index_ttl``."""
+        stored_ttl = index_ttl if record.user is not None else None
+        self.fill(Record(record.data, record.issued, record.user, raw, stored_ttl))
         self.sid = sid
         self.tc.cookie_due = True
         self.accessed = True

@@ -216,6 +216,9 @@ class Record:
     issued: float | None = None
     user: User | None = None
     raw: bytes = b""
+    index_ttl: float | None = None
+    """The index TTL of the store that wrote it (for a user's session): its entry in the
+    user's index is scored at least ``issued + index_ttl``."""
 
 
 class Undecodable(Exception):
@@ -225,7 +228,10 @@ class Undecodable(Exception):
 class Codec:
     """msgspec msgpack or JSON, both ways; nothing here can run code while decoding."""
 
-    def __init__(self, fmt: str) -> None:
+    def __init__(self, fmt: str, *, index_ttl: float | None = None) -> None:
+        """:param index_ttl: the store's, written with every user's session (see
+        :attr:`Record.index_ttl`)."""
+        self._index_ttl = index_ttl
         msgpack, json = msgspec.msgpack, msgspec.json
         self._encode = msgpack.Encoder().encode if fmt == "msgpack" else json.Encoder().encode
         decoders = (msgpack.Decoder().decode, json.Decoder().decode)
@@ -236,10 +242,12 @@ class Codec:
 
         :raises TypeError: when the data holds a value the format cannot encode.
         """
-        meta = {"t": record.issued, "u": record.user}
-        odd = next((key for key in record.data if not isinstance(key, str)), None)
-        if odd is not None:  # it would be written, then refused by every read
-            raise TypeError(f"session keys are strings, not {type(odd).__name__}: {odd!r}")
+        meta: dict[str, Any] = {"t": record.issued, "u": record.user}
+        if record.user is not None and self._index_ttl is not None:
+            meta["l"] = self._index_ttl
+        odd = [key for key in record.data if not isinstance(key, str)]
+        if odd:  # it would be written, then refused by every read (None included)
+            raise TypeError(f"session keys are strings, not {type(odd[0]).__name__}: {odd[0]!r}")
         try:
             return self._encode({**record.data, META_KEY: meta})
         except (msgspec.EncodeError, TypeError, OverflowError, RecursionError, UnicodeError) as exc:
@@ -268,7 +276,10 @@ def _record(data: dict[str, Any], raw: bytes) -> Record:
         return Record(data, raw=raw)
     user = meta.get("u")
     user = user if isinstance(user, str | int) and not isinstance(user, bool) else None
-    return Record(data, _issued(meta.get("t")), user, raw)
+    index_ttl = meta.get("l")
+    if not isinstance(index_ttl, int | float) or isinstance(index_ttl, bool):
+        index_ttl = None
+    return Record(data, _issued(meta.get("t")), user, raw, index_ttl)
 
 
 def _moved_marker() -> bytes:
@@ -309,7 +320,6 @@ class SessionStore:
     def __init__(self, tier: RedisTier, settings: SessionSettings, *, retry_after: int) -> None:
         self.tier = tier
         self.settings = settings
-        self.codec = Codec(settings.serialization_format)
         self.retry_after = retry_after
         self._log = tier.log  # the cache's: a forked child gets a new lock with it
         self.ttl = settings.lifetime
@@ -317,6 +327,7 @@ class SessionStore:
         # reissued (and the index renewed) by the first request past half its lifetime,
         # and that request's own access slides the TTL once more: 1.5 lifetimes, plus margin.
         self.index_ttl = 2 * settings.lifetime
+        self.codec = Codec(settings.serialization_format, index_ttl=self.index_ttl)
         client = tier.client
         self._cluster = hasattr(client, "keyslot")
         self._rotate = client.register_script(lua_source("session_rotate.lua"))
@@ -345,13 +356,17 @@ class SessionStore:
         self._log.warning(kind, message, *args)
 
     def run(self, what: str, call: Callable[[Any], T]) -> T:
-        """``call(client)`` through the breaker; an outage is a 503.
+        """``call(client)`` through the breaker; an outage is a 503, and so is an error
+        reply (an ACL without EVALSHA, say: the server refuses, the session is fine).
 
-        :raises SessionUnavailable: when Redis fails or the breaker is open.
+        :raises SessionUnavailable: when Redis fails, refuses or the breaker is open.
         """
         try:
             result = self.tier.run(what, call, fail_open=False)
         except CacheUnavailable as exc:
+            raise SessionUnavailable(retry_after=self.retry_after) from exc
+        except redis.ResponseError as exc:
+            self._log.warning("session-refused", "Redis refused the %s: %s", what, exc)
             raise SessionUnavailable(retry_after=self.retry_after) from exc
         if result is UNAVAILABLE:  # pragma: no cover - fail_open=False raises instead
             raise SessionUnavailable(retry_after=self.retry_after)
