@@ -342,10 +342,8 @@ class Cache(Keyspace):
         :param counted: count its hits in ``l1_hits``; else its caller counts them, once
             a request (:meth:`_count_l1_hits`, :attr:`route_l1_hits`).
         """
-        read, hits = make_reader(
-            self._l1, self._bus, self._timer, self._dttl, miss, counted=counted
-        )
-        if counted:
+        read, hits = make_reader(self._l1, self._bus, self._timer, self._dttl, miss)
+        if counted:  # else its count is never read
             self._hit_counts.append(hits)
         return read
 

@@ -32,8 +32,6 @@ def make_reader(
     timer: Callable[[], float],
     disconnected_ttl: float,
     miss: Callable[[Any, Any], Any],
-    *,
-    counted: bool = True,
 ) -> tuple[L1Reader, Callable[[], int]]:
     """Build ``read(key, default)``, which calls ``miss(key, default)`` on a miss.
 
@@ -41,8 +39,6 @@ def make_reader(
     freshness) and either the bus vouches for this process (:attr:`Bus.fresh_until`) or
     the entry is younger than ``disconnected_ttl``.
 
-    :param counted: count hits; a reader whose caller counts what a request found, once
-        (a page read through its ``Vary`` index reads L1 twice), counts nothing.
     :returns: the reader, and a function returning how many hits it has served.
     """
     peek, touch = l1.peek, l1.touch
@@ -65,19 +61,4 @@ def make_reader(
                 return entry.value if copy is None else copy(entry.value)
         return miss(key, default)
 
-    def look(key: Any, default: Any = None) -> Any:
-        entry = peek(key)
-        if entry is not None:
-            now = timer()
-            if entry.expires > now and (
-                now < bus.fresh_until or entry.stored > now - disconnected_ttl
-            ):
-                try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
-                    touch(key)
-                except KeyError:  # evicted by another thread since the lookup
-                    pass
-                copy = entry.copy
-                return entry.value if copy is None else copy(entry.value)
-        return miss(key, default)
-
-    return (read if counted else look), lambda: hits
+    return read, lambda: hits
