@@ -229,8 +229,8 @@ def test_an_error_reply_is_a_command_error(app_factory: MakeApp, redis_server: R
             client.acl_deluser("no-incr")
 
 
-def test_redacted_hides_the_password() -> None:
-    assert redacted("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+def test_redacted_hides_the_userinfo() -> None:
+    assert redacted("redis://user:pw@h:1/0") == "redis://***@h:1/0"
     assert redacted("redis://h:1/0") == "redis://h:1/0"
     assert redacted("unix:///run/redis.sock") == "unix:///run/redis.sock"
 
@@ -241,8 +241,24 @@ def test_redacted_hides_passwords_in_the_query() -> None:
         "unix:///run/redis.sock?password=***&db=2"
     )
     assert redacted("redis://u:pw@h:1/0?Sentinel_PASSWORD=a&pass%77ord=b&x=1&flag") == (
-        "redis://u:***@h:1/0?Sentinel_PASSWORD=***&pass%77ord=***&x=1&flag"
+        "redis://***@h:1/0?Sentinel_PASSWORD=***&pass%77ord=***&x=1&flag"
     )
+
+
+@pytest.mark.parametrize("char", ["#", "/", "?", "@"])
+def test_redacted_hides_a_password_urlsplit_reads_only_in_part(char: str) -> None:
+    """Unencoded, these end urlsplit's netloc (or its userinfo) inside the password:
+    everything up to the last "@" is hidden."""
+    url = f"redis://admin:Sup3r{char}Secret@cache.internal:6380/0"
+    assert redacted(url) == "redis://***@cache.internal:6380/0"
+    sentinel = f"redis+sentinel://:Sup3r{char}Secret@s1:26379,s2/mymaster"
+    assert redacted(sentinel) == "redis+sentinel://***@s1:26379,s2/mymaster"
+
+
+def test_redacted_hides_more_rather_than_less() -> None:
+    """An "@" in a query value reads as the end of a userinfo: all before it is hidden."""
+    assert redacted("redis://h:1/0?password=p@ss&db=1") == "redis://***&db=1"
+    assert redacted("redis://h:1/0?client_name=me@x") == "redis://***@x"
 
 
 SECRET = "s3cret-in-the-query"

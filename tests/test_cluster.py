@@ -158,3 +158,33 @@ def test_a_child_forked_while_the_cluster_client_was_being_made_does_not_hang(
     finally:
         _FORKED.clear()
     assert value == 1
+
+
+def test_doctor_counts_the_bus_listeners_of_every_node(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """A cluster's PUBSUB NUMSUB counts the subscribers of the node asked: one listener
+    on each node here, so any one node alone says fewer than there are."""
+    from flask import Flask
+
+    from tests.flask_apps import close_app
+    from tiered_cache import TieredCache
+
+    bus = "tc:1:#bus"
+    admins = [server.client() for server in redis_cluster.servers]
+    listeners = [admin.pubsub() for admin in admins]
+    app = Flask(__name__)
+    app.config.update(TIERED_CACHE_REDIS_URL=redis_cluster.url, TIERED_CACHE_INVALIDATION=False)
+    TieredCache(app)
+    try:
+        for listener in listeners:
+            listener.subscribe(bus)
+        result = app.test_cli_runner().invoke(args=["tiered-cache", "doctor"])
+        counts = [dict(admin.pubsub_numsub(bus))[bus.encode()] for admin in admins]
+    finally:
+        close_app(app)
+        for listener, admin in zip(listeners, admins, strict=True):
+            listener.close()
+            admin.close()
+    assert min(counts) >= 1
+    assert f" {sum(counts)} listeners on {bus}" in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import subprocess
 import sys
@@ -103,6 +104,14 @@ def test_environment_strings_are_parsed() -> None:
         ("redis_url", "redis://localhost/0?sockettimeout=1"),
         ("redis_url", "unix:///tmp/redis.sock?foo=bar"),
         ("redis_url", "redis://h/0?decode_responses=true"),  # text where bytes are read
+        # ...or refuses them then, as an error of its own (a ConnectionError, a RedisError).
+        ("redis_url", "redis://h/0?protocol=5"),
+        ("redis_url", "rediss://h/0?ssl_cert_reqs=bogus"),
+        # Socket timeouts are TIERED_CACHE_SOCKET_TIMEOUT's: the URL's would override it,
+        # and a negative one raises ValueError (no outage, a 500) on every call.
+        ("redis_url", "redis://h/0?socket_timeout=3"),
+        ("redis_url", "redis://h/0?socket_timeout=-1"),
+        ("redis_url", "unix:///tmp/redis.sock?socket_connect_timeout=-1"),
         # Durations past a hundred years overflow the clock a socket waits on.
         ("socket_timeout", 1e10),
         ("breaker_reset", 1e12),
@@ -118,6 +127,13 @@ def test_bad_values_name_the_key_and_the_value(key: str, value: Any) -> None:
     assert repr(value) in str(raised.value)
     with pytest.raises(ConfigurationError, match=config_key):
         Cache(**{key: value})
+
+
+@pytest.mark.parametrize("option", ["socket_timeout", "socket_connect_timeout"])
+def test_a_socket_timeout_in_the_url_points_at_the_setting(option: str) -> None:
+    """redis-py lets a URL option override the keyword: one setting bounds a stalled Redis."""
+    with pytest.raises(ConfigurationError, match=f"{option} .*TIERED_CACHE_SOCKET_TIMEOUT"):
+        CacheConfig.resolve({}, {"TIERED_CACHE_REDIS_URL": f"redis://h/0?{option}=0.5"})
 
 
 @pytest.mark.parametrize(
@@ -194,18 +210,26 @@ def test_a_client_that_decodes_replies_is_refused(redis_url: str) -> None:
         ("TIERED_CACHE_REDIS_URL", "redis+cluster://u:hunter2@h:7000/5", "hunter2"),
         ("TIERED_CACHE_REDIS_URL", b"redis://:hunter2@h:6379/0", "hunter2"),  # not a str
         ("TIERED_CACHE_ENDPOINTS_TOKEN", "hunter2 secret!", "hunter2"),
+        # A '#', '/' or '?' left unencoded in a password ends urlsplit's netloc inside it.
+        ("TIERED_CACHE_REDIS_URL", "redis://:Sup3r#Secret@cache.internal:6380/0", "Sup3r#Secret"),
+        ("TIERED_CACHE_REDIS_URL", "redis://admin:Sup3r/Secret@cache:6380/0", "Sup3r/Secret"),
+        ("TIERED_CACHE_REDIS_URL", "redis://:Sup3r?Secret@cache.internal:6380/0", "Sup3r?Secret"),
+        ("TIERED_CACHE_REDIS_URL", "redis+sentinel://:Sup3r#Secret@s1:26379/m", "Sup3r#Secret"),
+        ("TIERED_CACHE_REDIS_URL", "redis://h/abc?password=hun@ter2", "hun@ter2"),
+        # A secret that is no string: never printed by repr.
+        ("TIERED_CACHE_SECRET_KEY", ["0ld-Secret-key", "n3w-Secret-key"], "Secret-key"),
+        ("TIERED_CACHE_ENDPOINTS_TOKEN", 84729174623, "84729174623"),
     ],
 )
-def test_a_bad_value_names_its_key_but_not_its_secret(
-    key: str, value: str | bytes, secret: str
-) -> None:
-    """Error messages reach logs and tracebacks: the URL is printed without its password
-    (as the CLI prints it), a token by its length."""
+def test_a_bad_value_names_its_key_but_not_its_secret(key: str, value: Any, secret: str) -> None:
+    """Error messages reach logs and tracebacks: the URL is printed without its userinfo
+    (as the CLI prints it), a secret by its length, or its type when it is no string."""
     from tiered_cache.config import ExtensionConfig
 
     with pytest.raises(ConfigurationError) as raised:
         ExtensionConfig.resolve({}, {key: value})
     assert raised.value.key == key
     assert key in str(raised.value)
-    assert secret not in str(raised.value)
+    for part in re.split("[#/?@]", secret):  # no part of it either
+        assert part not in str(raised.value)
     assert raised.value.value == value  # the exception still holds it, for the caller

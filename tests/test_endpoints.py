@@ -500,8 +500,17 @@ def _junk_records() -> dict[str, bytes]:
         "started-text": {**good, "started": "x"},
         "no-host": {k: v for k, v in good.items() if k != "host"},
         "not-a-dict": [1, 2],
-        # Shown, without the figures that are not finite numbers a float can hold.
-        "bad-figure": {**good, "id": "figure", "stats": {"l1_hits": "many", "l2_hits": 3}},
+        # A lone surrogate: valid JSON ("\\ud800"), but no UTF-8 for Prometheus or click.
+        "host-surrogate": {**good, "host": "h\ud800"},
+        "app-surrogate": {**good, "app": "\udfff"},
+        "id-surrogate": {**good, "id": "x\udc80"},
+        # Shown, without the figures that are not finite numbers a float can hold, or
+        # whose names are no UTF-8.
+        "bad-figure": {
+            **good,
+            "id": "figure",
+            "stats": {"l1_hits": "many", "misses\ud800": 1, "l2_hits": 3},
+        },
     }
     junk = {name: json.dumps(record).encode() for name, record in records.items()}
     # What json reads but no JSON reply may hold (NaN), or Prometheus cannot print.

@@ -386,10 +386,23 @@ def _pubsub(client: Client, state: AppState) -> Iterator[Check]:
     yield Check("OK", "pub/sub", f"round trip in {elapsed:.2f} ms")
     bus = f"{config.prefix}:{config.version}:#bus"
     try:
-        listeners = dict(client.pubsub_numsub(bus)).get(bus.encode(), 0)
+        listeners = _bus_listeners(client, bus)
     except REDIS_ERRORS:
         return
     yield Check("INFO", "bus", f"{listeners} listeners on {bus}")
+
+
+def _bus_listeners(client: Client, bus: str) -> int:
+    """PUBSUB NUMSUB of ``bus``. A cluster's subscribers are counted by the node they
+    are connected to, so there every node is asked (replicas too: a subscriber may read
+    from one), and redis-py sums the replies."""
+    if hasattr(client, "get_primaries"):
+        from redis.cluster import RedisCluster
+
+        replies = client.pubsub_numsub(bus, target_nodes=RedisCluster.ALL_NODES)
+    else:
+        replies = client.pubsub_numsub(bus)
+    return int(dict(replies).get(bus.encode(), 0))
 
 
 def _round_trip(client: Client, channel: str, token: bytes) -> float:

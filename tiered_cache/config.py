@@ -13,8 +13,8 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Final, TypedDict, TypeVar
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import redis
 
@@ -109,6 +109,7 @@ def _redis_url(value: Any) -> str:
     parts = urlsplit(value)
     if parts.scheme not in URL_SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(URL_SCHEMES)}")
+    _refuse_split_userinfo(parts)
     if parts.scheme == "redis+sentinel":
         _sentinel_addresses(parts.netloc)
         _sentinel_path(parts.path, parts.query)
@@ -134,16 +135,45 @@ def _redis_url(value: Any) -> str:
         raise ValueError("no socket path in the URL")
     if parts.scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(parts.path):
         raise ValueError("the path must be a database number, /0 to /15 say")
-    # A query option redis-py does not know (?sockettimeout=1) is only refused when a
-    # connection is made, as a TypeError on every call: make one here, unconnected.
-    try:
-        pool = redis.ConnectionPool.from_url(value)
-        pool.connection_class(**pool.connection_kwargs)
-    except TypeError as exc:
-        raise ValueError(f"redis-py refuses its options: {exc}") from None
-    if pool.connection_kwargs.get("decode_responses"):
-        raise ValueError("decode_responses hands back text where the cache reads bytes")
+    _check_options(value)
     return value
+
+
+def _refuse_split_userinfo(parts: SplitResult) -> None:
+    """Refuse an "@" that urlsplit reads past the host: a '/', '?' or '#' left unencoded
+    in a password ends the netloc inside it, and the rest would be read as a path, a
+    query or a fragment (an "@" in a query value is fine; a unix socket path may hold one)."""
+    names = [field.partition("=")[0] for field in parts.query.split("&")]
+    path = "" if parts.scheme == "unix" else parts.path
+    if any("@" in text for text in (path, parts.fragment, *names)):
+        raise ValueError(
+            "an '@' after the host: a '/', '?' or '#' in the user name or password must be "
+            "percent-encoded (%2F, %3F, %23)"
+        )
+
+
+def _check_options(url: str) -> None:
+    """Refuse at init_app the query options redis-py would refuse only when it connects
+    (an unknown one is a TypeError on every call; ?protocol=5 a ConnectionError), and
+    socket timeouts: from_url lets them override TIERED_CACHE_SOCKET_TIMEOUT, so a URL's
+    ?socket_timeout=3 would hold every request 3 s on a stalled Redis (and a negative one
+    raises on every call). One setting says it: TIERED_CACHE_SOCKET_TIMEOUT."""
+    try:  # an unconnected connection: its __init__ checks what the URL gives it
+        pool = redis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, redis.RedisError) as exc:
+        raise ValueError(f"redis-py refuses its options: {exc}") from None
+    kwargs = pool.connection_kwargs
+    timeouts = sorted(_URL_TIMEOUTS & set(kwargs))
+    if timeouts:
+        raise ValueError(
+            f"{timeouts[0]} in the URL would override TIERED_CACHE_SOCKET_TIMEOUT: set that instead"
+        )
+    if kwargs.get("decode_responses"):
+        raise ValueError("decode_responses hands back text where the cache reads bytes")
+
+
+_URL_TIMEOUTS: Final = frozenset({"socket_timeout", "socket_connect_timeout"})
 
 
 _DB_PATH = re.compile(r"/?|/[0-9]+/?")

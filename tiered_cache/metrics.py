@@ -45,9 +45,9 @@ STATS_PERIOD: Final = 5.0
 
 # Figures that only grow (Prometheus counters) and those that go up and down (gauges).
 COUNTERS: Final = {
-    "l1_hits": "Reads answered by this worker's L1.",
-    "l2_hits": "Reads answered by Redis.",
-    "misses": "Reads that found nothing.",
+    "l1_hits": "Reads answered by this worker's L1 (a cached page: once a request).",
+    "l2_hits": "Reads answered by Redis (a cached page: once a request).",
+    "misses": "Reads that found nothing (a cached page: a request that ran its view).",
     "l1_evictions": "L1 entries evicted to respect its bounds.",
     "invalidations_received": "Bus messages from other workers.",
     "bus_reconnects": "Re-subscriptions of the invalidation bus.",
@@ -308,8 +308,8 @@ there is junk, and junk never fails a reader."""
 def _parse(raw: bytes | None) -> dict[str, Any] | None:
     """A published record, or None for a key that expired between SMEMBERS and MGET, or
     for junk: bytes that are no JSON (or nest deeper than json can follow), or a record
-    without the fields of :data:`_FIELDS`, each of its type. Its
-    figures that are not numbers are dropped."""
+    without the fields of :data:`_FIELDS`, each of its type (text, UTF-8). Its
+    figures that are not numbers, or whose names are not UTF-8, are dropped."""
     if raw is None:
         return None
     try:
@@ -325,15 +325,21 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
     # summed (json reads NaN, which no JSON reply may hold, and ints too wide for a
     # float, which the Prometheus text cannot print).
     figures = record["stats"].items()
-    record["stats"] = {k: v for k, v in figures if type(v) is bool or _finite(v)}
+    record["stats"] = {k: v for k, v in figures if _is(k, str) and (type(v) is bool or _finite(v))}
     return record
 
 
 def _is(value: Any, kind: type) -> bool:
     """Whether ``value`` is a ``kind`` (an int is a float; a bool is neither; a float is
-    finite)."""
+    finite; a str is UTF-8: json reads a lone surrogate, "\\ud800", that the Prometheus
+    text and click cannot write)."""
     if kind is float:
         return _finite(value)
+    if kind is str and type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
     return type(value) is kind
 
 
