@@ -194,6 +194,12 @@ def test_sliding_window_counter_keeps_its_counts_when_redis_s_clock_goes_back(
     refused = limiter.hit("10/minute", "k")
     assert not refused.admitted and refused.retry_after > 0
     assert own_redis.hget(key, "c") == b"10"
+    # The wait counts from where the held window starts, not from now: the unit is back
+    # once the window after it has run 6 s (its weight of 10 down to 9).
+    seconds, micros = own_redis.time()
+    origin = int(own_redis.hget(key, "o"))  # type: ignore[arg-type]
+    ahead = ((window + 1) * 60_000_000 + origin - (seconds * 1_000_000 + micros)) / 1e6
+    assert abs(refused.retry_after - (ahead + 60 + 6)) < 1.0, (refused.retry_after, ahead)
 
 
 def test_gcra_burst_then_one_per_interval(make_limiter: MakeLimiter) -> None:

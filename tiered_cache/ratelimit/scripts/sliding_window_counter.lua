@@ -46,11 +46,11 @@ local function wait_for(s, cost)
   if s.curr + cost <= s.amount then
     -- in this window, once the previous window's weight has fallen far enough
     local at = s.period - (s.amount - s.curr - cost) * s.period / s.prev
-    return math.max(1, math.ceil(at - s.elapsed))
+    return math.max(1, math.ceil(at - s.elapsed + s.ahead))
   end
   -- not before the next window, where this window's count becomes the previous one
   local at = s.period - (s.amount - cost) * s.period / s.curr
-  return (s.period - s.elapsed) + math.max(0, math.ceil(at))
+  return (s.period - s.elapsed + s.ahead) + math.max(0, math.ceil(at))
 end
 
 local function figure(s)
@@ -78,8 +78,11 @@ local function inspect(key, amount, period, cost, now)
     -- and believing it would hold the count (and its figures) for that long.
     window = w
   end
+  -- ahead: microseconds until the window starts, when the clock went back; the estimate
+  -- weighs the counts as at its start, and every wait counts from there.
   local s = {amount = amount, period = period, window = window, origin = origin,
     fresh = w == nil, elapsed = math.max(0, now - origin - window * period),
+    ahead = math.max(0, origin + window * period - now),
     moved = w ~= window, prev = 0, curr = 0}
   if w == window then
     s.curr = c
