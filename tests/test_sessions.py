@@ -220,31 +220,63 @@ def test_the_user_index_is_pruned_and_expires(make_app: AppFactory, r: redis.Red
     assert r.zcard(index) == 1
 
 
+@pytest.mark.parametrize("changed", [False, True], ids=["in-use", "changed-in-use"])
 def test_revoke_user_still_ends_sessions_after_the_lifetime_was_raised(
-    redis_url: str, r: redis.Redis
+    redis_url: str, r: redis.Redis, changed: bool
 ) -> None:
     """Index entries were scored by the lifetime of the app that wrote them, and renewed
     only past half of the new one: with the setting raised, a session in use lived on
-    (its loads slid its TTL) while its entry was pruned, and revoke_user missed it."""
+    (its loads slid its TTL) while its entry was pruned, and revoke_user missed it. A
+    change saved meanwhile, which does not score the entry, must not hide that."""
     clock = Clock()
     with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=LIFETIME) as make:
         old, _ = make()
         interface(old).clock = clock
-        stolen = logged_in(old, "erin")
-        cookie = sid(stolen)
+        cookie = sid(logged_in(old, "erin"))
     assert cookie is not None
-    with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=30 * 24 * LIFETIME) as make:
+    with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=3 * LIFETIME // 2) as make:
         new, tc = make()
         interface(new).clock = clock
         thief = new.test_client()
         thief.set_cookie("session", cookie)
-        for _ in range(3):  # used every hour, past the old entry's two lifetimes
-            clock.advance(LIFETIME)
-            assert thief.get("/me").text == "erin"
+        clock.advance(60)
+        if changed:
+            assert thief.post("/set/cart/apples").status_code == 200
+        clock.advance(2540)  # before half the new lifetime: no renewal by age
+        assert thief.get("/me").text == "erin"  # its TTL slides to 5400 s from here
+        clock.advance(4700)  # past the old entry's two lifetimes, the session alive
         erin = logged_in(new, "erin")  # prunes the index of what it thinks dead
         with new.app_context():
             assert tc.sessions.revoke_user("erin") == 2
         assert (thief.get("/me").text, erin.get("/me").text) == ("None", "None")
+
+
+def test_apps_with_two_lifetimes_do_not_rewrite_an_unchanged_session(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """A rolling deploy that raises the lifetime: two apps at once, and a hook that
+    "changes" the session to what it holds on every request. Each app's own lifetime in
+    the stored bytes made every request a rewrite (which also undid concurrent changes)."""
+    clock = Clock()
+    with made_apps(redis_url, PERMANENT_SESSION_LIFETIME=LIFETIME) as make:
+        short, _ = make()
+        long, _ = make(PERMANENT_SESSION_LIFETIME=3 * LIFETIME // 2)
+        for app in (short, long):
+            interface(app).clock = clock
+
+            @app.before_request
+            def remember_me() -> None:
+                session.permanent = True
+
+        client = logged_in(short, "fay")
+        key = f"session:{sid(client)}"
+        stored = r.get(key)
+        for app in (long, short, long, short):
+            clock.advance(60)
+            answer = app.test_client()
+            answer.set_cookie("session", sid(client) or "")
+            assert answer.get("/me").text == "fay"
+            assert r.get(key) == stored  # not rewritten
 
 
 def test_manager_needs_sessions_on(redis_url: str) -> None:

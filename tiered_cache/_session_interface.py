@@ -201,7 +201,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         # again, with an expiry date or without one.
         permanence_changed = session.is_permanent() != state.permanent
         if not state.stored:
-            self._written(session, self.store.create(session.sid, session.record(now)), now)
+            created = self.store.create(session.sid, session.record(now))
+            self._written(session, created, now, rescored=False)
             state.cookie_due = state.stored
         elif self._renewal_due(session, now):
             self._renew(session, now)
@@ -213,7 +214,8 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
                 # request's real change.
                 session.modified = False
             else:
-                self._written(session, self.store.update(session.sid, record), state.issued)
+                updated = self.store.update(session.sid, record)
+                self._written(session, updated, state.issued, rescored=False)
         state = session.tc  # a write recorded the permanence it stored
         written = state.permanent == session.is_permanent()
         state.cookie_due = state.cookie_due or (permanence_changed and written)
@@ -244,16 +246,20 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         if found is True:  # changed by another request: the next one renews it
             return
         raw = found or None
-        self._written(session, raw, now)
+        self._written(session, raw, now, rescored=True)
         state.cookie_due = state.cookie_due or (raw is not None and session.is_permanent())
 
-    def _written(self, session: TieredSession, raw: bytes | None, issued: float | None) -> None:
+    def _written(
+        self, session: TieredSession, raw: bytes | None, issued: float | None, *, rescored: bool
+    ) -> None:
+        """Record a write's outcome; ``rescored``: it scored the index entry anew."""
         state = session.tc
         if raw is None:  # gone (revoked in flight): the cookie must not be renewed
             state.stored = state.cookie_due = False
             return
         state.stored, state.raw, state.issued = True, raw, issued
-        state.index_ttl = self.store.index_ttl if state.user is not None else None
+        if rescored and state.user is not None:
+            state.index_ttl = self.store.index_ttl
         state.permanent = session.is_permanent()
         session.modified = False
 
@@ -323,7 +329,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         now = self.clock()
         data = dict(dict.items(session))
         data[USER_KEY] = user
-        record = Record(data, now, user)
+        record = self.store.scored(Record(data, now, user))
         old = session.sid if session.tc.stored else None
         new = self.store.new_sid(user)
         # A login is a new authentication: it succeeds even if the old session was
@@ -331,7 +337,7 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
         raw = self.store.rotate(old, new, record, keep_only_if_alive=False, now=now)
         if raw is None:
             raise RuntimeError("a freshly drawn session id was taken; try again")
-        session.moved(new, record, raw, index_ttl=self.store.index_ttl)
+        session.moved(new, record, raw)
 
     def rotate(self, session: TieredSession) -> None:
         """Give ``session`` a new id, same data; a session revoked meanwhile stays dead."""
@@ -342,14 +348,14 @@ class TieredSessionInterface(RedisSessionInterface):  # type: ignore[misc]
             session.sid = new
             return
         now = self.clock()
-        record = session.record(now)
+        record = self.store.scored(session.record(now))
         raw = self.store.rotate(session.sid, new, record, keep_only_if_alive=True, now=now)
         if raw is None:  # revoked meanwhile: it stays dead
             session.reset(self.store.new_sid(), permanent=self.permanent)
         elif raw is MOVED:  # a concurrent login or rotation moved it, as _load can find
             self._left_behind(session)
         else:
-            session.moved(new, record, raw, index_ttl=self.store.index_ttl)
+            session.moved(new, record, raw)
 
     def regenerate(self, session: TieredSession) -> None:
         """flask-session's name for :meth:`rotate`."""

@@ -139,18 +139,17 @@ class TieredSession(RedisSession):  # type: ignore[misc]
         self._loader = None
         self.modified = False
 
-    def moved(self, sid: str, record: Record, raw: bytes, *, index_ttl: float) -> None:
-        """The session now lives under ``sid``, stored as ``raw`` (login, rotate) by a
-        store whose index TTL is ``index_ttl``."""
-        stored_ttl = index_ttl if record.user is not None else None
-        self.fill(Record(record.data, record.issued, record.user, raw, stored_ttl))
+    def moved(self, sid: str, record: Record, raw: bytes) -> None:
+        """The session now lives under ``sid``, stored as ``raw`` (login, rotate), as
+        ``record`` (its index entry scored as the record says)."""
+        self.fill(dataclasses.replace(record, raw=raw))
         self.sid = sid
         self.tc.cookie_due = True
         self.accessed = True
 
     def record(self, issued: float | None) -> Record:
         """The session as it is to be stored, with the cookie time ``issued``."""
-        return Record(dict(dict.items(self)), issued, self.tc.user)
+        return Record(dict(dict.items(self)), issued, self.tc.user, index_ttl=self.tc.index_ttl)
 
     def has_data(self) -> bool:
         """Whether there is anything besides ``_permanent``, without marking it used."""

@@ -217,8 +217,9 @@ class Record:
     user: User | None = None
     raw: bytes = b""
     index_ttl: float | None = None
-    """The index TTL of the store that wrote it (for a user's session): its entry in the
-    user's index is scored at least ``issued + index_ttl``."""
+    """For a user's session: the index TTL its entry in the user's index was last scored
+    with (by a login, rotation or renewal), so that entry lasts at least until
+    ``issued + index_ttl``. A write that does not score the entry carries it over."""
 
 
 class Undecodable(Exception):
@@ -228,10 +229,7 @@ class Undecodable(Exception):
 class Codec:
     """msgspec msgpack or JSON, both ways; nothing here can run code while decoding."""
 
-    def __init__(self, fmt: str, *, index_ttl: float | None = None) -> None:
-        """:param index_ttl: the store's, written with every user's session (see
-        :attr:`Record.index_ttl`)."""
-        self._index_ttl = index_ttl
+    def __init__(self, fmt: str) -> None:
         msgpack, json = msgspec.msgpack, msgspec.json
         self._encode = msgpack.Encoder().encode if fmt == "msgpack" else json.Encoder().encode
         decoders = (msgpack.Decoder().decode, json.Decoder().decode)
@@ -243,8 +241,8 @@ class Codec:
         :raises TypeError: when the data holds a value the format cannot encode.
         """
         meta: dict[str, Any] = {"t": record.issued, "u": record.user}
-        if record.user is not None and self._index_ttl is not None:
-            meta["l"] = self._index_ttl
+        if record.user is not None and record.index_ttl is not None:
+            meta["l"] = record.index_ttl
         odd = [key for key in record.data if not isinstance(key, str)]
         if odd:  # it would be written, then refused by every read (None included)
             raise TypeError(f"session keys are strings, not {type(odd[0]).__name__}: {odd[0]!r}")
@@ -327,7 +325,7 @@ class SessionStore:
         # reissued (and the index renewed) by the first request past half its lifetime,
         # and that request's own access slides the TTL once more: 1.5 lifetimes, plus margin.
         self.index_ttl = 2 * settings.lifetime
-        self.codec = Codec(settings.serialization_format, index_ttl=self.index_ttl)
+        self.codec = Codec(settings.serialization_format)
         client = tier.client
         self._cluster = hasattr(client, "keyslot")
         self._rotate = client.register_script(lua_source("session_rotate.lua"))
@@ -405,6 +403,12 @@ class SessionStore:
             )
             return None
 
+    def scored(self, record: Record) -> Record:
+        """``record`` as written by a write that scores its user's index entry anew."""
+        if record.user is None:
+            return record
+        return dataclasses.replace(record, index_ttl=self.index_ttl)
+
     def create(self, sid: str, record: Record) -> bytes | None:
         """Store a new session (``SET NX``).
 
@@ -432,7 +436,7 @@ class SessionStore:
         :returns: the stored bytes; else False when the session is gone (revoked,
             logged out, expired), True when another request changed it meanwhile.
         """
-        raw = self.codec.encode(record)
+        raw = self.codec.encode(self.scored(record))
         done = self._rewrite("session renew", sid, raw, loaded=loaded, user=record.user, now=now)
         return raw if done == 1 else done == -1
 
@@ -468,7 +472,7 @@ class SessionStore:
             ``keep_only_if_alive`` found ``old`` moved by a concurrent login or rotation,
             else None (``old`` is gone, or ``new`` was taken).
         """
-        raw, new_key = self.codec.encode(record), self.key(new)
+        raw, new_key = self.codec.encode(self.scored(record)), self.key(new)
         keys, score = [new_key], ""
         if record.user is not None:
             keys.append(self.index(record.user))
