@@ -797,9 +797,10 @@ def test_a_counter_holding_junk_is_replaced_by_the_next_bump(
     assert writer.invalidate_namespace("users") == version + 1  # a counter again
 
 
+@pytest.mark.parametrize("junk", [2**63 - 1, 2**62 + 5], ids=["overflows", "incr-takes-it"])
 @pytest.mark.parametrize("invalidation", [True, False], ids=["bus", "no-bus"])
 def test_a_counter_past_any_version_of_ours_is_junk_to_every_reader(
-    make_cache: MakeCache, redis_url: str, invalidation: bool
+    make_cache: MakeCache, redis_url: str, invalidation: bool, junk: int
 ) -> None:
     """Foreign bytes reading as the largest integer: INCR refuses them ("would overflow")
     and the counter restarts at a fresh start, below what it held. Workers that had read
@@ -811,7 +812,7 @@ def test_a_counter_past_any_version_of_ours_is_junk_to_every_reader(
     reader.connect()
     counter = writer._layout.counter("users")
     raw = plain(redis_url)
-    raw.set(counter, str(2**63 - 1))
+    raw.set(counter, str(junk))
     writer.namespace("users").set("1", "under the junk")
     assert reader.namespace("users").get("1") == "under the junk"
     version = writer.invalidate_namespace("users")

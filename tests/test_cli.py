@@ -255,10 +255,16 @@ def test_redacted_hides_a_password_urlsplit_reads_only_in_part(char: str) -> Non
     assert redacted(sentinel) == "redis+sentinel://***@s1:26379,s2/mymaster"
 
 
-def test_redacted_hides_more_rather_than_less() -> None:
-    """An "@" in a query value reads as the end of a userinfo: all before it is hidden."""
-    assert redacted("redis://h:1/0?password=p@ss&db=1") == "redis://***&db=1"
-    assert redacted("redis://h:1/0?client_name=me@x") == "redis://***@x"
+def test_redacted_hides_the_userinfo_alone_of_a_well_formed_url() -> None:
+    """An "@" in a query value is no userinfo's: the host stays in sight (doctor and
+    stats show which server they talk to); an "@" after the host, which a password
+    holding '/' makes and a unix socket's path may hold, hides all before it."""
+    assert redacted("redis://h:1/0?password=p@ss&db=1") == "redis://h:1/0?password=***&db=1"
+    assert redacted("redis://h:1/0?client_name=me@x") == "redis://h:1/0?client_name=me@x"
+    ca = "rediss://u:pw@h:6380/0?ssl_ca_certs=/etc/ssl/ca@corp.pem"
+    assert redacted(ca) == "rediss://***@h:6380/0?ssl_ca_certs=/etc/ssl/ca@corp.pem"
+    assert redacted("unix:///run/redis@6380/redis.sock") == "unix://***@6380/redis.sock"
+    assert redacted("redis://:pw@[::1") == "redis://***@[::1"  # not a URL urlsplit reads
 
 
 SECRET = "s3cret-in-the-query"

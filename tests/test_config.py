@@ -144,6 +144,7 @@ def test_a_socket_timeout_in_the_url_points_at_the_setting(option: str) -> None:
         "redis+sentinel://h1/mymaster",
         "redis+sentinel://h1/mymaster?db=",  # database 0
         "redis+sentinel://h1/mymaster?db=3",
+        "redis+sentinel://:pw@h1,h2/mymaster@dc1",  # an "@" in a service name is no password's
     ],
 )
 def test_sentinel_urls_may_name_several_sentinels(url: str) -> None:
@@ -215,6 +216,7 @@ def test_a_client_that_decodes_replies_is_refused(redis_url: str) -> None:
         ("TIERED_CACHE_REDIS_URL", "redis://admin:Sup3r/Secret@cache:6380/0", "Sup3r/Secret"),
         ("TIERED_CACHE_REDIS_URL", "redis://:Sup3r?Secret@cache.internal:6380/0", "Sup3r?Secret"),
         ("TIERED_CACHE_REDIS_URL", "redis+sentinel://:Sup3r#Secret@s1:26379/m", "Sup3r#Secret"),
+        ("TIERED_CACHE_REDIS_URL", "redis+sentinel://:Sup3r/Secret@s1:26379/m", "Sup3r/Secret"),
         ("TIERED_CACHE_REDIS_URL", "redis://h/abc?password=hun@ter2", "hun@ter2"),
         # A secret that is no string: never printed by repr.
         ("TIERED_CACHE_SECRET_KEY", ["0ld-Secret-key", "n3w-Secret-key"], "Secret-key"),

@@ -8,7 +8,7 @@ string.
 from __future__ import annotations
 
 from typing import Final
-from urllib.parse import unquote_plus
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 _SECRET_WORDS: Final = ("SECRET", "TOKEN", "PASSWORD")
 
@@ -18,9 +18,9 @@ def redacted(url: str) -> str:
     the value of every query parameter whose name holds "password" (redis-py reads
     ``?password=``, ``?sentinel_password=``...). The rest is kept as it was written.
 
-    The userinfo is everything between "://" and the last "@", not what urlsplit reads:
-    a password holding an unencoded '#', '/' or '?' ends urlsplit's netloc inside it.
-    An "@" in a query value then hides more than the userinfo, never less."""
+    A password holding an unencoded '#', '/' or '?' ends urlsplit's netloc inside it: an
+    "@" after the host says so, and then everything up to the last "@" is hidden (more
+    than the userinfo, never less; so is a unix socket path holding an "@")."""
     hidden = [False] * len(url)
     for start, end in [*_userinfo_span(url), *_query_password_spans(url)]:
         hidden[start:end] = [True] * (end - start)
@@ -28,9 +28,30 @@ def redacted(url: str) -> str:
 
 
 def _userinfo_span(url: str) -> list[tuple[int, int]]:
-    """Where the userinfo lies: from "://" to the last "@" (none when there is no "@")."""
-    start, end = url.find("://") + 3, url.rfind("@")
-    return [(start, end)] if start >= 3 and end > start else []
+    """Where the userinfo lies: the netloc's, up to its last "@", when no "@" comes after
+    the host; else (a password holding '/', '?' or '#' cut the netloc short, or a unix
+    socket's path holds one) everything from "://" to the last "@"."""
+    start = url.find("://") + 3
+    if start < 3:
+        return []
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urlsplit reads ("redis://[::1"): the last "@" rule
+        parts = None
+    if parts is not None and not at_past_host(parts, in_path=True):
+        end = start + parts.netloc.rfind("@")
+    else:
+        end = url.rfind("@")
+    return [(start, end)] if end > start else []
+
+
+def at_past_host(parts: SplitResult, *, in_path: bool) -> bool:
+    """Whether an "@" comes after the host (in the path when ``in_path``, the fragment or
+    a query option's name): the mark of a password holding an unencoded '/', '?' or '#',
+    which ends urlsplit's netloc inside it. An "@" in a query value is no such mark."""
+    names = [field.partition("=")[0] for field in parts.query.split("&")]
+    path = parts.path if in_path else ""
+    return any("@" in text for text in (path, parts.fragment, *names))
 
 
 def _query_password_spans(url: str) -> list[tuple[int, int]]:

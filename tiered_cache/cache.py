@@ -63,7 +63,7 @@ from .sentinels import MISS
 from .serializers import make_serializer
 from .sizing import entry_size
 from .stored import COUNTER, StoredValues, expired
-from .versions import NamespaceVersions, fresh_start, start_counter
+from .versions import JUNK_FROM, NamespaceVersions, fresh_start, start_counter
 
 if TYPE_CHECKING:
     from .memoize import Memo, MemoizedFunction, P
@@ -616,6 +616,9 @@ class Cache(Keyspace):
                 if not _FOREIGN_COUNTER.search(str(version)):
                     raise version  # not about the counter (an ACL's NOPERM): the caller's
                 version = self._restart_counter(encoded, counter, version)
+            elif isinstance(version, int) and version >= JUNK_FROM:
+                # Foreign bytes INCR still took: readers take them for version 0.
+                version = self._restart_counter(encoded, counter, f"it held {version - 1}")
         except BaseException:  # it may still run, and be announced to every worker but this
             self._versions.forget(encoded)
             raise
@@ -626,7 +629,9 @@ class Cache(Keyspace):
         self._versions.heard(encoded, version, epoch)
         return version
 
-    def _restart_counter(self, encoded: str, counter: str, error: Exception) -> int | Unavailable:
+    def _restart_counter(
+        self, encoded: str, counter: str, error: Exception | str
+    ) -> int | Unavailable:
         """Bump a version counter that holds what is no counter (foreign bytes, another
         type): readers take it for version 0 and INCR refuses it, so nothing could
         invalidate the namespace. ``lua/counter_restart.lua`` replaces it with a fresh
@@ -635,7 +640,7 @@ class Cache(Keyspace):
         script = self._counter_restart
         version = self._tier.run(
             "invalidate_namespace",
-            lambda client: script(keys=[counter], args=[fresh_start()], client=client),
+            lambda client: script(keys=[counter], args=[fresh_start(), JUNK_FROM], client=client),
         )
         if version is UNAVAILABLE:
             return UNAVAILABLE

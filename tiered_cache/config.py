@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 import redis
 
 from ._durations import checked_seconds
+from ._redaction import at_past_host
 from .errors import ConfigurationError
 from .ratelimit.limits import STRATEGIES, check_strategy, parse_limits
 
@@ -142,10 +143,10 @@ def _redis_url(value: Any) -> str:
 def _refuse_split_userinfo(parts: SplitResult) -> None:
     """Refuse an "@" that urlsplit reads past the host: a '/', '?' or '#' left unencoded
     in a password ends the netloc inside it, and the rest would be read as a path, a
-    query or a fragment (an "@" in a query value is fine; a unix socket path may hold one)."""
-    names = [field.partition("=")[0] for field in parts.query.split("&")]
-    path = "" if parts.scheme == "unix" else parts.path
-    if any("@" in text for text in (path, parts.fragment, *names)):
+    query or a fragment (an "@" in a query value is fine; a unix socket path, or a
+    sentinel service name, may hold one: their reasons quote no address, see
+    :func:`_sentinel_addresses`)."""
+    if at_past_host(parts, in_path=parts.scheme not in ("unix", "redis+sentinel")):
         raise ValueError(
             "an '@' after the host: a '/', '?' or '#' in the user name or password must be "
             "percent-encoded (%2F, %3F, %23)"
@@ -184,12 +185,15 @@ _PORT = re.compile(r"[0-9]{1,5}")
 def _sentinel_addresses(netloc: str) -> None:
     """Check each ``host[:port]`` of a ``redis+sentinel`` URL (no port means 26379)."""
     # Split as redis_tier._sentinel_client splits; urlsplit reads "26379,h2:26379" as a port.
-    for address in unquote(netloc.rpartition("@")[2]).split(","):
+    # The addresses are not quoted: cut short by a password holding an unencoded '/',
+    # one would be part of that password.
+    encode = "(a '/' in a password must be percent-encoded: %2F)"
+    for number, address in enumerate(unquote(netloc.rpartition("@")[2]).split(","), 1):
         host, colon, port = address.partition(":")
         if not host:
-            raise ValueError(f"no host in the sentinel address {address!r}")
+            raise ValueError(f"no host in sentinel address number {number} {encode}")
         if colon and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
-            raise ValueError(f"bad port in the sentinel address {address!r}")
+            raise ValueError(f"bad port in sentinel address number {number} {encode}")
 
 
 def _sentinel_path(path: str, query: str) -> None:
