@@ -177,6 +177,42 @@ def test_cache_control_reads_every_line_in_any_case(app: Flask, client: FlaskCli
     assert client.get("/two-lines").headers.getlist("Cache-Control") == ["max-age=5, no-store"]
 
 
+def test_a_directive_given_twice_keeps_its_stricter_reading(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A bare ``private`` (or ``no-cache``) covers the whole response, one that names
+    fields those fields alone (RFC 9111 5.2.2.4, 5.2.2.7): folding the lines kept the
+    last, and ``private`` became ``private="Set-Cookie"``, a personal page a shared
+    cache may store; of two ages the last won too (0 became 3600)."""
+    lines = {
+        "/private": ['private="Set-Cookie"', "private"],
+        "/no-cache": ["no-cache", 'no-cache="Set-Cookie"'],
+        "/fields": ['private="Set-Cookie"', 'private="X-Token"'],
+        "/ages": ["max-age=0", "max-age=3600"],
+    }
+
+    def answer(headers: list[str]) -> Callable[[], Response]:
+        return lambda: Response(BODY, headers=[("Cache-Control", line) for line in headers])
+
+    for path, headers in lines.items():
+        app.add_url_rule(path, path, cache_control(max_age=60)(answer(headers)))
+
+    @app.get("/statement")
+    @cache_control(private=True, max_age=60)
+    @cache_control(private="Set-Cookie")
+    def statement() -> str:
+        return BODY
+
+    def sent(path: str) -> list[str]:
+        return client.get(path).headers.getlist("Cache-Control")
+
+    assert sent("/private") == ["private, max-age=60"]
+    assert sent("/no-cache") == ["no-cache, max-age=60"]
+    assert sent("/fields") == ['private="Set-Cookie, X-Token", max-age=60']
+    assert sent("/ages") == ["max-age=0"]
+    assert sent("/statement") == ["private, max-age=60"]
+
+
 def test_no_store_bare_and_called_and_it_drops_public(app: Flask, client: FlaskClient) -> None:
     @app.get("/bare")
     @no_store
@@ -607,7 +643,39 @@ def test_a_writes_if_match_without_an_etag_decorator_is_answered_before_the_view
     assert calls == Counter({"GET": 1})  # the GET that had no tag to match
     assert client.put("/page", headers={**stale, "If-Match": "*"}).status_code == 200
     assert client.get("/page", headers={"If-Match": '"bogus"'}).status_code == 200  # no tag
-    assert calls == Counter({"GET": 2, "PUT": 1})
+    assert calls == Counter({"GET": 3, "PUT": 1})  # "*" asked a GET whether it exists
+
+
+def test_last_modified_weighs_a_writes_tags_whatever_it_knows_of_the_date(
+    app: Flask, client: FlaskClient, calls: Counter[str]
+) -> None:
+    """A create-only PUT (If-None-Match: *) overwrote what existed, and with no date
+    known (``fn`` gave None) a stale If-Match, or If-Match: * on nothing, went through
+    (RFC 9110 13.1.1, 13.1.2): the write's tags are weighed before ``fn`` is asked."""
+    docs: dict[str, str] = {"a": "v1"}
+    dates: dict[str, datetime | None] = {"a": CHANGED}
+
+    @app.route("/doc/<name>", methods=["GET", "PUT"])
+    @last_modified(lambda name: dates.get(name))  # noqa: PLW0108 - Flask passes name=
+    def doc(name: str) -> ResponseReturnValue:
+        calls[request.method] += 1
+        if request.method == "PUT":
+            docs[name] = request.get_data(as_text=True)
+            return "", 204
+        return docs.get(name, ("", 404))
+
+    def put(name: str, **headers: str) -> int:
+        return client.put(f"/doc/{name}", data="new", headers=headers).status_code
+
+    assert put("a", **{"If-None-Match": "*"}) == 412  # it exists: not created over
+    dates["a"] = None  # a date this app does not track
+    assert put("a", **{"If-Match": '"stale"'}) == 412
+    assert put("b", **{"If-Match": "*"}) == 412  # nothing there to match
+    assert (calls["PUT"], docs) == (0, {"a": "v1"})
+    assert put("b", **{"If-None-Match": "*"}) == 204  # create-only, and nothing there
+    assert "ETag" not in client.get("/doc/a").headers  # alone it sets none: "*" it is
+    assert put("a", **{"If-Match": "*"}) == 204
+    assert (calls["PUT"], docs) == (2, {"a": "new", "b": "new"})
 
 
 def test_a_writes_if_match_meets_the_tag_a_cached_page_carries(

@@ -47,6 +47,26 @@ def test_a_page_is_never_served_to_another_host_or_scheme(
 
 
 @pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_an_empty_host_is_keyed_as_itself_not_as_the_server(
+    make_app: AppFactory, public: bool
+) -> None:
+    """A request that sends ``Host:`` empty was keyed by SERVER_NAME:SERVER_PORT, the
+    name other requests send: its page (links to ``http:///...``) reached them."""
+    app, tc = make_app()
+
+    @app.route("/home")
+    @tc.cached(public=public)
+    def home() -> str:
+        return url_for("home", _external=True)
+
+    client = app.test_client()
+    empty = {"HTTP_HOST": "", "SERVER_NAME": "localhost", "SERVER_PORT": "80"}
+    assert client.get("/home", environ_overrides=empty).text == "http:///home"
+    named = client.get("/home", environ_overrides={"HTTP_HOST": "localhost:80"})
+    assert (named.text, xcache(named)) == ("http://localhost/home", "MISS")
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
 def test_a_path_that_decodes_to_a_query_or_a_variant_is_keyed_apart(
     make_app: AppFactory, public: bool
 ) -> None:

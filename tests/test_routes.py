@@ -724,6 +724,46 @@ def test_cached_refuses_durations_out_of_bounds_where_the_route_is_written(
         tc.cached(**{option: seconds})
 
 
+def test_cached_refuses_a_key_prefix_namespace_or_unless_it_cannot_use(
+    make_app: AppFactory,
+) -> None:
+    """Flask-Caching's callable key_prefix was taken, then every request raised (a 500);
+    an empty namespace and an unless that is no callable likewise."""
+    _, tc = make_app()
+    with pytest.raises(TypeError, match=r"key_prefix=.*vary=, per_user="):
+        tc.cached(key_prefix=lambda: "tenant-1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="namespace"):
+        tc.cached(namespace="")
+    with pytest.raises(TypeError, match="unless"):
+        tc.cached(unless=True)  # type: ignore[arg-type]
+    tc.cached(key_prefix="catalogue", namespace="products", unless=lambda: False)
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["through-flask", "fast-path"])
+def test_a_request_that_says_no_store_is_answered_but_not_stored(
+    make_app: AppFactory, public: bool
+) -> None:
+    """RFC 9111 5.2.1.5: no cache stores any part of a no-store request's response. A
+    page already stored may answer it (a cache may serve what it holds)."""
+    app, tc = make_app()
+    calls: list[str] = []
+
+    @app.route("/page")
+    @tc.cached(public=public)
+    def page() -> str:
+        calls.append("run")
+        return "page"
+
+    client = app.test_client()
+    refusing = {"Cache-Control": "max-age=0, No-Store"}
+    assert xcache(client.get("/page", headers=refusing)) == "MISS"
+    assert xcache(client.get("/page", headers=refusing)) == "MISS"
+    assert calls == ["run", "run"]
+    assert xcache(client.get("/page")) == "MISS"
+    assert xcache(client.get("/page", headers=refusing)) == "HIT-L1"
+    assert calls == ["run", "run", "run"]
+
+
 def test_the_vary_option_refuses_what_is_not_one_header_name(make_app: AppFactory) -> None:
     _, tc = make_app()
     with pytest.raises(TypeError, match="vary"):

@@ -83,8 +83,12 @@ def route_key(environ: Mapping[str, Any], *, key_prefix: str | None, query_strin
     while ``?b=1&a=1`` is ``?a=1&b=1``.
     """
     scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or (
-        f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+    # An empty Host is the request's (Flask builds its links with it), never the server's
+    # name: that page must not reach the requests that name the server.
+    host = (
+        environ["HTTP_HOST"]
+        if "HTTP_HOST" in environ
+        else f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     )
     if scheme not in _SCHEMES:
         scheme = quote(scheme, safe="")

@@ -25,6 +25,7 @@ from .cache import Cache
 from .config import CacheConfig, ExtensionConfig
 from .errors import ConfigurationError
 from .http import is_field_name
+from .keys import encode_name
 from .keyspace import Namespace
 from .locks import DistributedLock
 
@@ -256,6 +257,17 @@ class TieredCache:
                     "stored with (200 to 599, but for 206 and 304)"
                 )
         status_codes = tuple(int(status) for status in given)
+        if key_prefix is not None and not isinstance(cast(object, key_prefix), str):
+            # Flask-Caching takes a callable here: a key per request is what vary=,
+            # per_user= and namespace= say, in ways the fast path and 304s can follow.
+            raise TypeError(
+                f"cached(key_prefix=...) takes a string, not {key_prefix!r}: to key pages "
+                "by what a request carries, use vary=, per_user= or query_string="
+            )
+        if namespace is not None:
+            encode_name(namespace)  # a ValueError now, not on the route's first request
+        if unless is not None and not callable(unless):
+            raise TypeError(f"cached(unless=...) takes a callable, not {unless!r}")
         if timeout is not None:
             checked_seconds("cached(timeout=...)", timeout)
         checked_seconds("cached(stale_ttl=...)", stale_ttl)

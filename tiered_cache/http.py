@@ -58,6 +58,7 @@ from werkzeug.http import (
     is_resource_modified,
     parse_date,
     parse_dict_header,
+    parse_list_header,
 )
 
 __all__ = ["cache_control", "etag", "last_modified", "no_store", "vary"]
@@ -220,16 +221,45 @@ def one_cache_control_line(headers: Headers) -> str:
     Several lines are one comma-separated list (RFC 9110 5.3) and directive names are
     case-insensitive (RFC 9111 5.2), while werkzeug's ``cache_control`` reads the first
     line only and matches names as written: a view's ``Private`` would read as nothing.
+    A directive given twice is kept once, as restrictive as its occurrences say (see
+    :func:`_stricter`), never the last one as a dict would keep it.
     """
-    directives = parse_dict_header(", ".join(headers.getlist("Cache-Control")))
-    return dump_header({name.lower(): value for name, value in directives.items()})
+    merged: dict[str, str | None] = {}
+    for item in parse_list_header(", ".join(headers.getlist("Cache-Control"))):
+        for written, value in parse_dict_header(item).items():
+            name = written.lower()
+            merged[name] = _stricter(name, merged[name], value) if name in merged else value
+    return dump_header(merged)
+
+
+_QUALIFIED: Final = frozenset({"private", "no-cache"})
+"""Directives that apply to the whole response bare, and to some fields with names."""
+
+
+def _stricter(name: str, first: str | None, second: str | None) -> str | None:
+    """One value for a directive given twice: a bare ``private``/``no-cache`` over one
+    naming fields (the whole response, not ``Set-Cookie`` alone: RFC 9111 5.2.2.4 and
+    5.2.2.7), two field lists joined, the smaller of two ages (RFC 9111 4.2.1 uses the
+    first, or takes the response as stale: the smaller is never fresher), else the first.
+    """
+    if name in _QUALIFIED:
+        if first is None or second is None:
+            return None
+        return ", ".join(dict.fromkeys([*parse_list_header(first), *parse_list_header(second)]))
+    if first is not None and second is not None and first.isdigit() and second.isdigit():
+        return str(min(int(first), int(second)))
+    return first
 
 
 def _merge_cache_control(response: Response, template: ResponseCacheControl) -> None:
-    """Add the template's directives the response lacks; restrictive beats ``public``."""
+    """Add the template's directives the response lacks; restrictive beats ``public``,
+    and a bare ``private``/``no-cache`` of either beats one that names fields."""
     if "Cache-Control" in response.headers:
         response.headers["Cache-Control"] = one_cache_control_line(response.headers)
     header = response.cache_control
+    for name in _QUALIFIED:  # werkzeug holds a bare directive as None
+        if name in template and template[name] is None and header.get(name) is not None:
+            del header[name]  # the template's bare one goes in below
     header.update({k: v for k, v in template.items() if k not in header})
     if header.public and (header.private or header.no_store):
         header.public = False
@@ -435,7 +465,12 @@ def _release_route_lock(environ: dict[str, Any]) -> None:
 def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
     """Answer date preconditions from ``fn`` *before* the view runs, and set Last-Modified.
 
-    ``fn`` is called with the view's arguments and returns when the resource last
+    A write's ``If-Match`` and ``If-None-Match`` are weighed first, with no :func:`etag`
+    below or above to answer them, against the strong tag of what a GET of the URL
+    answers now (``*``: the resource exists): 412 without running the view when one
+    fails (a create-only ``If-None-Match: *`` on a resource that exists, a stale tag).
+
+    ``fn`` is then called with the view's arguments and returns when the resource last
     changed (naive datetimes are UTC), or ``None`` when that is unknown or the resource
     does not exist: then the view just runs. With a date:
 
@@ -444,10 +479,8 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
     - GET/HEAD with ``If-Modified-Since`` at or after it (and neither ``If-None-Match``
       nor ``If-Match``, which take precedence and are :func:`etag`'s business): 304
       without running the view. With ``If-Match`` the date is not weighed (RFC 9110
-      section 13.2.2 weighs it first): an :func:`etag` below or above this decorator
-      answers it; without one, a write's is answered here, before the view, against the
-      strong tag of what a GET of the URL answers now (``*`` holds: the resource
-      exists), and a GET's is left to the view (a read changes nothing).
+      section 13.2.2 weighs it first): a write's was weighed above, and a GET's is left
+      to the view (a read changes nothing).
     - Otherwise the view runs; a 2xx GET/HEAD response gets ``Last-Modified`` unless it
       has one.
 
@@ -464,11 +497,11 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
 
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Response:
+            if not (tagged or _IF_MATCH_ANSWERED in request.environ):
+                _check_write_tags()
             stamp = fn(*args, **kwargs)
             if stamp is None:
                 return make_response(call(*args, **kwargs))
-            if not (tagged or _IF_MATCH_ANSWERED in request.environ):
-                _check_write_if_match()
             stamp = _whole_seconds(stamp)
             if _date_says_not_modified(stamp):
                 return _not_modified(lambda response: setattr(response, "last_modified", stamp))
@@ -482,17 +515,17 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
     return decorate
 
 
-def _check_write_if_match() -> None:
-    """With no :func:`etag` to answer it, a write's ``If-Match`` is weighed here, before
-    the view (RFC 9110 section 13.2.2 weighs it first, and a write must not run when it
-    fails): ``*`` holds, the resource exists; a list must name the strong tag of what a
-    GET of the URL answers now (``@tc.cached``'s page, a tag the view sets), as
-    :func:`etag` weighs it. A GET or HEAD runs its view, which changes nothing: an
-    :func:`etag`, or ``send_file``, weighs it there; ``@tc.cached`` does not (README)."""
-    condition = request.if_match
-    if request.method in _READS or not condition or condition.star_tag:
+def _check_write_tags() -> None:
+    """With no :func:`etag` to answer them, a write's ``If-Match`` and ``If-None-Match``
+    are weighed here, before the view and whatever ``fn`` knows of the date (a write
+    must not run when one fails), against the strong tag of what a GET of the URL answers
+    now (``@tc.cached``'s page, a tag the view sets), as :func:`etag` weighs them: ``*``
+    holds when the resource exists, for both. A GET or HEAD runs its view, which changes
+    nothing: an :func:`etag`, or ``send_file``, weighs them there; ``@tc.cached`` does
+    not (README)."""
+    if request.method in _READS:
         return
-    _check_if_match(*_representation_tag())
+    _check_write_preconditions((), {}, False, None)
 
 
 def _whole_seconds(stamp: datetime) -> datetime:

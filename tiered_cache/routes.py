@@ -362,8 +362,9 @@ class Routes:
                     self.cache.l2_hits += 1
                 self.remember_fast(options, environ, key)
                 return self.respond(page, found.source, environ, etag=options.etag)
-            # Only a GET refreshes: a HEAD's response is not stored.
-            lock = self._lock(keyspace, found.entry_key) if method == "GET" else None
+            # Only a GET refreshes: a HEAD's response is not stored, nor one to no-store.
+            refresh = method == "GET" and not _no_store_asked(environ)
+            lock = self._lock(keyspace, found.entry_key) if refresh else None
             if lock is None:  # another request (in any worker) is refreshing it
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
@@ -412,7 +413,9 @@ class Routes:
         """Store the final response of a miss when the rules allow it.
 
         A HEAD miss gets the headers a GET's page would carry (its ETag, its ``Vary``)
-        and the same 304, but is never stored: its page would have no body.
+        and the same 304, but is never stored: its page would have no body. Nor is the
+        response to a request that says ``Cache-Control: no-store`` (RFC 9111 5.2.1.5:
+        no cache stores any of it; served from the cache it may be).
         """
         options = pending.options
         _one_line_each(response.headers)
@@ -431,7 +434,8 @@ class Routes:
             response.vary.add(name)
         etag = unquote_etag(response.headers.get("ETag"))[0] if validated else None
         # A guessed namespace version keys what no invalidation reaches: not stored.
-        if request.method == "GET" and not pending.keyspace.guessed:
+        keep = request.method == "GET" and not _no_store_asked(request.environ)
+        if keep and not pending.keyspace.guessed:
             self._keep(pending, response, body, etag)
         if options.etag and none_match(request.environ, etag):
             # As a hit answers: If-None-Match alone. If-Match, If-Modified-Since and
@@ -723,6 +727,12 @@ def _marked(rv: Any, source: str) -> Response:
     response = current_app.make_response(rv)
     response.headers["X-Cache"] = source
     return response
+
+
+def _no_store_asked(environ: Mapping[str, Any]) -> bool:
+    """Whether the request says ``Cache-Control: no-store`` (in any case, any line)."""
+    line = environ.get("HTTP_CACHE_CONTROL") or ""
+    return any(part.partition("=")[0].strip().lower() == "no-store" for part in line.split(","))
 
 
 def _session_read() -> bool:
