@@ -189,6 +189,8 @@ def test_a_directive_given_twice_keeps_its_stricter_reading(
         "/no-cache": ["no-cache", 'no-cache="Set-Cookie"'],
         "/fields": ['private="Set-Cookie"', 'private="X-Token"'],
         "/ages": ["max-age=0", "max-age=3600"],
+        "/bad-age": ["max-age", "max-age=3600"],  # malformed: read as 0, never as fresh
+        "/fields-cased": ['private="X-Token"', 'private="x-token, Set-Cookie"'],
     }
 
     def answer(headers: list[str]) -> Callable[[], Response]:
@@ -210,6 +212,8 @@ def test_a_directive_given_twice_keeps_its_stricter_reading(
     assert sent("/no-cache") == ["no-cache, max-age=60"]
     assert sent("/fields") == ['private="Set-Cookie, X-Token", max-age=60']
     assert sent("/ages") == ["max-age=0"]
+    assert sent("/bad-age") == ["max-age=0"]
+    assert sent("/fields-cased") == ['private="X-Token, Set-Cookie", max-age=60']
     assert sent("/statement") == ["private, max-age=60"]
 
 
@@ -664,6 +668,12 @@ def test_last_modified_weighs_a_writes_tags_whatever_it_knows_of_the_date(
             return "", 204
         return docs.get(name, ("", 404))
 
+    @app.route("/drop/<name>", methods=["DELETE"])
+    @last_modified(lambda name: None)
+    def drop(name: str) -> ResponseReturnValue:
+        calls["DELETE"] += 1
+        return "", 204
+
     def put(name: str, **headers: str) -> int:
         return client.put(f"/doc/{name}", data="new", headers=headers).status_code
 
@@ -676,6 +686,11 @@ def test_last_modified_weighs_a_writes_tags_whatever_it_knows_of_the_date(
     assert "ETag" not in client.get("/doc/a").headers  # alone it sets none: "*" it is
     assert put("a", **{"If-Match": "*"}) == 204
     assert (calls["PUT"], docs) == (2, {"a": "new", "b": "new"})
+
+    # A URL that answers no GET has nothing to weigh them against: the view decides.
+    for condition in ({"If-Match": "*"}, {"If-None-Match": "*"}, {"If-Match": '"x"'}):
+        assert client.delete("/drop/a", headers=condition).status_code == 204
+    assert calls["DELETE"] == 3
 
 
 def test_a_writes_if_match_meets_the_tag_a_cached_page_carries(

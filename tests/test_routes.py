@@ -764,6 +764,28 @@ def test_a_request_that_says_no_store_is_answered_but_not_stored(
     assert calls == ["run", "run", "run"]
 
 
+def test_a_no_store_request_does_not_refresh_a_stale_page(make_app: AppFactory) -> None:
+    """Its response would be the refreshed page: it gets the stale one, and the next
+    request that may be stored refreshes it."""
+    app, tc = make_app()
+    calls: list[str] = []
+
+    @app.route("/stale")
+    @tc.cached(timeout=0.5, stale_ttl=60)
+    def stale() -> str:
+        calls.append("run")
+        return f"version {len(calls)}"
+
+    client = app.test_client()
+    assert client.get("/stale").text == "version 1"
+    time.sleep(0.6)
+    answer = client.get("/stale", headers={"Cache-Control": "no-store"})
+    assert (answer.text, xcache(answer)) == ("version 1", "STALE")
+    answer = client.get("/stale")
+    assert (answer.text, xcache(answer)) == ("version 2", "MISS")
+    assert xcache(client.get("/stale")) == "HIT-L1"
+
+
 def test_the_vary_option_refuses_what_is_not_one_header_name(make_app: AppFactory) -> None:
     _, tc = make_app()
     with pytest.raises(TypeError, match="vary"):

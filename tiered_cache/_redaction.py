@@ -29,8 +29,9 @@ def redacted(url: str) -> str:
 
 def _userinfo_span(url: str) -> list[tuple[int, int]]:
     """Where the userinfo lies: the netloc's, up to its last "@", when no "@" comes after
-    the host; else (a password holding '/', '?' or '#' cut the netloc short, or a unix
-    socket's path holds one) everything from "://" to the last "@"."""
+    the netloc; else (a password holding '/', '?' or '#' cut the netloc short, or a
+    unix socket's path or a query value holds one) everything from "://" to the last
+    "@": more than the userinfo, never less."""
     start = url.find("://") + 3
     if start < 3:
         return []
@@ -38,10 +39,13 @@ def _userinfo_span(url: str) -> list[tuple[int, int]]:
         parts = urlsplit(url)
     except ValueError:  # not a URL urlsplit reads ("redis://[::1"): the last "@" rule
         parts = None
-    if parts is not None and not at_past_host(parts, in_path=True):
+    end = url.rfind("@")
+    # The netloc's own "@" only when no "@" follows it at all (a query value's included:
+    # "?" in a password ends the netloc too) and urlsplit dropped nothing from it (it
+    # deletes tabs and line breaks, which would shift every offset after them).
+    whole = parts is not None and not any(c in url for c in "\t\r\n")
+    if parts is not None and whole and "@" not in url[start + len(parts.netloc) :]:
         end = start + parts.netloc.rfind("@")
-    else:
-        end = url.rfind("@")
     return [(start, end)] if end > start else []
 
 

@@ -44,7 +44,8 @@ class SessionState:
     user: User | None = None
     """The user given to ``login`` (names the index the id is listed in)."""
     index_ttl: float | None = None
-    """The index TTL its record was written with (see ``Record.index_ttl``)."""
+    """The index TTL its entry in the user's index was last scored with (see
+    ``Record.index_ttl``)."""
     raw: bytes | None = None
     """The stored bytes as loaded or last written."""
     permanent: bool = False

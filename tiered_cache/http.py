@@ -50,7 +50,7 @@ from typing import Any, Final, ParamSpec, Protocol, overload
 from flask import Flask, Response, current_app, make_response, request
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import Headers, ResponseCacheControl
-from werkzeug.exceptions import HTTPException, PreconditionFailed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, PreconditionFailed
 from werkzeug.http import (
     dump_header,
     generate_etag,
@@ -240,15 +240,26 @@ def _stricter(name: str, first: str | None, second: str | None) -> str | None:
     """One value for a directive given twice: a bare ``private``/``no-cache`` over one
     naming fields (the whole response, not ``Set-Cookie`` alone: RFC 9111 5.2.2.4 and
     5.2.2.7), two field lists joined, the smaller of two ages (RFC 9111 4.2.1 uses the
-    first, or takes the response as stale: the smaller is never fresher), else the first.
+    first, or takes the response as stale: the smaller is never fresher; a malformed
+    one is 0), else the first.
     """
     if name in _QUALIFIED:
         if first is None or second is None:
             return None
-        return ", ".join(dict.fromkeys([*parse_list_header(first), *parse_list_header(second)]))
-    if first is not None and second is not None and first.isdigit() and second.isdigit():
-        return str(min(int(first), int(second)))
+        fields: dict[str, str] = {}  # field names are case-insensitive: the first spelling
+        for field in [*parse_list_header(first), *parse_list_header(second)]:
+            fields.setdefault(field.lower(), field)
+        return ", ".join(fields.values())
+    if name in _AGES:  # a malformed age reads as 0, as RFC 9111 4.2.1 would have it stale
+        return str(min(_age(first), _age(second)))
     return first
+
+
+_AGES: Final = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+
+
+def _age(value: str | None) -> int:
+    return int(value) if value is not None and value.isascii() and value.isdigit() else 0
 
 
 def _merge_cache_control(response: Response, template: ResponseCacheControl) -> None:
@@ -413,13 +424,16 @@ def _check_write_preconditions(
         tag, is_weak = (found, weak) if found is not None else (None, None)
     else:
         tag, is_weak = _representation_tag()
+        if tag == _NO_GET:
+            return
     _check_if_match(tag, is_weak)
     if tag is not None and request.if_none_match.contains_weak(tag):
         raise PreconditionFailed("If-None-Match matches the current representation.")
 
 
 def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
-    """The ETag of what a GET of this URL answers now; ``(None, None)``: no resource.
+    """The ETag of what a GET of this URL answers now; ``(None, None)``: no resource;
+    ``(_NO_GET, False)``: the URL answers no GET (405).
 
     Only the matched view runs (``dispatch_request``): no before/after-request hooks,
     no session saved, in a request context of its own with the request's headers and
@@ -433,7 +447,9 @@ def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
     with app.request_context(environ):
         try:
             response = app.make_response(app.dispatch_request())
-        except HTTPException:  # 404, 405: nothing to compare with
+        except MethodNotAllowed:  # no GET at this URL: whether it exists is not known
+            return _NO_GET, False
+        except HTTPException:  # 404 and the like: nothing there
             return None, None
         finally:
             _release_route_lock(environ)
@@ -445,6 +461,10 @@ def _representation_tag() -> tuple[str, bool] | tuple[None, None]:
             return _UNTAGGED, True
         return generate_etag(response.get_data()), False
 
+
+_NO_GET: Final = "\x01"
+"""The tag of a URL that answers no GET (a PUT- or DELETE-only route): nothing to weigh
+a write's preconditions against, so the view decides (no client can send it)."""
 
 _UNTAGGED: Final = "\x00"
 """The tag of a resource that exists but whose tag cannot be known (its GET streams):
@@ -469,6 +489,10 @@ def last_modified(fn: Callable[P, datetime | None]) -> BoundViewDecorator[P]:
     below or above to answer them, against the strong tag of what a GET of the URL
     answers now (``*``: the resource exists): 412 without running the view when one
     fails (a create-only ``If-None-Match: *`` on a resource that exists, a stale tag).
+    That GET is the matched view alone, as :func:`etag`'s (see its ``current=``): no
+    before/after-request hooks, ``teardown_request`` run; it runs for any unsafe method
+    that sends either header, POST included. A URL that answers no GET (405) has
+    nothing to weigh them against: the view decides.
 
     ``fn`` is then called with the view's arguments and returns when the resource last
     changed (naive datetimes are UTC), or ``None`` when that is unknown or the resource

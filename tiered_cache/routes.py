@@ -365,7 +365,7 @@ class Routes:
             # Only a GET refreshes: a HEAD's response is not stored, nor one to no-store.
             refresh = method == "GET" and not _no_store_asked(environ)
             lock = self._lock(keyspace, found.entry_key) if refresh else None
-            if lock is None:  # another request (in any worker) is refreshing it
+            if lock is None:  # another request is refreshing it, or this one may not
                 self.cache.stale_served += 1
                 return self.respond(page, STALE, environ, etag=options.etag)
         self.cache.misses += 1  # the view runs (a stale page's refresh too)
