@@ -898,3 +898,20 @@ def test_foreign_bus_messages_are_ignored_without_a_reconnect(
     assert reader.get("kept") == "kept"
     assert reader.stats()["l1_hits"] == hits + 1  # L1 was not flushed by a reconnection
     assert reader.stats()["bus_reconnects"] == 0 and reader.stats()["bus_connected"]
+
+
+def test_what_is_owed_is_bounded_and_taken_once() -> None:
+    """The deletes a process owes keep their order, stop at MAX_KEYS (the oldest go),
+    and are handed out once."""
+    from tiered_cache.owed import MAX_KEYS, Owed
+
+    now = [0.0]
+    owed = Owed(pause=2.0, timer=lambda: now[0])
+    assert not owed.due and owed.take() == ((), ())
+    owed.owe([f"k{i}" for i in range(MAX_KEYS + 2)], ["ns"])
+    owed.owe(["k5"], ["ns"])  # owed twice: once
+    assert owed.take() == ((), ()) and owed.due  # not within 2 s of the failure
+    now[0] = 2.0
+    keys, names = owed.take()
+    assert (len(keys), keys[0], keys[-1], names) == (MAX_KEYS, "k2", f"k{MAX_KEYS + 1}", ("ns",))
+    assert owed.forgotten == 2 and not owed.due and owed.take() == ((), ())

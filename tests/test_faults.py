@@ -410,6 +410,57 @@ def test_fail_closed_a_junk_counter_restart_that_raised_forgets_the_version(
     assert cache._versions.cached(encoded) is None
 
 
+@pytest.mark.parametrize("fail_open", [True, False], ids=["fail-open", "fail-closed"])
+def test_what_a_stall_kept_from_redis_is_paid_once_it_answers(
+    redis_server: RedisServer, caches: list[Cache], fail_open: bool
+) -> None:
+    """A write-through during a stall: its SET timed out but was sent, and ran once
+    Redis answered, while the namespace bump and the delete after it failed unsent.
+    Redis kept the new record beside the old pages for good, which no message would
+    ever drop. They are owed, and the writer's next call that reaches Redis pays them:
+    the failed write's key deleted too (its value may or may not have landed)."""
+    writer, reader = _make(caches, redis_server, fail_open=fail_open), _make(caches, redis_server)
+    writer.connect()
+    reader.connect()
+    pages = writer.namespace("pages")
+    assert writer.set("rec", "old") and pages.set("page", "page(old)")
+    assert writer.set("other", "to-delete")
+    assert reader.namespace("pages").get("page") == "page(old)"
+    raw = redis_server.client()
+    counter = writer._layout.counter(encode_name("pages"))
+    version = raw.get(counter)
+
+    def quietly(call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except CacheUnavailable:
+            assert not fail_open
+
+    redis_server.pause()
+    try:
+        quietly(lambda: writer.set("rec", "new"))
+        quietly(lambda: writer.invalidate_namespace("pages"))
+        quietly(lambda: writer.delete("other"))
+    finally:
+        redis_server.resume()
+    assert raw.get(counter) == version  # the bump never reached Redis
+
+    def paid() -> bool:
+        quietly(lambda: writer.get("anything"))  # any call that reaches Redis pays
+        return raw.get(counter) != version
+
+    _wait_for(paid, what="the writer to pay its bump")
+    gone = [writer._layout.data(DEFAULT_NAMESPACE, 0, key) for key in ("rec", "other")]
+    assert raw.exists(*gone) == 0
+    _wait_for(
+        lambda: (
+            (reader.get("rec"), reader.namespace("pages").get("page"), reader.get("other"))
+            == (None, None, None)
+        ),
+        what="the reader to drop what was owed",
+    )
+
+
 def test_a_call_may_override_fail_open(redis_server: RedisServer, caches: list[Cache]) -> None:
     """Sessions and rate limits share the breaker but decide for themselves what an
     outage means: ``run(fail_open=...)`` overrides the cache's setting for one call."""

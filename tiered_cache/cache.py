@@ -38,7 +38,7 @@ from ._log import RateLimitedLog
 from .bus import Bus, Message, NoBus
 from .config import CacheConfig, CacheSettings
 from .copying import copier_for
-from .errors import ConfigurationError, TieredCacheError
+from .errors import CacheUnavailable, ConfigurationError, TieredCacheError
 from .flight import release
 from .framing import HEADER_SIZE, Frame
 from .hit_path import L1Reader, make_reader
@@ -47,6 +47,7 @@ from .keyspace import Keyspace, Namespace
 from .l1 import Entry, Reading, make_l1
 from .loading import Load, Loading
 from .locks import DistributedLock
+from .owed import Owed
 from .redis_tier import (
     UNAVAILABLE,
     Breaker,
@@ -75,6 +76,8 @@ Listener = Callable[[Message | None], None]
 """Called in the listener thread with every message from another process, and with None
 after every (re)subscription, when messages may have been missed."""
 
+
+_REPAY: Final = "repay owed invalidations"
 
 _FOREIGN_COUNTER: Final = re.compile(r"WRONGTYPE|not an integer|would overflow")
 """What Redis answers an INCR of a key that holds no counter (or foreign bytes that read
@@ -171,6 +174,8 @@ class Cache(Keyspace):
             current=self._versions_current,
         )
         self._loading = Loading(self)
+        # A forked child owes nothing: its parent pays its own.
+        self._owed = Owed(pause=config.breaker_reset, timer=self._timer)
         self._start_lock = threading.Lock()
         self._hit_counts: list[Callable[[], int]] = []  # one per L1 reader
         self._l1_value = self._l1_reader(lambda _local, _default: MISS)
@@ -284,6 +289,40 @@ class Cache(Keyspace):
             except Exception as exc:  # one feature's bug must not stop invalidation
                 self._log.warning("bus-listener", "%r failed on %r: %r", listener, message, exc)
 
+    def _repay(self) -> None:
+        """Pay what this process owes (see :mod:`tiered_cache.owed`): delete the keys and
+        bump the namespaces, announced on the bus, in one round trip; owed again if Redis
+        is still away. Never raises: it rides on an unrelated call."""
+        keys, names = self._owed.take()
+        if not (keys or names):
+            return
+        counters = [self._layout.counter(name) for name in names]
+
+        def repay(pipe: Any) -> None:
+            for gkey in keys:
+                pipe.unlink(gkey)
+            for counter in counters:
+                start_counter(pipe, counter)
+                pipe.incr(counter)  # a junk counter's error is left to the next bump
+
+        try:
+            result = self._write(_REPAY, repay, check=False, keys=keys, namespaces=names)
+        except CacheUnavailable:
+            result = UNAVAILABLE
+        if result is UNAVAILABLE:
+            self._owed.owe(keys, names)
+            return
+        for gkey in keys:
+            self._l1.invalidate(gkey)
+        for name in names:
+            self._versions.forget(name)
+        self._log.warning(
+            "repaid",
+            "paid %d deletes and %d namespace bumps owed since Redis failed",
+            len(keys),
+            len(names),
+        )
+
     def _announce(self, what: str, **news: Any) -> bool:
         """Announce ``news`` (:class:`Message` fields) alone; False if Redis is unavailable."""
         return self._write(what, lambda pipe: None, **news) is not UNAVAILABLE
@@ -329,7 +368,12 @@ class Cache(Keyspace):
             return results
 
         try:
-            return self._tier.run(what, call)
+            results = self._tier.run(what, call)
+            if self._owed.due and results is not UNAVAILABLE and what != _REPAY:
+                # Redis is back. A key this write just wrote or deleted is settled by it.
+                self._owed.settle(news.get("keys", ()))
+                self._repay()
+            return results
         finally:
             # The bus skips our own messages: wake this process's waiters here.
             self._loading.waiters.wake(news.get("keys", ()) + news.get("aborted", ()))
@@ -412,8 +456,11 @@ class Cache(Keyspace):
     # -- reads ----------------------------------------------------------------------
 
     def _get(self, gkey: str) -> bytes | ResponseError | Unavailable | None:
-        """One GET through the error boundary."""
-        return self._tier.run("get", lambda client: get_reply(client, gkey))
+        """One GET through the error boundary (then, Redis being back, what is owed)."""
+        reply = self._tier.run("get", lambda client: get_reply(client, gkey))
+        if self._owed.due and reply is not UNAVAILABLE:
+            self._repay()
+        return reply
 
     def _read(self, local: Hashable, gkey: str, *, decode: bool = True) -> Any:
         """Read ``gkey`` from Redis and fill L1; MISS when absent, expired or unreadable."""
@@ -441,6 +488,8 @@ class Cache(Keyspace):
         mget = "mget_nonatomic" if self._cluster else "mget"
         with self._reading() as since:
             raws = self._tier.run("get_many", lambda c: getattr(c, mget)(gkeys))
+            if self._owed.due and raws is not UNAVAILABLE:
+                self._repay()  # Redis is back; its owed keys' fills below are refused
             now = self._clock()
             for n, i in enumerate(missing):
                 decoded = self._values.decode(where[i][1], raws if raws is UNAVAILABLE else raws[n])
@@ -481,10 +530,13 @@ class Cache(Keyspace):
         data, held, fresh_until = self._values.encode(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
         write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
-        with self._reading() as since, self._dropping_on_error(gkey):
+        owed = () if only_new else (gkey,)  # add's "only if absent" is the caller's to keep
+        with self._reading() as since, self._dropping_on_error(gkey, owed=owed):
             result = self._write("set", write, unlock=unlock, keys=(gkey,))
             if result is UNAVAILABLE or not result[0]:
                 self._l1.invalidate(gkey)
+                if result is UNAVAILABLE:
+                    self._owed.owe(owed)
                 return False
             stored = len(data) - HEADER_SIZE  # the payload, as readers charge it
             entry = self._entry(held, local, gkey, fresh_until, early, stored=stored)
@@ -492,15 +544,16 @@ class Cache(Keyspace):
             return True
 
     @contextlib.contextmanager
-    def _dropping_on_error(self, *gkeys: str) -> Iterator[None]:
+    def _dropping_on_error(self, *gkeys: str, owed: tuple[str, ...] = ()) -> Iterator[None]:
         """Drop this process's copies of ``gkeys`` when a write raises (``fail_open`` off):
         a write whose reply was lost may still run, and its announcement with it, which
-        reaches every worker but this one."""
+        reaches every worker but this one. Its keys ``owed`` are owed a delete."""
         try:
             yield
         except BaseException:
             for gkey in gkeys:
                 self._l1.invalidate(gkey)
+            self._owed.owe(owed)
             raise
 
     def _keep(self, local: Hashable, gkey: str, entry: Entry | None, since: int) -> None:
@@ -521,8 +574,10 @@ class Cache(Keyspace):
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
 
         gkeys = tuple(w[1] for w in writes)
-        with self._reading() as since, self._dropping_on_error(*gkeys):
+        with self._reading() as since, self._dropping_on_error(*gkeys, owed=gkeys):
             result = self._write("set_many", write_all, keys=gkeys)
+            if result is UNAVAILABLE:
+                self._owed.owe(gkeys)
             for local, gkey, data, held, fresh_until, _ in writes:
                 entry = None
                 if result is not UNAVAILABLE:
@@ -542,9 +597,14 @@ class Cache(Keyspace):
 
         try:
             result = self._write("delete", unlink, keys=tuple(gkeys))
+        except BaseException:
+            self._owed.owe(gkeys)
+            raise
         finally:  # after the write (a read that began before it cannot refill), raised or not
             for gkey in gkeys:
                 self._l1.invalidate(gkey)
+        if result is UNAVAILABLE:
+            self._owed.owe(gkeys)
         return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
@@ -621,9 +681,11 @@ class Cache(Keyspace):
                 version = self._restart_counter(encoded, counter, f"it held {version - 1}")
         except BaseException:  # it may still run, and be announced to every worker but this
             self._versions.forget(encoded)
+            self._owed.owe(names=(encoded,))
             raise
         if version is UNAVAILABLE:
             self._versions.forget(encoded)
+            self._owed.owe(names=(encoded,))
             return 0
         version = int(version)
         self._versions.heard(encoded, version, epoch)
