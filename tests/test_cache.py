@@ -915,3 +915,7 @@ def test_what_is_owed_is_bounded_and_taken_once() -> None:
     keys, names = owed.take()
     assert (len(keys), keys[0], keys[-1], names) == (MAX_KEYS, "k2", f"k{MAX_KEYS + 1}", ("ns",))
     assert owed.forgotten == 2 and not owed.due and owed.take() == ((), ())
+    owed.owe(["a", "b"], ["ns", "other"])
+    owed.settle(["a"], ["ns"])  # written or bumped since: settled
+    now[0] = 4.0
+    assert owed.take() == (("b",), ("other",))

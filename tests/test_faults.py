@@ -24,7 +24,7 @@ import redis
 
 from tests.injected import fail_version_reads
 from tests.redis_harness import RedisServer, free_port
-from tiered_cache import MISS, Cache, CacheUnavailable
+from tiered_cache import MISS, Cache, CacheUnavailable, TieredCacheError
 from tiered_cache.framing import pack
 from tiered_cache.keys import DEFAULT_NAMESPACE, KeyLayout, encode_name
 
@@ -459,6 +459,55 @@ def test_what_a_stall_kept_from_redis_is_paid_once_it_answers(
         ),
         what="the reader to drop what was owed",
     )
+
+
+def _owe_in_a_stall(redis_server: RedisServer, call: Callable[[], Any]) -> None:
+    """Run ``call`` while Redis is paused, so that what it writes fails and is owed."""
+    redis_server.pause()
+    try:
+        call()
+    finally:
+        redis_server.resume()
+
+
+def test_an_owed_delete_stands_until_a_write_of_the_key_gets_through(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    """A later write of the key settles its debt only when it took effect: an add that
+    found the key taken, or an incr of a value, left the old value in Redis for good."""
+    writer = _make(caches, redis_server, breaker_reset=2.0)  # the debt waits 2 s
+    writer.connect()
+    raw = redis_server.client()
+    gkey = writer._layout.data(DEFAULT_NAMESPACE, 0, "k")
+    assert writer.set("k", "old")
+    _owe_in_a_stall(redis_server, lambda: writer.set("k", "new"))
+    time.sleep(0.3)  # past the thread's quiet moment after its timeout
+    assert writer.add("k", "other") is False  # reached Redis: the key is taken
+    with pytest.raises(TieredCacheError):
+        writer.incr("k")
+    assert raw.exists(gkey) == 1  # not paid yet (within 2 s of the failure)
+    _wait_for(lambda: (writer.get("nothing"), raw.exists(gkey))[1] == 0, what="the debt paid")
+    assert writer.get("k") is None  # read again from its source, not the old value
+
+
+def test_an_owed_bump_of_a_junk_counter_replaces_it(
+    redis_server: RedisServer, caches: list[Cache]
+) -> None:
+    """A bump paid late meets what a bump meets: a counter holding junk is replaced by a
+    fresh start (its INCR's error was ignored, and the namespace never invalidated)."""
+    writer = _make(caches, redis_server, breaker_reset=0.2)
+    reader = _make(caches, redis_server)
+    writer.connect()
+    reader.connect()
+    assert writer.namespace("pages").set("page", "page(old)")
+    assert reader.namespace("pages").get("page") == "page(old)"
+    _owe_in_a_stall(redis_server, lambda: writer.invalidate_namespace("pages"))
+    raw = redis_server.client()
+    counter = writer._layout.counter(encode_name("pages"))
+    raw.delete(counter)
+    raw.hset(counter, "junk", "1")
+    _wait_for(lambda: (writer.get("nothing"), raw.type(counter))[1] == b"string")
+    _wait_for(lambda: reader.namespace("pages").get("page") is None, what="the reader")
 
 
 def test_a_call_may_override_fail_open(redis_server: RedisServer, caches: list[Cache]) -> None:

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
@@ -78,6 +78,20 @@ after every (re)subscription, when messages may have been missed."""
 
 
 _REPAY: Final = "repay owed invalidations"
+
+
+def _refused(reply: Any) -> bool:
+    """Whether a pipeline reply is an error (outages were raised before: this is one
+    that says no, such as an ACL's NOPERM)."""
+    return isinstance(reply, ResponseError)
+
+
+def _foreign_counter(reply: Any) -> bool:
+    """Whether an INCR reply says the counter holds junk (see :data:`_FOREIGN_COUNTER`)."""
+    if isinstance(reply, ResponseError):
+        return bool(_FOREIGN_COUNTER.search(str(reply)))
+    return isinstance(reply, int) and reply >= JUNK_FROM
+
 
 _FOREIGN_COUNTER: Final = re.compile(r"WRONGTYPE|not an integer|would overflow")
 """What Redis answers an INCR of a key that holds no counter (or foreign bytes that read
@@ -303,25 +317,45 @@ class Cache(Keyspace):
                 pipe.unlink(gkey)
             for counter in counters:
                 start_counter(pipe, counter)
-                pipe.incr(counter)  # a junk counter's error is left to the next bump
+                pipe.incr(counter)
 
         try:
             result = self._write(_REPAY, repay, check=False, keys=keys, namespaces=names)
         except CacheUnavailable:
             result = UNAVAILABLE
+        except BaseException:  # not Redis's answer (a bug, an interrupt): owed still
+            self._owed.owe(keys, names)
+            raise
         if result is UNAVAILABLE:
             self._owed.owe(keys, names)
             return
+        unpaid = [gkey for gkey, reply in zip(keys, result, strict=False) if _refused(reply)]
+        bumps = result[len(keys) + 1 : len(keys) + 2 * len(names) : 2]
+        for name, counter, bumped in zip(names, counters, bumps, strict=True):
+            if _foreign_counter(bumped):  # as _bump would: replaced by a fresh start
+                self._restart_counter(name, counter, bumped)
+            elif _refused(bumped):
+                self._owed.owe(names=(name,))
+        self._owed.owe(unpaid)  # an error reply that is no outage (an ACL's NOPERM)
         for gkey in keys:
             self._l1.invalidate(gkey)
         for name in names:
             self._versions.forget(name)
         self._log.warning(
             "repaid",
-            "paid %d deletes and %d namespace bumps owed since Redis failed",
-            len(keys),
+            "paid %d deletes and %d namespace bumps owed since Redis failed (%d keys "
+            "forgotten past the bound so far)",
+            len(keys) - len(unpaid),
             len(names),
+            self._owed.forgotten,
         )
+
+    def _repay_after(self, keys: Iterable[str] = (), names: Iterable[str] = ()) -> None:
+        """After a write that reached Redis: ``keys`` it wrote or deleted, ``names`` it
+        bumped, owe nothing more; then pay what else is owed."""
+        if self._owed.due:
+            self._owed.settle(keys, names)
+            self._repay()
 
     def _announce(self, what: str, **news: Any) -> bool:
         """Announce ``news`` (:class:`Message` fields) alone; False if Redis is unavailable."""
@@ -368,12 +402,7 @@ class Cache(Keyspace):
             return results
 
         try:
-            results = self._tier.run(what, call)
-            if self._owed.due and results is not UNAVAILABLE and what != _REPAY:
-                # Redis is back. A key this write just wrote or deleted is settled by it.
-                self._owed.settle(news.get("keys", ()))
-                self._repay()
-            return results
+            return self._tier.run(what, call)
         finally:
             # The bus skips our own messages: wake this process's waiters here.
             self._loading.waiters.wake(news.get("keys", ()) + news.get("aborted", ()))
@@ -537,7 +566,10 @@ class Cache(Keyspace):
                 self._l1.invalidate(gkey)
                 if result is UNAVAILABLE:
                     self._owed.owe(owed)
+                else:
+                    self._repay_after()  # an add refused: the key's debt stands
                 return False
+            self._repay_after(keys=(gkey,))
             stored = len(data) - HEADER_SIZE  # the payload, as readers charge it
             entry = self._entry(held, local, gkey, fresh_until, early, stored=stored)
             self._keep(local, gkey, entry, since)
@@ -578,6 +610,8 @@ class Cache(Keyspace):
             result = self._write("set_many", write_all, keys=gkeys)
             if result is UNAVAILABLE:
                 self._owed.owe(gkeys)
+            else:
+                self._repay_after(keys=gkeys)
             for local, gkey, data, held, fresh_until, _ in writes:
                 entry = None
                 if result is not UNAVAILABLE:
@@ -605,6 +639,8 @@ class Cache(Keyspace):
                 self._l1.invalidate(gkey)
         if result is UNAVAILABLE:
             self._owed.owe(gkeys)
+        else:
+            self._repay_after(keys=gkeys)
         return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
@@ -627,6 +663,7 @@ class Cache(Keyspace):
             self._l1.invalidate(gkey)
         if result is UNAVAILABLE:
             return None
+        self._repay_after()  # a counter settles no debt: it is not the key's value
         if isinstance(result[1], Exception):
             raise TieredCacheError(f"cannot increment {gkey!r}: {result[1]}") from result[1]
         return int(result[1])
@@ -689,6 +726,7 @@ class Cache(Keyspace):
             return 0
         version = int(version)
         self._versions.heard(encoded, version, epoch)
+        self._repay_after(names=(encoded,))
         return version
 
     def _restart_counter(

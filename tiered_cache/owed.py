@@ -12,9 +12,9 @@ key written again meanwhile is settled by that write. Paid late, an invalidation
 most a miss: a value written meanwhile by someone else is deleted too, and read again
 from its source.
 
-What is owed is bounded (:data:`MAX_KEYS`); past it the oldest keys are forgotten, and
-logged. A process that never reaches Redis again owes them for good; a forked child
-starts owing nothing (its parent pays its own).
+What is owed is bounded (:data:`MAX_KEYS` keys, as many namespaces); past it the oldest
+are forgotten, and logged. A process that never reaches Redis again owes them for good;
+a forked child starts owing nothing (its parent pays its own).
 """
 
 from __future__ import annotations
@@ -50,17 +50,21 @@ class Owed:
         with self._lock:
             self._keys.update(dict.fromkeys(keys))
             self._names.update(dict.fromkeys(names))
-            while len(self._keys) > MAX_KEYS:
-                del self._keys[next(iter(self._keys))]
-                self.forgotten += 1
+            for owed in (self._keys, self._names):
+                while len(owed) > MAX_KEYS:
+                    del owed[next(iter(owed))]
+                    self.forgotten += 1
             self.due = bool(self._keys or self._names)
             self._not_before = self._timer() + self._pause
 
-    def settle(self, keys: Iterable[str]) -> None:
-        """Owe nothing more for ``keys``: a later write of them reached Redis."""
+    def settle(self, keys: Iterable[str] = (), names: Iterable[str] = ()) -> None:
+        """Owe nothing more for ``keys`` and ``names``: a later write of them (a stored
+        value, a delete, a bump) reached Redis."""
         with self._lock:
             for key in keys:
                 self._keys.pop(key, None)
+            for name in names:
+                self._names.pop(name, None)
             self.due = bool(self._keys or self._names)
 
     def take(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
