@@ -306,7 +306,8 @@ class Cache(Keyspace):
     def _repay(self) -> None:
         """Pay what this process owes (see :mod:`tiered_cache.owed`): delete the keys and
         bump the namespaces, announced on the bus, in one round trip; owed again if Redis
-        is still away. Never raises: it rides on an unrelated call."""
+        is still away. Redis's failures never reach the caller: it rides on an unrelated
+        call (what is not Redis's answer, a bug or an interrupt, is owed again and raised)."""
         keys, names = self._owed.take()
         if not (keys or names):
             return
@@ -333,7 +334,12 @@ class Cache(Keyspace):
         bumps = result[len(keys) + 1 : len(keys) + 2 * len(names) : 2]
         for name, counter, bumped in zip(names, counters, bumps, strict=True):
             if _foreign_counter(bumped):  # as _bump would: replaced by a fresh start
-                self._restart_counter(name, counter, bumped)
+                try:
+                    restarted = self._restart_counter(name, counter, bumped)
+                except CacheUnavailable:
+                    restarted = UNAVAILABLE
+                if restarted is UNAVAILABLE:
+                    self._owed.owe(names=(name,))
             elif _refused(bumped):
                 self._owed.owe(names=(name,))
         self._owed.owe(unpaid)  # an error reply that is no outage (an ACL's NOPERM)
