@@ -203,7 +203,7 @@ class Cache(Keyspace):
     def _reset_counters(self) -> None:
         self.l2_hits = self.misses = 0
         self.route_l1_hits = 0
-        """Pages served from L1 through Flask (the route cache counts once a request)."""
+        """Pages served from L1, through Flask or the fast path (once a request)."""
         self.loader_calls = self.stampede_waits = self.stale_served = 0
         self.early_refreshes = self.ratelimit_refusals = 0
 
@@ -419,16 +419,12 @@ class Cache(Keyspace):
         """Build an L1 hit path over this process's L1 and bus (see :mod:`.hit_path`).
 
         :param counted: count its hits in ``l1_hits``; else its caller counts them, once
-            a request (:meth:`_count_l1_hits`, :attr:`route_l1_hits`).
+            a request (:attr:`route_l1_hits`).
         """
         read, hits = make_reader(self._l1, self._bus, self._timer, self._dttl, miss)
         if counted:  # else its count is never read
             self._hit_counts.append(hits)
         return read
-
-    def _count_l1_hits(self, hits: Callable[[], int]) -> None:
-        """Add a feature's own count of L1 hits to ``l1_hits`` (in this process)."""
-        self._hit_counts.append(hits)
 
     def _get_after_l1(self, key: str, default: Any) -> Any:
         """``get`` of the default namespace once L1 missed."""
@@ -715,13 +711,10 @@ class Cache(Keyspace):
         try:
             result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
             version = UNAVAILABLE if result is UNAVAILABLE else result[1]
-            if isinstance(version, ResponseError):
-                if not _FOREIGN_COUNTER.search(str(version)):
-                    raise version  # not about the counter (an ACL's NOPERM): the caller's
+            if _foreign_counter(version):  # readers take it for version 0
                 version = self._restart_counter(encoded, counter, version)
-            elif isinstance(version, int) and version >= JUNK_FROM:
-                # Foreign bytes INCR still took: readers take them for version 0.
-                version = self._restart_counter(encoded, counter, f"it held {version - 1}")
+            elif isinstance(version, ResponseError):
+                raise version  # not about the counter (an ACL's NOPERM): the caller's
         except BaseException:  # it may still run, and be announced to every worker but this
             self._versions.forget(encoded)
             self._owed.owe(names=(encoded,))
@@ -735,9 +728,7 @@ class Cache(Keyspace):
         self._repay_after(names=(encoded,))
         return version
 
-    def _restart_counter(
-        self, encoded: str, counter: str, error: Exception | str
-    ) -> int | Unavailable:
+    def _restart_counter(self, encoded: str, counter: str, error: object) -> int | Unavailable:
         """Bump a version counter that holds what is no counter (foreign bytes, another
         type): readers take it for version 0 and INCR refuses it, so nothing could
         invalidate the namespace. ``lua/counter_restart.lua`` replaces it with a fresh

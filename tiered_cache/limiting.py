@@ -363,13 +363,14 @@ def check_strategies(views: Mapping[str, Callable[..., Any]], strategy: str) -> 
     :raises ValueError: for stacked limits that share a counter whatever the strategy.
     """
     for endpoint, view in list(views.items()):
-        shared = _sharing_a_counter(_options_of(view, endpoint), endpoint, strategy)
+        stacked = _options_of(view, endpoint)
+        shared = _sharing_a_counter(stacked, endpoint, strategy)
         if shared is not None:
             reason = f"{shared[0]} (@tc.limit on the endpoint {endpoint!r})"
             if shared[1]:
                 raise ConfigurationError("TIERED_CACHE_RATELIMIT_STRATEGY", strategy, reason)
             raise ValueError(reason)
-        for options in _options_of(view):
+        for options in stacked:
             if options.strategy is None:
                 try:
                     check_strategy(options.limits, strategy)

@@ -295,12 +295,10 @@ class Routes:
         Redis: namespace versions are the ones this process knows, and a version it
         cannot vouch for sends the request on to Flask, which asks Redis.
         """
-        read, known, decode = self.cache._l1_look, self.pages.known, self.pages.get
-        hits = 0  # a request answered here counts once, whatever it read
-        self.cache._count_l1_hits(lambda: hits)
+        cache = self.cache
+        read, known, decode = cache._l1_look, self.pages.known, self.pages.get
 
         def find(target: FastTarget, environ: Mapping[str, Any]) -> Page | None:
-            nonlocal hits
             local = target.local
             where = target.where if local is None else local(target.key)
             text = None if where is None else read(where)
@@ -312,7 +310,7 @@ class Routes:
                 where = own_local(key) if local is None else local(key)
                 found = None if where is None else decode(read(where))
             if type(found) is Page and found.fast and (not found.vary or found.matches(environ)):
-                hits += 1
+                cache.route_l1_hits += 1  # once a request, whatever it read
                 return found
             return None
 
@@ -731,8 +729,8 @@ def _marked(rv: Any, source: str) -> Response:
 
 def _no_store_asked(environ: Mapping[str, Any]) -> bool:
     """Whether the request says ``Cache-Control: no-store`` (in any case, any line)."""
-    line = environ.get("HTTP_CACHE_CONTROL") or ""
-    return any(part.partition("=")[0].strip().lower() == "no-store" for part in line.split(","))
+    directives = parse_list_header(environ.get("HTTP_CACHE_CONTROL") or "")
+    return any(item.partition("=")[0].strip().lower() == "no-store" for item in directives)
 
 
 def _session_read() -> bool:
