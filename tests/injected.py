@@ -16,10 +16,10 @@ def fail_version_reads(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     left = [times]
     real_read_counter = versions.read_counter
 
-    def flaky(client: Any, counter: str) -> Any:
+    def flaky(client: Any, counter: str, *rest: Any) -> Any:
         if left[0]:
             left[0] -= 1
             raise redis.ConnectionError("connection reset by peer")
-        return real_read_counter(client, counter)
+        return real_read_counter(client, counter, *rest)
 
     monkeypatch.setattr(versions, "read_counter", flaky)

@@ -226,3 +226,61 @@ def test_a_version_fetched_during_an_overtaken_bump_is_not_kept(make_cache: Make
         cache._write = original_write  # type: ignore[method-assign]
     assert until(lambda: len(fetches) == 1)
     assert users.get("k", "gone") == "gone"
+
+
+def _hold_listener(cache: Cache) -> tuple[threading.Event, threading.Event]:
+    """Hold ``cache``'s bus listener on the next message it hands over (a listener thread
+    the OS has not run yet): returns (held, release)."""
+    held, release = threading.Event(), threading.Event()
+    deliver = cache._bus._on_message  # type: ignore[union-attr]
+
+    def slow(message: Any) -> None:
+        if not held.is_set():
+            held.set()
+            release.wait(10)
+        deliver(message)
+
+    cache._bus._on_message = slow  # type: ignore[union-attr]
+    return held, release
+
+
+def test_a_version_fetched_ahead_of_the_bus_waits_for_what_came_before_it(
+    make_cache: MakeCache,
+) -> None:
+    """Another process writes a key, then bumps a namespace; this process fetches the new
+    version before its listener has handed over the write's message. A page built then
+    from its L1 copy of the key, stored under the new version, would outlive the bump
+    (every worker served it for the page's whole timeout): the fetch waits until the bus
+    has handed over everything published before it."""
+    reader, writer = make_cache(socket_timeout=2.0), make_cache()
+    reader.connect()
+    writer.set("item", "old")
+    assert until(lambda: reader.stats()["invalidations_received"] == 1)
+    assert reader.get("item") == "old"
+    held, release = _hold_listener(reader)
+    writer.set("item", "new")
+    assert held.wait(5)
+    writer.invalidate_namespace("pages")
+    threading.Timer(0.2, release.set).start()
+    version, guessed = reader._versions.get_or_guess(encode_name("pages"))
+    assert (version, guessed) == (writer._versions.get(encode_name("pages")), False)
+    assert reader.get("item") == "new"
+
+
+def test_a_version_the_bus_cannot_vouch_for_in_time_is_a_guess(make_cache: MakeCache) -> None:
+    """The listener is held past the wait: the version is handed out as a guess (nothing
+    stored under it) and not kept, so the next read fetches it again."""
+    reader, writer = make_cache(socket_timeout=0.2), make_cache()
+    reader.connect()
+    held, release = _hold_listener(reader)
+    writer.set("item", "new")
+    assert held.wait(5)
+    name = encode_name("pages")
+    try:
+        assert reader._versions.get_or_guess(name)[1] is True
+        assert reader._versions.cached(name) is None
+        assert reader.namespace("pages")._pinned().guessed
+    finally:
+        release.set()
+    assert until(lambda: reader._versions.get_or_guess(name)[1] is False)
+    assert reader._versions.cached(name) is not None

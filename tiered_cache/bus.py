@@ -12,16 +12,26 @@ be when the bus cannot vouch for it. A missing PONG, a socket error, or any exce
 ends the session; the listener reconnects with capped, jittered backoff, and after every
 (re)subscription it flushes the process's L1 and namespace versions, because messages
 may have been missed in between.
+
+Barriers. A process that reads a namespace's version from Redis may get there before its
+listener has handed over a message published earlier (a write of a key the namespace's
+pages are built from, say): built then from the L1 copy that message drops, a page would
+be stored under the new version and outlive the invalidation. :meth:`Bus.barrier` makes
+such a read wait: the read's pipeline also publishes a mark on this process's own
+channel, which the listener hears only after every message published before it (Redis
+queues a PUBLISH's deliveries as it runs it, and one connection delivers in order).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
@@ -97,6 +107,32 @@ class BusDown(Exception):
     """The subscription stopped answering."""
 
 
+class Barrier:
+    """A mark put in the bus's stream right after a read (see :meth:`Bus.barrier`)."""
+
+    __slots__ = ("_heard", "_passed", "channel", "token")
+
+    def __init__(self, channel: str, token: bytes) -> None:
+        self.channel = channel
+        self.token = token
+        self._heard = threading.Event()
+        self._passed = False
+
+    def publish(self, target: Any) -> None:
+        """Queue the mark on ``target``, a pipeline after the read (or a client, sent now)."""
+        target.publish(self.channel, self.token)
+
+    def passed(self, timeout: float) -> bool:
+        """Wait until the listener has handed over every message published before the
+        mark; False when it has not within ``timeout``, or its subscription ended."""
+        return self._heard.wait(timeout) and self._passed
+
+    def _end(self, passed: bool) -> None:
+        """The listener heard the mark (True), or will never hear it (False)."""
+        self._passed = passed
+        self._heard.set()
+
+
 class Bus:
     """The listener of one cache in one process.
 
@@ -143,6 +179,9 @@ class Bus:
         self._reconnected_underneath = False
         self._watched: Any = None
         self._first_subscription = threading.Event()
+        self._own_channel = f"{channel}:{sender}"
+        self._own_channel_bytes = self._own_channel.encode()  # as replies name it
+        self._barriers: dict[bytes, Barrier] = {}
         self.fresh_until = 0.0
         self.connected = False
         self.sessions = 0
@@ -180,6 +219,21 @@ class Bus:
         self.connected = False
         self.fresh_until = 0.0
 
+    @contextlib.contextmanager
+    def barrier(self) -> Iterator[Barrier | None]:
+        """A mark for a read to publish after itself, then wait for (see the module's
+        docstring); None while no subscription is up, when there is nothing to wait for
+        (until one is, L1 and versions are trusted for ``disconnected_ttl`` only)."""
+        if not self.connected or threading.current_thread() is self._thread:
+            yield None  # (the listener itself cannot wait for what it is to hand over)
+            return
+        barrier = Barrier(self._own_channel, uuid.uuid4().hex.encode())
+        self._barriers[barrier.token] = barrier
+        try:
+            yield barrier
+        finally:
+            self._barriers.pop(barrier.token, None)
+
     def _supervise(self) -> None:
         """Run sessions until stopped; any exception is logged and followed by a reconnect."""
         failures = 0
@@ -215,6 +269,8 @@ class Bus:
                 self._watched.deregister_connect_callback(self._on_connect)
                 self._watched = None
             pubsub.close()
+            for barrier in list(self._barriers.values()):  # never heard now
+                barrier._end(passed=False)
             if was_connected:
                 self._on_lost()
 
@@ -222,7 +278,7 @@ class Bus:
         """Subscribe and wait for the confirmation; return when the request was sent."""
         self._reconnected_underneath = False
         sent = self._timer()
-        pubsub.subscribe(self._channel)
+        pubsub.subscribe(self._channel, self._own_channel)
         connection = getattr(pubsub, "connection", None)
         if connection is not None:
             # A client whose own retry policy reconnects inside redis-py would resubscribe
@@ -232,8 +288,8 @@ class Bus:
         deadline = sent + max(self._pong_timeout, self._socket_timeout)
         while self._timer() < deadline:
             message = pubsub.get_message(timeout=self._socket_timeout)
-            if message is not None and message["type"] == "subscribe":
-                return sent
+            if message is not None and message["type"] == "subscribe" and message["data"] == 2:
+                return sent  # the count of channels subscribed: both are
         raise BusDown("no subscription confirmation")
 
     def _on_connect(self, connection: Any) -> None:
@@ -262,7 +318,12 @@ class Bus:
                 next_ping = ping_sent + self._ping_every
                 ping_sent = None
             elif message["type"] == "message":
-                self._deliver(message["data"])
+                if message["channel"] == self._own_channel_bytes:
+                    barrier = self._barriers.get(message["data"])
+                    if barrier is not None:
+                        barrier._end(passed=True)
+                else:
+                    self._deliver(message["data"])
 
     def _deliver(self, data: bytes) -> None:
         """Decode one message and hand it over unless it is our own."""
@@ -289,6 +350,11 @@ class NoBus:
 
     def start(self, wait: float = 0.0) -> None:
         """Nothing to start."""
+
+    @contextlib.contextmanager
+    def barrier(self) -> Iterator[Barrier | None]:
+        """No bus, nothing to wait for."""
+        yield None
 
     def stop(self, timeout: float = 0.0) -> None:
         """Nothing to stop."""

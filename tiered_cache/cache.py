@@ -184,6 +184,8 @@ class Cache(Keyspace):
             self._layout,
             disconnected_ttl=self._dttl if on else config.l1_ttl,
             bus_fresh_until=(lambda: self._bus.fresh_until) if on else (lambda: 0.0),
+            barrier=self._bus.barrier,
+            wait=config.socket_timeout,
             timer=self._timer,
             current=self._versions_current,
         )

@@ -6,10 +6,16 @@ This process keeps the versions it has used, kept current by the bus; a version 
 while the bus cannot vouch for it is trusted for ``disconnected_ttl`` seconds only, like
 an L1 entry. A version never goes backwards here: a bump heard on the bus wins over a
 fetch that was already on its way.
+
+A fetch waits for the bus to catch up with it (:meth:`~tiered_cache.bus.Bus.barrier`):
+a version newer than the messages this process has heard would key what is built now
+from L1 copies those messages drop. A fetch the bus cannot vouch for within
+``wait`` seconds is a guess, not kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +23,9 @@ from typing import Any, Final
 
 import redis
 
+from .bus import Barrier
 from .keys import KeyLayout
-from .redis_tier import UNAVAILABLE, Client, RedisTier, get_reply
+from .redis_tier import UNAVAILABLE, Client, RedisTier, without_outages
 
 
 def fresh_start() -> int:
@@ -58,14 +65,22 @@ def start_counter(pipe: Any, counter: str) -> None:
     pipe.set(counter, fresh_start(), nx=True)
 
 
-def read_counter(client: Client, counter: str) -> bytes | redis.ResponseError | None:
-    """GET a version counter, starting it at :func:`fresh_start` when it does not exist."""
-    raw = get_reply(client, counter)
-    if raw is None:
-        pipe = client.pipeline(transaction=False)
-        start_counter(pipe, counter)
-        pipe.get(counter)
-        raw = pipe.execute()[1]
+def read_counter(
+    client: Client, counter: str, barrier: Barrier | None = None
+) -> bytes | redis.ResponseError | None:
+    """GET a version counter, starting it at :func:`fresh_start` when it does not exist,
+    and publish ``barrier``'s mark right after (in the same round trip but on a Cluster,
+    whose pipelines refuse PUBLISH)."""
+    cluster = hasattr(client, "mget_nonatomic")
+    pipe = client.pipeline(transaction=False)
+    start_counter(pipe, counter)
+    pipe.get(counter)
+    if barrier is not None and not cluster:
+        barrier.publish(pipe)
+    # A counter key holding another type answers GET with an error: read as version 0.
+    raw: bytes | redis.ResponseError | None = without_outages(pipe.execute(raise_on_error=False))[1]
+    if barrier is not None and cluster:
+        barrier.publish(client)
     return raw
 
 
@@ -79,6 +94,8 @@ class NamespaceVersions:
         *,
         disconnected_ttl: float,
         bus_fresh_until: Callable[[], float],
+        barrier: Callable[[], contextlib.AbstractContextManager[Barrier | None]],
+        wait: float,
         timer: Callable[[], float],
         current: dict[str, int],
     ) -> None:
@@ -86,6 +103,8 @@ class NamespaceVersions:
         self._layout = layout
         self._ttl = disconnected_ttl
         self._bus_fresh_until = bus_fresh_until
+        self._barrier = barrier
+        self._wait = wait
         self._timer = timer
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
@@ -119,6 +138,9 @@ class NamespaceVersions:
         (:meth:`RedisTier.hold_off`): keyed by a version guessed here, a read could
         find, and a write leave, a value that no invalidation of the namespace reaches.
         A caller that may write later than that moment checks the flag itself.
+
+        A fetched version the bus has not caught up with within ``wait`` seconds (its
+        listener starved or stalled) is a guess too, and not recorded; no hold-off.
         """
         version = self.cached(name)
         if version is not None:
@@ -126,11 +148,16 @@ class NamespaceVersions:
         epoch = self._epoch
         fetched_at = self._timer()
         counter = self._layout.counter(name)
-        raw = self._tier.run("namespace version", lambda client: read_counter(client, counter))
-        if raw is UNAVAILABLE:
-            self._tier.hold_off()
-            known = self._known.get(name)
-            return (known[0] if known else 0), True
+        with self._barrier() as barrier:
+            raw = self._tier.run(
+                "namespace version", lambda client: read_counter(client, counter, barrier)
+            )
+            if raw is UNAVAILABLE:
+                self._tier.hold_off()
+                known = self._known.get(name)
+                return (known[0] if known else 0), True
+            if barrier is not None and not barrier.passed(self._wait):
+                return counter_version(raw), True
         return self._record(name, counter_version(raw), fetched_at, epoch), False
 
     def forget(self, name: str) -> None:
