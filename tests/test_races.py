@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -284,3 +285,80 @@ def test_a_version_the_bus_cannot_vouch_for_in_time_is_a_guess(make_cache: MakeC
         release.set()
     assert until(lambda: reader._versions.get_or_guess(name)[1] is False)
     assert reader._versions.cached(name) is not None
+
+
+@pytest.mark.parametrize("write", ["set", "delete", "set_many", "same process"])
+def test_a_load_overtaken_by_a_write_does_not_store_what_it_read_before(
+    make_cache: MakeCache, write: str
+) -> None:
+    """The cache-aside race: a loader reads its source, the source changes and a write
+    (a delete, typically) reaches the cache, then the loader stores what it read before:
+    every worker served the old value for its whole timeout. Now the write overtakes the
+    load, which hands its value to its caller and stores nothing."""
+    loading, writer = make_cache(), make_cache()
+    if write == "same process":
+        writer = loading
+    source = {"item": "v1"}
+    read, go_on = threading.Event(), threading.Event()
+    got: list[Any] = []
+
+    def load() -> str:
+        value = source["item"]
+        read.set()
+        assert go_on.wait(5)
+        return value
+
+    loader = threading.Thread(target=lambda: got.append(loading.get_or_set("item", load)))
+    loader.start()
+    assert read.wait(5)
+    source["item"] = "v2"
+    if write == "delete":
+        writer.delete("item")
+    elif write == "set_many":
+        writer.set_many({"item": "v2"})
+    else:
+        writer.set("item", "v2")
+    go_on.set()
+    loader.join(5)
+    assert got == ["v1"]
+    later = make_cache()
+    assert later.get_or_set("item", lambda: source["item"]) == "v2"
+    assert until(lambda: loading.get("item") == "v2")
+
+
+def test_a_load_overtaken_by_a_delete_lets_the_next_miss_load_at_once(
+    make_cache: MakeCache,
+) -> None:
+    """The write's mark is cleared by the overtaken loader: a miss right after it locks
+    and loads, rather than wait out the lock's timeout."""
+    loading, writer, third = make_cache(), make_cache(), make_cache()
+    read, go_on = threading.Event(), threading.Event()
+
+    def load() -> str:
+        read.set()
+        assert go_on.wait(5)
+        return "old"
+
+    loader = threading.Thread(target=lambda: loading.get_or_set("item", load, lock_timeout=30))
+    loader.start()
+    assert read.wait(5)
+    writer.delete("item")
+    go_on.set()
+    loader.join(5)
+    started = time.monotonic()
+    assert third.get_or_set("item", lambda: "new", lock_timeout=30) == "new"
+    assert time.monotonic() - started < 5
+    assert third.get_or_set("item", lambda: "unused") == "new"
+
+
+def test_a_loader_slower_than_its_lock_still_stores(make_cache: MakeCache, r: redis.Redis) -> None:
+    """A lock that expired, and that no one took again, does not stop the store."""
+    cache = make_cache()
+
+    def load() -> str:
+        time.sleep(0.3)
+        return "slow"
+
+    assert cache.get_or_set("item", load, lock_timeout=0.1) == "slow"
+    assert make_cache().get("item") == "slow"
+    assert r.keys("*#lock") == []

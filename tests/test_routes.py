@@ -1107,7 +1107,9 @@ def test_async_views_are_cached(make_app: AppFactory) -> None:
 # -- stale_ttl ----------------------------------------------------------------------------------
 
 
-def test_stale_page_is_served_while_one_request_refreshes_it(make_app: AppFactory) -> None:
+def test_stale_page_is_served_while_one_request_refreshes_it(
+    make_app: AppFactory, r: redis.Redis
+) -> None:
     app, tc = make_app()
     version = {"n": 1}
     entered, proceed = threading.Event(), threading.Event()
@@ -1137,6 +1139,7 @@ def test_stale_page_is_served_while_one_request_refreshes_it(make_app: AppFactor
     assert (refreshed[0].text, xcache(refreshed[0])) == ("news 2", "MISS")
     fresh = client.get("/news")
     assert (fresh.text, xcache(fresh)) == ("news 2", "HIT-L1")
+    assert r.keys("*#lock") == []  # the refresher's lock is let go, not marked by its page
 
 
 def test_a_refreshed_page_that_varies_refreshes_its_index_too(make_app: AppFactory) -> None:

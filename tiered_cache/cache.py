@@ -39,7 +39,7 @@ from .bus import Bus, Message, NoBus
 from .config import CacheConfig, CacheSettings
 from .copying import copier_for
 from .errors import CacheUnavailable, ConfigurationError, TieredCacheError
-from .flight import release
+from .flight import overtake, release, store_if_held
 from .framing import HEADER_SIZE, Frame
 from .hit_path import L1Reader, make_reader
 from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_key, encode_name
@@ -321,6 +321,8 @@ class Cache(Keyspace):
             for counter in counters:
                 start_counter(pipe, counter)
                 pipe.incr(counter)
+            for gkey in keys:
+                overtake(pipe, gkey)
 
         try:
             result = self._write(_REPAY, repay, check=False, keys=keys, namespaces=names)
@@ -554,18 +556,33 @@ class Cache(Keyspace):
         stale_ttl: float = 0.0,
         unlock: tuple[str, bytes] | None = None,
         early: float = 0.0,
+        overtaking: bool = True,
     ) -> bool:
-        """Write one value and its announcement (and release a flight lock) in one trip.
+        """Write one value and its announcement in one trip.
 
+        :param unlock: a single-flight loader's lock and token: the value is stored only
+            if no other write overtook the load, and the lock released (see
+            :mod:`tiered_cache.flight`; False when overtaken).
+        :param overtaking: whether a write without ``unlock`` overtakes a load in flight;
+            False for a route's page, whose lock is its writer's own refresh lock.
         :param early: seconds before ``fresh_until`` at which this process's L1 copy ends.
         """
         ttl = self._timeout(timeout)
         data, held, fresh_until = self._values.encode(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
-        write = lambda pipe: pipe.set(gkey, data, px=px, nx=only_new)  # noqa: E731
+        scripted = unlock if not self._cluster else None
+
+        def write(pipe: Any) -> None:
+            if scripted is not None:
+                store_if_held(pipe, gkey, scripted, data, px)
+                return
+            pipe.set(gkey, data, px=px, nx=only_new)
+            if unlock is None and overtaking:
+                overtake(pipe, gkey)
+
         owed = () if only_new else (gkey,)  # add's "only if absent" is the caller's to keep
         with self._reading() as since, self._dropping_on_error(gkey, owed=owed):
-            result = self._write("set", write, unlock=unlock, keys=(gkey,))
+            result = self._write("set", write, unlock=None if scripted else unlock, keys=(gkey,))
             if result is UNAVAILABLE or not result[0]:
                 self._l1.invalidate(gkey)
                 if result is UNAVAILABLE:
@@ -608,6 +625,8 @@ class Cache(Keyspace):
         def write_all(pipe: Any) -> None:
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
+            for _, gkey, *_ in writes:
+                overtake(pipe, gkey)
 
         gkeys = tuple(w[1] for w in writes)
         with self._reading() as since, self._dropping_on_error(*gkeys, owed=gkeys):
@@ -632,6 +651,8 @@ class Cache(Keyspace):
         def unlink(pipe: Any) -> None:
             for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
                 pipe.unlink(gkey)
+            for gkey in gkeys:
+                overtake(pipe, gkey)
 
         try:
             result = self._write("delete", unlink, keys=tuple(gkeys))
@@ -660,6 +681,7 @@ class Cache(Keyspace):
             # SET NX first so a new counter gets a TTL (Redis 6.2 has no EXPIRE NX).
             pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
             pipe.incrby(gkey, delta)
+            overtake(pipe, gkey)
 
         try:
             result = self._write("incr", incr, check=False, keys=(gkey,))

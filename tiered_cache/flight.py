@@ -5,10 +5,17 @@ later callers wait on it and share its outcome, value or exception (the pattern 
 cachetools' ``cached`` with a per-key condition).
 
 Across processes, the leader takes a Redis token lock (``SET NX PX`` with a random
-token, released by redis-py's own compare-and-delete Lua script, pipelined with the
-write that publishes the value). Leaders of other processes that fail to take it
-register a :class:`Waiters` event for the data key and sleep until the invalidation bus
-announces the key (the value landed, or its loader failed), not in a polling loop.
+token) and stores what it loaded with ``lua/store_if_held.lua``, which also releases
+the lock, pipelined with the announcement. Leaders of other processes that fail to take
+it register a :class:`Waiters` event for the data key and sleep until the invalidation
+bus announces the key (the value landed, or its loader failed), not in a polling loop.
+
+Every other write of the key (``set``, ``delete``, ...) :func:`overtakes <overtake>` a
+load in flight: the loader read its source before that write, so its value is not
+stored over it (the cache-aside race, where a delete after a database update is undone
+by a read that began before the update). On a Redis Cluster, whose scripts cannot touch
+two slots, the loader's value is stored and its lock released as two commands, and a
+write that overtook the load does not stop it.
 """
 
 from __future__ import annotations
@@ -19,9 +26,13 @@ from typing import Any
 
 from redis.lock import Lock
 
-from .redis_tier import Client
+from .keys import KeyLayout
+from .redis_tier import Client, lua_source
 
 RELEASE_SCRIPT = Lock.LUA_RELEASE_SCRIPT
+STORE_IF_HELD_SCRIPT = lua_source("store_if_held.lua")
+OVERTAKEN = b"!"
+"""What a write puts in the lock of a key being loaded (no token is ``!``)."""
 
 
 class Flight:
@@ -118,3 +129,21 @@ def release(client_or_pipe: Client, lock_key: str, token: bytes) -> Any:
     the compiled script by its digest, so EVAL costs only the few bytes of its text.
     """
     return client_or_pipe.eval(RELEASE_SCRIPT, 1, lock_key, token)
+
+
+def overtake(pipe: Any, gkey: str) -> None:
+    """Queue the mark that stops a load of ``gkey`` in flight from storing its value
+    (a no-op when no loader holds the key's lock; the lock's expiry is kept)."""
+    pipe.set(KeyLayout.flight_lock(gkey), OVERTAKEN, xx=True, keepttl=True)
+
+
+def store_if_held(
+    pipe: Any, gkey: str, lock: tuple[str, bytes], data: bytes, px: int | None
+) -> None:
+    """Queue a loader's write of ``data``, made only while no write has overtaken it
+    (``lua/store_if_held.lua``: its reply is 1 when stored, 0 when not).
+
+    :param lock: the key's single-flight lock and the loader's token.
+    """
+    lock_key, token = lock
+    pipe.eval(STORE_IF_HELD_SCRIPT, 2, gkey, lock_key, token, data, "" if px is None else px)

@@ -484,7 +484,9 @@ class Routes:
     def _put(self, pending: Pending, key: str, text: str) -> None:
         local, gkey = pending.keyspace._where(key)
         options = pending.options
-        self.cache._store(local, gkey, text, options.timeout, stale_ttl=options.stale_ttl)
+        self.cache._store(
+            local, gkey, text, options.timeout, stale_ttl=options.stale_ttl, overtaking=False
+        )
 
     # -- the refresh lock of a stale page ----------------------------------------------
 
