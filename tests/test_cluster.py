@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -85,6 +86,35 @@ def test_get_or_set_single_flight(make_cluster_cache: Callable[..., Cache]) -> N
     with pytest.raises(RuntimeError):
         first.get_or_set("other", broken)
     assert second.get_or_set("other", load) == "loaded"
+
+
+def test_a_write_marks_no_lock_on_a_cluster(
+    make_cluster_cache: Callable[..., Cache], redis_cluster: RedisClusterServers
+) -> None:
+    """A Cluster's pipelines refuse the script that marks a load in flight overtaken:
+    none is sent, so writes work, and the loader stores and lets its lock go as it
+    always did (a mark it could not clear would hold every later miss of the key for
+    its lock's timeout)."""
+    loading, writer = make_cluster_cache(), make_cluster_cache()
+    read, go_on = threading.Event(), threading.Event()
+
+    def load() -> str:
+        read.set()
+        assert go_on.wait(5)
+        return "loaded"
+
+    loader = threading.Thread(target=lambda: loading.get_or_set("item", load, lock_timeout=30))
+    loader.start()
+    assert read.wait(5)
+    assert writer.delete("item") == 0
+    assert writer.set("other", 1) and writer.set_many({"a": 1}) and writer.incr("n") == 1
+    go_on.set()
+    loader.join(5)
+    first = redis_cluster.servers[0]
+    with RedisCluster(host=first.host, port=first.port) as client:
+        locks = list(client.scan_iter(match="*#lock", target_nodes=RedisCluster.ALL_NODES))
+    assert locks == []
+    assert writer.get("item") == "loaded"
 
 
 def test_an_app_boots_and_fails_open_while_its_cluster_is_down() -> None:

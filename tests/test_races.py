@@ -6,6 +6,7 @@ after the race's other side has happened; nothing about Redis is simulated.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ import redis
 
 from tests.waiting import until
 from tiered_cache import Cache
-from tiered_cache.keys import encode_name
+from tiered_cache.keys import KeyLayout, encode_name
 
 MakeCache = Callable[..., Cache]
 
@@ -326,25 +327,35 @@ def test_a_load_overtaken_by_a_write_does_not_store_what_it_read_before(
     assert until(lambda: loading.get("item") == "v2")
 
 
+@pytest.mark.parametrize("outcome", ["returns", "raises"])
 def test_a_load_overtaken_by_a_delete_lets_the_next_miss_load_at_once(
-    make_cache: MakeCache,
+    make_cache: MakeCache, r: redis.Redis, outcome: str
 ) -> None:
-    """The write's mark is cleared by the overtaken loader: a miss right after it locks
-    and loads, rather than wait out the lock's timeout."""
+    """The write's mark is cleared by the overtaken loader, whether its loader returned
+    or raised: a miss right after it locks and loads, rather than wait out the lock's
+    timeout."""
     loading, writer, third = make_cache(), make_cache(), make_cache()
     read, go_on = threading.Event(), threading.Event()
 
     def load() -> str:
         read.set()
         assert go_on.wait(5)
+        if outcome == "raises":
+            raise TimeoutError("the database timed out")
         return "old"
 
-    loader = threading.Thread(target=lambda: loading.get_or_set("item", load, lock_timeout=30))
+    def call() -> None:
+        with contextlib.suppress(TimeoutError):
+            loading.get_or_set("item", load, lock_timeout=30)
+
+    loader = threading.Thread(target=call)
     loader.start()
     assert read.wait(5)
     writer.delete("item")
+    assert [v[:1] for v in r.mget(r.keys("*#lock"))] == [b"!"]
     go_on.set()
     loader.join(5)
+    assert r.keys("*#lock") == []
     started = time.monotonic()
     assert third.get_or_set("item", lambda: "new", lock_timeout=30) == "new"
     assert time.monotonic() - started < 5
@@ -362,3 +373,28 @@ def test_a_loader_slower_than_its_lock_still_stores(make_cache: MakeCache, r: re
     assert cache.get_or_set("item", load, lock_timeout=0.1) == "slow"
     assert make_cache().get("item") == "slow"
     assert r.keys("*#lock") == []
+
+
+def test_a_loader_whose_lock_expired_leaves_the_next_holders_mark_alone(
+    make_cache: MakeCache, r: redis.Redis
+) -> None:
+    """Loader A outlived its lock; B took it and read the source; a delete overtook B.
+    A's store must neither store nor clear B's mark, or B, finding no lock, would store
+    what it read before the delete."""
+    from tiered_cache.flight import release, store_if_held
+
+    cache = make_cache()
+    gkey = cache._layout.data("", 0, "item")
+    lock = KeyLayout.flight_lock(gkey)
+    r.set(lock, b"token-b", px=30_000)
+    cache.delete("item")  # overtakes B
+    assert r.get(lock) == b"!token-b"
+    pipe = r.pipeline()
+    store_if_held(pipe, gkey, (lock, b"token-a"), b"from A", 60_000)
+    release(pipe, lock, b"token-a")
+    assert pipe.execute() == [0, 0]
+    assert r.get(lock) == b"!token-b"
+    pipe = r.pipeline()
+    store_if_held(pipe, gkey, (lock, b"token-b"), b"from B", 60_000)
+    assert pipe.execute() == [0]
+    assert r.exists(gkey, lock) == 0

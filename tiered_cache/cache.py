@@ -321,8 +321,7 @@ class Cache(Keyspace):
             for counter in counters:
                 start_counter(pipe, counter)
                 pipe.incr(counter)
-            for gkey in keys:
-                overtake(pipe, gkey)
+            self._overtake(pipe, keys)
 
         try:
             result = self._write(_REPAY, repay, check=False, keys=keys, namespaces=names)
@@ -578,7 +577,7 @@ class Cache(Keyspace):
                 return
             pipe.set(gkey, data, px=px, nx=only_new)
             if unlock is None and overtaking:
-                overtake(pipe, gkey)
+                self._overtake(pipe, (gkey,))
 
         owed = () if only_new else (gkey,)  # add's "only if absent" is the caller's to keep
         with self._reading() as since, self._dropping_on_error(gkey, owed=owed):
@@ -595,6 +594,14 @@ class Cache(Keyspace):
             entry = self._entry(held, local, gkey, fresh_until, early, stored=stored)
             self._keep(local, gkey, entry, since)
             return True
+
+    def _overtake(self, pipe: Any, gkeys: Iterable[str]) -> None:
+        """Queue, after a write of ``gkeys``, the marks that stop loads of them in flight
+        from storing what they read before it (see :mod:`tiered_cache.flight`); none on
+        a Cluster."""
+        if not self._cluster:
+            for gkey in gkeys:
+                overtake(pipe, gkey)
 
     @contextlib.contextmanager
     def _dropping_on_error(self, *gkeys: str, owed: tuple[str, ...] = ()) -> Iterator[None]:
@@ -625,8 +632,7 @@ class Cache(Keyspace):
         def write_all(pipe: Any) -> None:
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
-            for _, gkey, *_ in writes:
-                overtake(pipe, gkey)
+            self._overtake(pipe, (w[1] for w in writes))
 
         gkeys = tuple(w[1] for w in writes)
         with self._reading() as since, self._dropping_on_error(*gkeys, owed=gkeys):
@@ -651,8 +657,7 @@ class Cache(Keyspace):
         def unlink(pipe: Any) -> None:
             for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
                 pipe.unlink(gkey)
-            for gkey in gkeys:
-                overtake(pipe, gkey)
+            self._overtake(pipe, gkeys)
 
         try:
             result = self._write("delete", unlink, keys=tuple(gkeys))
@@ -681,7 +686,7 @@ class Cache(Keyspace):
             # SET NX first so a new counter gets a TTL (Redis 6.2 has no EXPIRE NX).
             pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
             pipe.incrby(gkey, delta)
-            overtake(pipe, gkey)
+            self._overtake(pipe, (gkey,))
 
         try:
             result = self._write("incr", incr, check=False, keys=(gkey,))

@@ -13,9 +13,9 @@ bus announces the key (the value landed, or its loader failed), not in a polling
 Every other write of the key (``set``, ``delete``, ...) :func:`overtakes <overtake>` a
 load in flight: the loader read its source before that write, so its value is not
 stored over it (the cache-aside race, where a delete after a database update is undone
-by a read that began before the update). On a Redis Cluster, whose scripts cannot touch
-two slots, the loader's value is stored and its lock released as two commands, and a
-write that overtook the load does not stop it.
+by a read that began before the update). Not on a Redis Cluster, whose pipelines refuse
+scripts and whose scripts cannot touch two slots: there a loader's value is stored and
+its lock released as two commands, and no write marks a lock.
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import threading
 from collections.abc import Hashable
 from typing import Any
 
-from redis.lock import Lock
-
 from .keys import KeyLayout
 from .redis_tier import Client, lua_source
 
-RELEASE_SCRIPT = Lock.LUA_RELEASE_SCRIPT
+RELEASE_SCRIPT = lua_source("release.lua")
 STORE_IF_HELD_SCRIPT = lua_source("store_if_held.lua")
-OVERTAKEN = b"!"
-"""What a write puts in the lock of a key being loaded (no token is ``!``)."""
+OVERTAKE_SCRIPT = lua_source("overtake.lua")
 
 
 class Flight:
@@ -122,7 +119,8 @@ class Waiters:
 
 
 def release(client_or_pipe: Client, lock_key: str, token: bytes) -> Any:
-    """Queue (on a pipeline) or run redis-py's compare-and-delete release of a lock.
+    """Queue (on a pipeline) or run the compare-and-delete release of a lock
+    (``lua/release.lua``: redis-py's, which also clears our token's overtaken mark).
 
     ``EVAL``, not a registered script: redis-py checks ``SCRIPT EXISTS`` before every
     pipeline that holds a registered script, an extra round trip each time; Redis caches
@@ -133,8 +131,9 @@ def release(client_or_pipe: Client, lock_key: str, token: bytes) -> Any:
 
 def overtake(pipe: Any, gkey: str) -> None:
     """Queue the mark that stops a load of ``gkey`` in flight from storing its value
-    (a no-op when no loader holds the key's lock; the lock's expiry is kept)."""
-    pipe.set(KeyLayout.flight_lock(gkey), OVERTAKEN, xx=True, keepttl=True)
+    (``lua/overtake.lua``; a no-op when no loader holds the key's lock). Not on a
+    Cluster pipeline, which refuses scripts."""
+    pipe.eval(OVERTAKE_SCRIPT, 1, KeyLayout.flight_lock(gkey))
 
 
 def store_if_held(

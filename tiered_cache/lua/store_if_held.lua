@@ -1,7 +1,7 @@
 -- A single-flight loader's write: store the value it loaded only if no write of the key
--- overtook the load. Every other write of the key marks the key's lock, when a loader
--- holds it, with '!' (SET XX KEEPTTL): the loader read its source before that write,
--- and its value, stored after it, would stand for the key's whole timeout.
+-- overtook the load (lua/overtake.lua marked the lock '!' .. token: the loader read its
+-- source before that write, and its value, stored after it, would stand for the key's
+-- whole timeout).
 --
 -- KEYS[1]  the data key
 -- KEYS[2]  its single-flight lock
@@ -9,16 +9,18 @@
 -- ARGV[2]  the framed value
 -- ARGV[3]  its time to live in milliseconds, or '' for none
 --
--- Returns 1 when stored (the lock released), 0 when overtaken (a write's mark, cleared
--- so that the next miss may lock; or another loader's token, its lock ours no more).
--- A lock found expired and not taken again stores: a loader slower than its lock
--- timeout is no worse off than before locks were marked.
+-- Returns 1 when stored (the lock released), 0 when not: overtaken (the mark is ours,
+-- cleared so that the next miss may lock), or the lock expired and another loader holds
+-- it (its lock, marked or not, is left to it). A lock found expired and not taken again
+-- stores: a loader slower than its lock timeout is no worse off than before locks were
+-- marked.
 
 local held = redis.call('GET', KEYS[2])
+if held == '!' .. ARGV[1] then
+    redis.call('DEL', KEYS[2])
+    return 0
+end
 if held and held ~= ARGV[1] then
-    if held == '!' then
-        redis.call('DEL', KEYS[2])
-    end
     return 0
 end
 if held then
