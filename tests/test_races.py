@@ -398,3 +398,77 @@ def test_a_loader_whose_lock_expired_leaves_the_next_holders_mark_alone(
     store_if_held(pipe, gkey, (lock, b"token-b"), b"from B", 60_000)
     assert pipe.execute() == [0]
     assert r.exists(gkey, lock) == 0
+
+
+def test_what_is_built_under_a_version_the_bus_cannot_vouch_for_is_not_stored(
+    make_cache: MakeCache,
+) -> None:
+    """A memoized function and a namespace's get_or_set, run while the listener is held
+    past the wait, build from the L1 copy a message still on its way drops: they hand
+    out what they built and store nothing under the new version (other workers would
+    serve it until its timeout)."""
+    reader, writer, other = make_cache(socket_timeout=0.2), make_cache(), make_cache()
+    reader.connect()
+
+    def page_of(cache: Cache) -> Callable[[], str]:
+        def page() -> str:
+            return "page of " + cache.get("item")
+
+        return cache.memoize(namespace="pages")(page)  # one qualname: one result for both
+
+    reader_page, other_page = page_of(reader), page_of(other)
+    writer.set("item", "old")
+    assert until(lambda: reader.stats()["invalidations_received"] == 1)
+    assert reader.get("item") == "old"
+    held, release = _hold_listener(reader)
+    writer.set("item", "new")
+    assert held.wait(5)
+    writer.invalidate_namespace("pages")
+    try:
+        assert reader_page() == "page of old"
+        built = reader.namespace("pages").get_or_set("p", lambda: "built of " + reader.get("item"))
+        assert built == "built of old"
+    finally:
+        release.set()
+    assert other_page() == "page of new"
+    assert other.namespace("pages").get_or_set("p", lambda: "built of new") == "built of new"
+
+
+def test_a_listener_that_far_behind_costs_one_wait_not_one_a_read(make_cache: MakeCache) -> None:
+    """Once a barrier went unheard, version reads are guesses at once (each would wait
+    the whole timeout, and nothing is kept) until the listener hears a mark again."""
+    reader, writer = make_cache(socket_timeout=0.3), make_cache()
+    reader.connect()
+    held, release = _hold_listener(reader)
+    writer.set("item", "new")
+    assert held.wait(5)
+    try:
+        started = time.monotonic()
+        assert reader._versions.get_or_guess("first")[1] is True
+        assert time.monotonic() - started >= 0.3
+        started = time.monotonic()
+        assert [reader._versions.get_or_guess(f"n{i}")[1] for i in range(10)] == [True] * 10
+        assert time.monotonic() - started < 0.3
+    finally:
+        release.set()
+    assert until(lambda: reader._versions.get_or_guess("later")[1] is False)
+
+
+def test_a_version_is_read_from_a_redis_that_takes_no_writes(l1_backend: str) -> None:
+    """A read-only replica (a demoted master in a failover, say) answers GET but refuses
+    SET: reading a counter that exists sends no write, or every version read would fail
+    there, as an outage."""
+    from tests.redis_harness import RedisServer
+
+    with RedisServer() as primary, RedisServer() as replica:
+        Cache(redis_url=primary.url).invalidate_namespace("pages")
+        counter = KeyLayout("tc", 1).counter(encode_name("pages"))
+        version = int(primary.client().get(counter))
+        with replica.client() as client:
+            client.replicaof(primary.host, primary.port)
+            assert until(lambda: client.get(counter) == str(version).encode(), timeout=10)
+        reader = Cache(redis_url=replica.url, fail_open=False, l1_backend=l1_backend)
+        try:
+            assert reader._versions.get_or_guess(encode_name("pages")) == (version, False)
+        finally:
+            reader.close()

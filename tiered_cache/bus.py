@@ -110,22 +110,24 @@ class BusDown(Exception):
 class Barrier:
     """A mark put in the bus's stream right after a read (see :meth:`Bus.barrier`)."""
 
-    __slots__ = ("_heard", "_passed", "channel", "token")
+    __slots__ = ("_bus", "_heard", "_passed", "token")
 
-    def __init__(self, channel: str, token: bytes) -> None:
-        self.channel = channel
-        self.token = token
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self.token = b""
         self._heard = threading.Event()
         self._passed = False
 
     def publish(self, target: Any) -> None:
-        """Queue the mark on ``target``, a pipeline after the read (or a client, sent now)."""
-        target.publish(self.channel, self.token)
+        """Queue a mark on ``target``, a pipeline after the read (or a client, sent now).
+        Published again, after a second read, it waits for the latest mark."""
+        self._bus._mark(self)
+        target.publish(self._bus._own_channel, self.token)
 
     def passed(self, timeout: float) -> bool:
         """Wait until the listener has handed over every message published before the
         mark; False when it has not within ``timeout``, or its subscription ended."""
-        return self._heard.wait(timeout) and self._passed
+        return self._bus._passed(self, timeout)
 
     def _end(self, passed: bool) -> None:
         """The listener heard the mark (True), or will never hear it (False)."""
@@ -182,6 +184,7 @@ class Bus:
         self._own_channel = f"{channel}:{sender}"
         self._own_channel_bytes = self._own_channel.encode()  # as replies name it
         self._barriers: dict[bytes, Barrier] = {}
+        self._behind = False  # a barrier went unheard, and no mark has been heard since
         self.fresh_until = 0.0
         self.connected = False
         self.sessions = 0
@@ -227,12 +230,26 @@ class Bus:
         if not self.connected or threading.current_thread() is self._thread:
             yield None  # (the listener itself cannot wait for what it is to hand over)
             return
-        barrier = Barrier(self._own_channel, uuid.uuid4().hex.encode())
-        self._barriers[barrier.token] = barrier
+        barrier = Barrier(self)
         try:
             yield barrier
         finally:
             self._barriers.pop(barrier.token, None)
+
+    def _mark(self, barrier: Barrier) -> None:
+        """Give ``barrier`` a new token for the listener to know it by."""
+        self._barriers.pop(barrier.token, None)
+        barrier.token = uuid.uuid4().hex.encode()
+        self._barriers[barrier.token] = barrier
+
+    def _passed(self, barrier: Barrier, timeout: float) -> bool:
+        """:meth:`Barrier.passed`; without waiting while an earlier barrier went unheard
+        (a listener that far behind would cost every read the whole ``timeout``) until
+        the listener hears a mark again."""
+        passed = barrier._heard.wait(0.0 if self._behind else timeout) and barrier._passed
+        if not passed:
+            self._behind = True
+        return passed
 
     def _supervise(self) -> None:
         """Run sessions until stopped; any exception is logged and followed by a reconnect."""
@@ -256,6 +273,7 @@ class Bus:
         self._watched = None
         try:
             subscribed_at = self._subscribe(pubsub)
+            self._behind = False  # the marks of the last session will never come
             self._on_subscribed()
             self._first_subscription.set()
             self.sessions += 1
@@ -319,6 +337,7 @@ class Bus:
                 ping_sent = None
             elif message["type"] == "message":
                 if message["channel"] == self._own_channel_bytes:
+                    self._behind = False  # caught up with the mark, if late
                     barrier = self._barriers.get(message["data"])
                     if barrier is not None:
                         barrier._end(passed=True)

@@ -174,8 +174,13 @@ class Keyspace:
             how long the loader took.
         :returns: the value (a private copy when it is mutable and came from L1).
         """
-        local, gkey = self._where(key)
-        load = Load(local, gkey, loader, timeout, stale_ttl, lock_timeout, early_refresh)
+        # One namespace version from lookup to store; the loader's value is not stored
+        # under a guessed one (see Keyspace.guessed), which no invalidation would reach.
+        space = self._pinned()
+        local, gkey = space._where(key)
+        load = Load(
+            local, gkey, loader, timeout, stale_ttl, lock_timeout, early_refresh, not space.guessed
+        )
         return self._cache._get_or_set(load)  # type: ignore[no-any-return]
 
 

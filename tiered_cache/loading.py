@@ -57,6 +57,9 @@ class Load:
     stale_ttl: float = 0.0
     lock_timeout: float = 10.0
     early_refresh: bool = True
+    keep: bool = True
+    """False when keyed by a namespace version that is a guess (Redis could not give
+    it, or the bus could not vouch for it): load, and store nothing under it."""
 
     @property
     def lock_key(self) -> str:
@@ -116,7 +119,7 @@ class Loading:
         """This process's one caller for the key: Redis, then the cross-process flight."""
         cache = self._cache
         value = self._read(load)
-        if value is UNAVAILABLE:
+        if value is UNAVAILABLE or (value is MISS and not load.keep):
             cache.misses += 1
             return self._run(load.loader)[0]
         if value is not MISS:
@@ -255,6 +258,8 @@ class Loading:
         :param seen: ``fresh_until`` of the value found stale (or due): if Redis holds
             another by the time the refresh runs, someone refreshed it already.
         """
+        if not load.keep:  # a guessed version: nothing is stored under it
+            return
         with self._refresh_lock:
             if self._closed or load.gkey in self._refreshing:
                 return

@@ -89,21 +89,27 @@ class Memo(Generic[P, R]):
 
         :param local: None when an argument does not compare in C (or is unhashable).
         """
-        fn_version, ns_version = self._versions()
+        fn_version, ns_version, guessed = self._versions()
         gkey = self._gkey(fn_version, ns_version, args, kwargs)
         # Other arguments: the Redis key stands in, tagged with this memo.
         local = (self, gkey) if local is None else self.local(fn_version, ns_version, args, kwargs)
-        load = Load(local, gkey, lambda: self.fn(*args, **kwargs), self.timeout)
+        call = lambda: self.fn(*args, **kwargs)  # noqa: E731
+        load = Load(local, gkey, call, self.timeout, keep=not guessed)
         return self.cache._get_or_set(load)  # type: ignore[no-any-return]
 
     def redis_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The Redis key of one call's result (current versions)."""
-        return self._gkey(*self._versions(), args, kwargs)
+        return self._gkey(*self._versions()[:2], args, kwargs)
 
-    def _versions(self) -> tuple[int, int]:
+    def _versions(self) -> tuple[int, int, bool]:
+        """The function's version, its namespace's (0 without one), and whether either
+        is a guess (nothing is stored under it)."""
         versions = self.cache._versions
-        ns_version = versions.get(self.namespace) if self.namespace is not None else 0
-        return versions.get(self.counter), ns_version
+        fn_version, fn_guessed = versions.get_or_guess(self.counter)
+        ns_version, ns_guessed = 0, False
+        if self.namespace is not None:
+            ns_version, ns_guessed = versions.get_or_guess(self.namespace)
+        return fn_version, ns_version, fn_guessed or ns_guessed
 
     def _gkey(
         self, fn_version: int, ns_version: int, args: tuple[Any, ...], kwargs: dict[str, Any]

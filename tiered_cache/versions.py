@@ -68,20 +68,35 @@ def start_counter(pipe: Any, counter: str) -> None:
 def read_counter(
     client: Client, counter: str, barrier: Barrier | None = None
 ) -> bytes | redis.ResponseError | None:
-    """GET a version counter, starting it at :func:`fresh_start` when it does not exist,
-    and publish ``barrier``'s mark right after (in the same round trip but on a Cluster,
-    whose pipelines refuse PUBLISH)."""
+    """GET a version counter, starting it at :func:`fresh_start` when it does not exist;
+    ``barrier``'s mark is published right after the read that answers.
+
+    A counter that holds another type answers with an error reply, returned (a version
+    0, for :func:`counter_version`) and not raised.
+    """
+
+    def start(pipe: Any) -> None:
+        start_counter(pipe, counter)
+        pipe.get(counter)
+
+    raw = _then_mark(client, barrier, lambda pipe: pipe.get(counter))[0]
+    if raw is None:
+        raw = _then_mark(client, barrier, start)[1]
+    return raw  # type: ignore[no-any-return]
+
+
+def _then_mark(client: Client, barrier: Barrier | None, queue: Callable[[Any], object]) -> Any:
+    """Run what ``queue`` puts on a pipeline, then publish ``barrier``'s mark: in the
+    same round trip, but on a Cluster, whose pipelines refuse PUBLISH."""
     cluster = hasattr(client, "mget_nonatomic")
     pipe = client.pipeline(transaction=False)
-    start_counter(pipe, counter)
-    pipe.get(counter)
+    queue(pipe)
     if barrier is not None and not cluster:
         barrier.publish(pipe)
-    # A counter key holding another type answers GET with an error: read as version 0.
-    raw: bytes | redis.ResponseError | None = without_outages(pipe.execute(raise_on_error=False))[1]
+    results = without_outages(pipe.execute(raise_on_error=False))
     if barrier is not None and cluster:
         barrier.publish(client)
-    return raw
+    return results
 
 
 class NamespaceVersions:
