@@ -22,7 +22,9 @@ Besides data keys the layout has, under the same prefix and schema version:
 - ``#lock:{name}``: named locks from :meth:`Cache.lock`;
 - ``#health``: written, with a short TTL, by each health check, to prove Redis takes
   writes;
-- the bus channel ``{prefix}:{version}:#bus``.
+- the bus channel ``{prefix}:{version}:#bus``, and each listener's own,
+  ``{prefix}:{version}:#bus:{sender}``, for the marks of its barriers
+  (:meth:`~tiered_cache.bus.Bus.barrier`).
 
 The core engine needs no Redis Cluster hash tags: every multi-key call it makes (MGET,
 pipelines) is split by redis-py's cluster client per slot, and no Lua script of the core
