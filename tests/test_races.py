@@ -472,3 +472,143 @@ def test_a_version_is_read_from_a_redis_that_takes_no_writes(l1_backend: str) ->
             assert reader._versions.get_or_guess(encode_name("pages")) == (version, False)
         finally:
             reader.close()
+
+
+def test_a_version_read_twice_waits_for_its_second_mark(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter that does not exist yet takes two reads, each followed by a mark. The
+    first mark heard says nothing of what was published before the second read (another
+    worker's write, then the namespace's first bump): the read waits for the second."""
+    from tiered_cache import versions
+
+    reader, writer = make_cache(socket_timeout=2.0), make_cache()
+    reader.connect()
+    writer.set("item", "old")
+    assert until(lambda: reader.stats()["invalidations_received"] == 1)
+    assert reader.get("item") == "old"
+    then_mark = versions._then_mark
+    reads: list[Any] = []
+
+    def between_the_reads(client: Any, barrier: Any, queue: Any) -> Any:
+        results = then_mark(client, barrier, queue)
+        reads.append(results)
+        if len(reads) == 1 and results[0] is None:  # the counter does not exist yet
+            assert barrier.passed(2)  # the first mark is heard...
+            held, release = _hold_listener(reader)
+            writer.set("item", "new")  # ...then another worker writes and bumps
+            assert held.wait(5)
+            writer.invalidate_namespace("pages")
+            threading.Timer(0.2, release.set).start()
+        return results
+
+    monkeypatch.setattr(versions, "_then_mark", between_the_reads)
+    version, guessed = reader._versions.get_or_guess(encode_name("pages"))
+    assert len(reads) == 2
+    assert (version, guessed) == (writer._versions.get(encode_name("pages")), False)
+    assert reader.get("item") == "new"
+
+
+def test_the_worker_that_bumps_a_namespace_waits_for_the_bus_too(make_cache: MakeCache) -> None:
+    """Another worker's write, published before our INCR and not yet handed over, still
+    leaves its L1 copy: a page built under the version we just made would outlive the
+    bump. The bump waits for its mark, as a read does."""
+    bumper, writer = make_cache(socket_timeout=2.0), make_cache()
+    bumper.connect()
+    writer.set("item", "old")
+    assert until(lambda: bumper.stats()["invalidations_received"] == 1)
+    assert bumper.get("item") == "old"
+    held, release = _hold_listener(bumper)
+    writer.set("item", "new")
+    assert held.wait(5)
+    threading.Timer(0.2, release.set).start()
+    version = bumper.invalidate_namespace("pages")
+    assert bumper._versions.cached(encode_name("pages")) == version
+    assert bumper.get("item") == "new"
+
+
+def test_a_bump_the_bus_cannot_vouch_for_in_time_is_not_kept(make_cache: MakeCache) -> None:
+    bumper, writer = make_cache(socket_timeout=0.2), make_cache()
+    bumper.connect()
+    held, release = _hold_listener(bumper)
+    writer.set("item", "new")
+    assert held.wait(5)
+    try:
+        assert bumper.invalidate_namespace("pages") > 0
+        assert bumper._versions.cached(encode_name("pages")) is None
+    finally:
+        release.set()
+
+
+def _first_command_end(data: bytes) -> int:
+    """Where the first command of a packed pipeline ends (RESP: an array of bulk strings)."""
+    end = data.index(b"\r\n")
+    at = end + 2
+    for _ in range(int(data[1:end])):
+        end = data.index(b"\r\n", at)
+        at = end + 2 + int(data[at + 1 : end]) + 2
+    return at
+
+
+@pytest.mark.parametrize("write", ["set", "delete"])
+def test_a_load_stored_between_a_write_and_its_mark_is_still_overtaken(
+    make_cache: MakeCache, redis_url: str, write: str
+) -> None:
+    """Redis may run a pipeline's commands over several turns of its event loop (a TCP
+    segment boundary, a large value read in parts), and a loader's store between them.
+    The mark goes first: a store after it, whatever comes between, stores nothing."""
+    split: list[Callable[[], None]] = []
+
+    class SplitAfterFirst(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            data = b"".join(bytes(chunk) for chunk in command)
+            cut = _first_command_end(data)
+            if not split or cut == len(data):  # (a connection's handshake, say)
+                return super().send_packed_command(command, check_health)
+            super().send_packed_command([data[:cut]], check_health)
+            time.sleep(0.05)  # Redis runs the first command
+            split.pop()()  # the loader stores
+            super().send_packed_command([data[cut:]], False)
+            return None
+
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=SplitAfterFirst)
+    writer = Cache(redis=redis.Redis(connection_pool=pool))
+    writer.connect()  # its bus subscribed: the next command sent is the write's pipeline
+    loading = make_cache()
+    read, go_on, done = threading.Event(), threading.Event(), threading.Event()
+
+    def load() -> str:
+        read.set()
+        assert go_on.wait(5)
+        return "read before the update"
+
+    def call() -> None:
+        loading.get_or_set("item", load)
+        done.set()
+
+    threading.Thread(target=call).start()
+    assert read.wait(5)
+    split.append(lambda: (go_on.set(), done.wait(5)))
+    try:
+        if write == "set":
+            assert writer.set("item", "the update")
+        else:
+            writer.delete("item")
+        assert done.is_set()
+        expected = "the update" if write == "set" else "absent"
+        assert make_cache().get("item", "absent") == expected
+    finally:
+        writer.close()
+
+
+def test_a_foreign_key_at_a_lock_does_not_fail_writes(
+    make_cache: MakeCache, r: redis.Redis
+) -> None:
+    """Another type at a key's lock (foreign data under our prefix): the mark leaves it
+    alone, and the write it rides with goes through."""
+    cache = make_cache(fail_open=False)
+    lock = KeyLayout.flight_lock(cache._layout.data("", 0, "item"))
+    r.rpush(lock, b"foreign")
+    assert cache.set("item", 1)
+    assert cache.delete("item") == 1
+    assert r.lrange(lock, 0, -1) == [b"foreign"]

@@ -237,9 +237,13 @@ class Bus:
             self._barriers.pop(barrier.token, None)
 
     def _mark(self, barrier: Barrier) -> None:
-        """Give ``barrier`` a new token for the listener to know it by."""
+        """Give ``barrier`` a new token for the listener to know it by, unheard: an
+        earlier mark heard says nothing of a later read (a new event, which a late
+        answer to the old token cannot set)."""
         self._barriers.pop(barrier.token, None)
         barrier.token = uuid.uuid4().hex.encode()
+        barrier._heard = threading.Event()
+        barrier._passed = False
         self._barriers[barrier.token] = barrier
 
     def _passed(self, barrier: Barrier, timeout: float) -> bool:

@@ -35,7 +35,7 @@ from redis import ResponseError
 from ._durations import checked_seconds
 from ._forks import forget, renew_after_fork
 from ._log import RateLimitedLog
-from .bus import Bus, Message, NoBus
+from .bus import Barrier, Bus, Message, NoBus
 from .config import CacheConfig, CacheSettings
 from .copying import copier_for
 from .errors import CacheUnavailable, ConfigurationError, TieredCacheError
@@ -314,14 +314,15 @@ class Cache(Keyspace):
         if not (keys or names):
             return
         counters = [self._layout.counter(name) for name in names]
+        marks = self._marks(keys)
 
         def repay(pipe: Any) -> None:
+            overtake(pipe, marks)
             for gkey in keys:
                 pipe.unlink(gkey)
             for counter in counters:
                 start_counter(pipe, counter)
                 pipe.incr(counter)
-            self._overtake(pipe, keys)
 
         try:
             result = self._write(_REPAY, repay, check=False, keys=keys, namespaces=names)
@@ -333,6 +334,7 @@ class Cache(Keyspace):
         if result is UNAVAILABLE:
             self._owed.owe(keys, names)
             return
+        result = result[len(marks) :]
         unpaid = [gkey for gkey, reply in zip(keys, result, strict=False) if _refused(reply)]
         bumps = result[len(keys) + 1 : len(keys) + 2 * len(names) : 2]
         for name, counter, bumped in zip(names, counters, bumps, strict=True):
@@ -570,19 +572,19 @@ class Cache(Keyspace):
         data, held, fresh_until = self._values.encode(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
         scripted = unlock if not self._cluster else None
+        marks = self._marks((gkey,)) if unlock is None and overtaking else ()
 
         def write(pipe: Any) -> None:
             if scripted is not None:
                 store_if_held(pipe, gkey, scripted, data, px)
                 return
+            overtake(pipe, marks)
             pipe.set(gkey, data, px=px, nx=only_new)
-            if unlock is None and overtaking:
-                self._overtake(pipe, (gkey,))
 
         owed = () if only_new else (gkey,)  # add's "only if absent" is the caller's to keep
         with self._reading() as since, self._dropping_on_error(gkey, owed=owed):
             result = self._write("set", write, unlock=None if scripted else unlock, keys=(gkey,))
-            if result is UNAVAILABLE or not result[0]:
+            if result is UNAVAILABLE or not result[len(marks)]:
                 self._l1.invalidate(gkey)
                 if result is UNAVAILABLE:
                     self._owed.owe(owed)
@@ -595,13 +597,13 @@ class Cache(Keyspace):
             self._keep(local, gkey, entry, since)
             return True
 
-    def _overtake(self, pipe: Any, gkeys: Iterable[str]) -> None:
-        """Queue, after a write of ``gkeys``, the marks that stop loads of them in flight
-        from storing what they read before it (see :mod:`tiered_cache.flight`); none on
-        a Cluster."""
-        if not self._cluster:
-            for gkey in gkeys:
-                overtake(pipe, gkey)
+    def _marks(self, gkeys: Iterable[str]) -> tuple[str, ...]:
+        """The keys whose loads in flight a write of ``gkeys`` overtakes (see
+        :mod:`tiered_cache.flight`): all, but on a Cluster, whose pipelines refuse the
+        script. Their marks are queued before the writes, and their replies come first:
+        a loader's store that Redis runs between a write and its mark, which a pipeline
+        read over several turns of its event loop allows, would find no mark."""
+        return () if self._cluster else tuple(gkeys)
 
     @contextlib.contextmanager
     def _dropping_on_error(self, *gkeys: str, owed: tuple[str, ...] = ()) -> Iterator[None]:
@@ -629,12 +631,14 @@ class Cache(Keyspace):
             ttl = self._timeout(timeout)
             writes.append((local, gkey, *self._values.encode(value, ttl, 0.0), ttl))
 
+        gkeys = tuple(w[1] for w in writes)
+        marks = self._marks(gkeys)
+
         def write_all(pipe: Any) -> None:
+            overtake(pipe, marks)
             for _, gkey, data, _, _, ttl in writes:
                 pipe.set(gkey, data, px=math.ceil(ttl * 1000) if ttl else None)
-            self._overtake(pipe, (w[1] for w in writes))
 
-        gkeys = tuple(w[1] for w in writes)
         with self._reading() as since, self._dropping_on_error(*gkeys, owed=gkeys):
             result = self._write("set_many", write_all, keys=gkeys)
             if result is UNAVAILABLE:
@@ -654,10 +658,12 @@ class Cache(Keyspace):
         if not gkeys:
             return 0
 
+        marks = self._marks(gkeys)
+
         def unlink(pipe: Any) -> None:
+            overtake(pipe, marks)
             for gkey in gkeys:  # one UNLINK per key: a cluster may hold them on several slots
                 pipe.unlink(gkey)
-            self._overtake(pipe, gkeys)
 
         try:
             result = self._write("delete", unlink, keys=tuple(gkeys))
@@ -671,7 +677,7 @@ class Cache(Keyspace):
             self._owed.owe(gkeys)
         else:
             self._repay_after(keys=gkeys)
-        return 0 if result is UNAVAILABLE else sum(result[: len(gkeys)])
+        return 0 if result is UNAVAILABLE else sum(result[len(marks) : len(marks) + len(gkeys)])
 
     def _incr(self, local: Hashable, gkey: str, delta: int) -> int | None:
         # Checked here: redis-py refuses a non-number as a DataError, which the error
@@ -681,12 +687,13 @@ class Cache(Keyspace):
         if not -(2**63) <= delta < 2**63:
             raise ValueError(f"incr() delta {delta} is out of Redis's 64-bit range")
         timeout = self.config.default_timeout
+        marks = self._marks((gkey,))
 
         def incr(pipe: Any) -> None:
             # SET NX first so a new counter gets a TTL (Redis 6.2 has no EXPIRE NX).
+            overtake(pipe, marks)
             pipe.set(gkey, b"0", nx=True, px=math.ceil(timeout * 1000) if timeout else None)
             pipe.incrby(gkey, delta)
-            self._overtake(pipe, (gkey,))
 
         try:
             result = self._write("incr", incr, check=False, keys=(gkey,))
@@ -695,9 +702,10 @@ class Cache(Keyspace):
         if result is UNAVAILABLE:
             return None
         self._repay_after()  # a counter settles no debt: it is not the key's value
-        if isinstance(result[1], Exception):
-            raise TieredCacheError(f"cannot increment {gkey!r}: {result[1]}") from result[1]
-        return int(result[1])
+        total = result[len(marks) + 1]
+        if isinstance(total, Exception):
+            raise TieredCacheError(f"cannot increment {gkey!r}: {total}") from total
+        return int(total)
 
     # -- get_or_set -----------------------------------------------------------------
 
@@ -727,21 +735,44 @@ class Cache(Keyspace):
         return self._bump(encode_name(name))
 
     def _bump(self, encoded: str) -> int:
+        # Another process's bump heard between our INCR's reply and the record below
+        # would be overwritten by our older version, trusted for as long as the bus
+        # stays up: the epoch says that a forget came in between.
+        epoch = self._versions.epoch
+        with self._bus.barrier() as barrier:
+            version, restarted = self._incr_counter(encoded, barrier)
+            if version is None:
+                return 0
+            # Ours to use only once the bus has handed over what was published before
+            # our INCR, as for a version read (see versions.py); else read it again then.
+            if not restarted and (barrier is None or barrier.passed(self.config.socket_timeout)):
+                self._versions.heard(encoded, version, epoch)
+            else:
+                self._versions.forget(encoded)
+        self._repay_after(names=(encoded,))
+        return version
+
+    def _incr_counter(self, encoded: str, barrier: Barrier | None) -> tuple[int | None, bool]:
+        """INCR a namespace's counter and announce it, ``barrier``'s mark after the INCR:
+        the new version (None when Redis is unavailable: owed), and whether it replaced
+        a foreign counter (in a later trip than the mark's)."""
         counter = self._layout.counter(encoded)
 
         def bump(pipe: Any) -> None:
             start_counter(pipe, counter)
             pipe.incr(counter)
+            if barrier is not None and not self._cluster:
+                barrier.publish(pipe)
 
-        # Another process's bump heard between our INCR's reply and the record below
-        # would be overwritten by our older version, trusted for as long as the bus
-        # stays up: the epoch says that a forget came in between.
-        epoch = self._versions.epoch
+        restarted = False
         try:
             result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
+            if barrier is not None and self._cluster and result is not UNAVAILABLE:
+                self._tier.run("invalidate_namespace", barrier.publish)
             version = UNAVAILABLE if result is UNAVAILABLE else result[1]
             if _foreign_counter(version):  # readers take it for version 0
                 version = self._restart_counter(encoded, counter, version)
+                restarted = True
             elif isinstance(version, ResponseError):
                 raise version  # not about the counter (an ACL's NOPERM): the caller's
         except BaseException:  # it may still run, and be announced to every worker but this
@@ -751,11 +782,8 @@ class Cache(Keyspace):
         if version is UNAVAILABLE:
             self._versions.forget(encoded)
             self._owed.owe(names=(encoded,))
-            return 0
-        version = int(version)
-        self._versions.heard(encoded, version, epoch)
-        self._repay_after(names=(encoded,))
-        return version
+            return None, False
+        return int(version), restarted
 
     def _restart_counter(self, encoded: str, counter: str, error: object) -> int | Unavailable:
         """Bump a version counter that holds what is no counter (foreign bytes, another

@@ -21,15 +21,21 @@ its lock released as two commands, and no write marks a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from .keys import KeyLayout
 from .redis_tier import Client, lua_source
 
-RELEASE_SCRIPT = lua_source("release.lua")
-STORE_IF_HELD_SCRIPT = lua_source("store_if_held.lua")
-OVERTAKE_SCRIPT = lua_source("overtake.lua")
+
+def _sent(source: str) -> str:
+    """A script without its comment lines: EVAL sends its text with every call."""
+    return "\n".join(line for line in source.splitlines() if line and not line.startswith("--"))
+
+
+RELEASE_SCRIPT = _sent(lua_source("release.lua"))
+STORE_IF_HELD_SCRIPT = _sent(lua_source("store_if_held.lua"))
+OVERTAKE_SCRIPT = _sent(lua_source("overtake.lua"))
 
 
 class Flight:
@@ -129,11 +135,12 @@ def release(client_or_pipe: Client, lock_key: str, token: bytes) -> Any:
     return client_or_pipe.eval(RELEASE_SCRIPT, 1, lock_key, token)
 
 
-def overtake(pipe: Any, gkey: str) -> None:
-    """Queue the mark that stops a load of ``gkey`` in flight from storing its value
-    (``lua/overtake.lua``; a no-op when no loader holds the key's lock). Not on a
-    Cluster pipeline, which refuses scripts."""
-    pipe.eval(OVERTAKE_SCRIPT, 1, KeyLayout.flight_lock(gkey))
+def overtake(pipe: Any, gkeys: Iterable[str]) -> None:
+    """Queue the marks that stop loads of ``gkeys`` in flight from storing their values
+    (``lua/overtake.lua``; a no-op for a key no loader holds). Not on a Cluster
+    pipeline, which refuses scripts."""
+    for gkey in gkeys:
+        pipe.eval(OVERTAKE_SCRIPT, 1, KeyLayout.flight_lock(gkey))
 
 
 def store_if_held(

@@ -174,14 +174,17 @@ class Keyspace:
             how long the loader took.
         :returns: the value (a private copy when it is mutable and came from L1).
         """
-        # One namespace version from lookup to store; the loader's value is not stored
-        # under a guessed one (see Keyspace.guessed), which no invalidation would reach.
+        value = self._cache._l1_value(self._local(key))
+        if value is not MISS:
+            return value  # type: ignore[no-any-return]
+        # A miss: one namespace version from lookup to store, and the loader's value not
+        # stored under a guessed one (see Keyspace.guessed), which no invalidation reaches.
         space = self._pinned()
         local, gkey = space._where(key)
         load = Load(
             local, gkey, loader, timeout, stale_ttl, lock_timeout, early_refresh, not space.guessed
         )
-        return self._cache._get_or_set(load)  # type: ignore[no-any-return]
+        return self._cache._loading.get_or_set(load)  # type: ignore[no-any-return]
 
 
 class Namespace(Keyspace):

@@ -5,10 +5,11 @@
 --
 -- KEYS[1]  the lock
 --
--- Returns 1 when a load was overtaken.
+-- Returns 1 when a load was overtaken. A lock key holding another type (foreign data
+-- under our prefix) is left alone: the write it rides with must not fail for it.
 
-local held = redis.call('GET', KEYS[1])
-if not held or string.sub(held, 1, 1) == '!' then
+local held = redis.pcall('GET', KEYS[1])
+if type(held) ~= 'string' or string.sub(held, 1, 1) == '!' then
     return 0
 end
 redis.call('SET', KEYS[1], '!' .. held, 'KEEPTTL')
