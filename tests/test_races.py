@@ -246,6 +246,15 @@ def _hold_listener(cache: Cache) -> tuple[threading.Event, threading.Event]:
     return held, release
 
 
+def _old_copy_in_l1(reader: Cache, writer: Cache) -> None:
+    """``reader`` holds ``item``, "old", in L1, the message of ``writer``'s write to it
+    handed over already (it would drop the copy if it came later)."""
+    reader.connect()
+    writer.set("item", "old")
+    assert until(lambda: reader.stats()["invalidations_received"] == 1)
+    assert reader.get("item") == "old"
+
+
 def test_a_version_fetched_ahead_of_the_bus_waits_for_what_came_before_it(
     make_cache: MakeCache,
 ) -> None:
@@ -255,10 +264,7 @@ def test_a_version_fetched_ahead_of_the_bus_waits_for_what_came_before_it(
     (every worker served it for the page's whole timeout): the fetch waits until the bus
     has handed over everything published before it."""
     reader, writer = make_cache(socket_timeout=2.0), make_cache()
-    reader.connect()
-    writer.set("item", "old")
-    assert until(lambda: reader.stats()["invalidations_received"] == 1)
-    assert reader.get("item") == "old"
+    _old_copy_in_l1(reader, writer)
     held, release = _hold_listener(reader)
     writer.set("item", "new")
     assert held.wait(5)
@@ -408,7 +414,6 @@ def test_what_is_built_under_a_version_the_bus_cannot_vouch_for_is_not_stored(
     out what they built and store nothing under the new version (other workers would
     serve it until its timeout)."""
     reader, writer, other = make_cache(socket_timeout=0.2), make_cache(), make_cache()
-    reader.connect()
 
     def page_of(cache: Cache) -> Callable[[], str]:
         def page() -> str:
@@ -417,9 +422,7 @@ def test_what_is_built_under_a_version_the_bus_cannot_vouch_for_is_not_stored(
         return cache.memoize(namespace="pages")(page)  # one qualname: one result for both
 
     reader_page, other_page = page_of(reader), page_of(other)
-    writer.set("item", "old")
-    assert until(lambda: reader.stats()["invalidations_received"] == 1)
-    assert reader.get("item") == "old"
+    _old_copy_in_l1(reader, writer)
     held, release = _hold_listener(reader)
     writer.set("item", "new")
     assert held.wait(5)
@@ -483,10 +486,7 @@ def test_a_version_read_twice_waits_for_its_second_mark(
     from tiered_cache import versions
 
     reader, writer = make_cache(socket_timeout=2.0), make_cache()
-    reader.connect()
-    writer.set("item", "old")
-    assert until(lambda: reader.stats()["invalidations_received"] == 1)
-    assert reader.get("item") == "old"
+    _old_copy_in_l1(reader, writer)
     then_mark = versions._then_mark
     reads: list[Any] = []
 
@@ -514,10 +514,7 @@ def test_the_worker_that_bumps_a_namespace_waits_for_the_bus_too(make_cache: Mak
     leaves its L1 copy: a page built under the version we just made would outlive the
     bump. The bump waits for its mark, as a read does."""
     bumper, writer = make_cache(socket_timeout=2.0), make_cache()
-    bumper.connect()
-    writer.set("item", "old")
-    assert until(lambda: bumper.stats()["invalidations_received"] == 1)
-    assert bumper.get("item") == "old"
+    _old_copy_in_l1(bumper, writer)
     held, release = _hold_listener(bumper)
     writer.set("item", "new")
     assert held.wait(5)
@@ -528,6 +525,8 @@ def test_the_worker_that_bumps_a_namespace_waits_for_the_bus_too(make_cache: Mak
 
 
 def test_a_bump_the_bus_cannot_vouch_for_in_time_is_not_kept(make_cache: MakeCache) -> None:
+    """The listener is held past the wait: the bump's version is not kept, and the next
+    read fetches it behind a mark of its own."""
     bumper, writer = make_cache(socket_timeout=0.2), make_cache()
     bumper.connect()
     held, release = _hold_listener(bumper)
