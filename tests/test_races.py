@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.redis_harness import RedisServer
 from tests.waiting import until
 from tiered_cache import Cache
 from tiered_cache.keys import KeyLayout, encode_name
@@ -611,3 +612,53 @@ def test_a_foreign_key_at_a_lock_does_not_fail_writes(
     assert cache.set("item", 1)
     assert cache.delete("item") == 1
     assert r.lrange(lock, 0, -1) == [b"foreign"]
+
+
+def test_a_late_answer_to_an_earlier_mark_does_not_pass_the_next(make_cache: MakeCache) -> None:
+    """The listener finds the first mark's token, the read publishes its second mark,
+    then the listener ends the first: the second is still unheard."""
+    cache = make_cache()
+    cache.connect()
+    with cache._bus.barrier() as barrier:
+        assert barrier is not None
+        barrier.publish(_Nowhere())
+        first = cache._bus._marks[barrier.token]  # the listener looks the token up...
+        barrier.publish(_Nowhere())  # ...the read publishes its second mark...
+        first.end(passed=True)  # ...and the listener ends the first
+        assert barrier.passed(0.0) is False
+
+
+class _Nowhere:
+    """A publish target that sends nothing."""
+
+    def publish(self, channel: str, message: bytes) -> None:
+        pass
+
+
+def test_a_version_read_while_the_bus_reconnects_is_a_guess(
+    redis_server: RedisServer, l1_backend: str
+) -> None:
+    """Messages published while this worker's subscription is down are missed, and its
+    L1 copies stay trusted for l1_disconnected_ttl: a version read then may be newer
+    than what they say, and what is built under it must not be stored (it would
+    outlive the reconnect's flush, in Redis, for its whole timeout)."""
+    from redis.backoff import ConstantBackoff
+
+    reader = Cache(redis_url=redis_server.url, l1_backend=l1_backend)
+    writer = Cache(redis_url=redis_server.url, l1_backend=l1_backend)
+    try:
+        page = reader.memoize(namespace="pages")(lambda: "page of " + reader.get("item"))
+        _old_copy_in_l1(reader, writer)
+        reader._bus._backoff = ConstantBackoff(30)  # type: ignore[union-attr]
+        assert redis_server.kill_pubsub_clients() >= 1
+        assert until(lambda: not reader._bus.connected)
+        writer.set("item", "new")  # missed
+        writer.invalidate_namespace("pages")
+        assert reader._versions.get_or_guess(encode_name("pages"))[1] is True
+        assert page() == "page of old"  # served (bounded by its L1 age), not stored
+        assert reader._versions.cached(encode_name("pages")) is None
+        with redis_server.client() as client:
+            assert client.exists(page.memo.redis_key((), {})) == 0
+    finally:
+        reader.close()
+        writer.close()

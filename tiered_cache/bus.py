@@ -107,32 +107,43 @@ class BusDown(Exception):
     """The subscription stopped answering."""
 
 
+class _Mark:
+    """One mark published: heard by the listener, or never to be."""
+
+    __slots__ = ("heard", "passed")
+
+    def __init__(self) -> None:
+        self.heard = threading.Event()
+        self.passed = False
+
+    def end(self, passed: bool) -> None:
+        """The listener heard it (True), or will never hear it (False)."""
+        self.passed = passed
+        self.heard.set()
+
+
 class Barrier:
     """A mark put in the bus's stream right after a read (see :meth:`Bus.barrier`)."""
 
-    __slots__ = ("_bus", "_heard", "_passed", "token")
+    __slots__ = ("_bus", "_mark", "token")
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
         self.token = b""
-        self._heard = threading.Event()
-        self._passed = False
+        self._mark: _Mark | None = None
 
     def publish(self, target: Any) -> None:
         """Queue a mark on ``target``, a pipeline after the read (or a client, sent now).
-        Published again, after a second read, it waits for the latest mark."""
+        Published again, after a second read, it waits for the latest mark: each mark
+        is heard on its own, and an earlier one says nothing of a later read."""
         self._bus._mark(self)
         target.publish(self._bus._own_channel, self.token)
 
     def passed(self, timeout: float) -> bool:
         """Wait until the listener has handed over every message published before the
-        mark; False when it has not within ``timeout``, or its subscription ended."""
-        return self._bus._passed(self, timeout)
-
-    def _end(self, passed: bool) -> None:
-        """The listener heard the mark (True), or will never hear it (False)."""
-        self._passed = passed
-        self._heard.set()
+        latest mark; False when it has not within ``timeout``, or cannot (no
+        subscription up, or it ended)."""
+        return self._bus._passed(self._mark, timeout)
 
 
 class Bus:
@@ -183,7 +194,7 @@ class Bus:
         self._first_subscription = threading.Event()
         self._own_channel = f"{channel}:{sender}"
         self._own_channel_bytes = self._own_channel.encode()  # as replies name it
-        self._barriers: dict[bytes, Barrier] = {}
+        self._marks: dict[bytes, _Mark] = {}  # by token: those not heard yet
         self._behind = False  # a barrier went unheard, and no mark has been heard since
         self.fresh_until = 0.0
         self.connected = False
@@ -225,32 +236,34 @@ class Bus:
     @contextlib.contextmanager
     def barrier(self) -> Iterator[Barrier | None]:
         """A mark for a read to publish after itself, then wait for (see the module's
-        docstring); None while no subscription is up, when there is nothing to wait for
-        (until one is, L1 and versions are trusted for ``disconnected_ttl`` only)."""
-        if not self.connected or threading.current_thread() is self._thread:
-            yield None  # (the listener itself cannot wait for what it is to hand over)
+        docstring). None before the listener starts, when this process's L1 holds
+        nothing yet (every fill starts it first), and in the listener itself, which
+        cannot wait for what it is to hand over. While it is not subscribed, the
+        barrier never passes: a version read then may be newer than messages missed."""
+        if self._thread is None or threading.current_thread() is self._thread:
+            yield None
             return
         barrier = Barrier(self)
         try:
             yield barrier
         finally:
-            self._barriers.pop(barrier.token, None)
+            self._marks.pop(barrier.token, None)
 
     def _mark(self, barrier: Barrier) -> None:
-        """Give ``barrier`` a new token for the listener to know it by, unheard: an
-        earlier mark heard says nothing of a later read (a new event, which a late
-        answer to the old token cannot set)."""
-        self._barriers.pop(barrier.token, None)
+        """Give ``barrier`` a new token, and a new mark for the listener to end."""
+        self._marks.pop(barrier.token, None)
         barrier.token = uuid.uuid4().hex.encode()
-        barrier._heard = threading.Event()
-        barrier._passed = False
-        self._barriers[barrier.token] = barrier
+        barrier._mark = self._marks[barrier.token] = _Mark()
 
-    def _passed(self, barrier: Barrier, timeout: float) -> bool:
-        """:meth:`Barrier.passed`; without waiting while an earlier barrier went unheard
-        (a listener that far behind would cost every read the whole ``timeout``) until
-        the listener hears a mark again."""
-        passed = barrier._heard.wait(0.0 if self._behind else timeout) and barrier._passed
+    def _passed(self, mark: _Mark | None, timeout: float) -> bool:
+        """:meth:`Barrier.passed`; without waiting while not subscribed, or while an
+        earlier mark went unheard (a listener that far behind would cost every read the
+        whole ``timeout``) until the listener hears one again."""
+        if mark is None:
+            return False
+        if mark.heard.is_set() or not self.connected:
+            return mark.passed
+        passed = mark.heard.wait(0.0 if self._behind else timeout) and mark.passed
         if not passed:
             self._behind = True
         return passed
@@ -291,8 +304,8 @@ class Bus:
                 self._watched.deregister_connect_callback(self._on_connect)
                 self._watched = None
             pubsub.close()
-            for barrier in list(self._barriers.values()):  # never heard now
-                barrier._end(passed=False)
+            for mark in list(self._marks.values()):  # never heard now
+                mark.end(passed=False)
             if was_connected:
                 self._on_lost()
 
@@ -342,9 +355,9 @@ class Bus:
             elif message["type"] == "message":
                 if message["channel"] == self._own_channel_bytes:
                     self._behind = False  # caught up with the mark, if late
-                    barrier = self._barriers.get(message["data"])
-                    if barrier is not None:
-                        barrier._end(passed=True)
+                    mark = self._marks.get(message["data"])
+                    if mark is not None:
+                        mark.end(passed=True)
                 else:
                     self._deliver(message["data"])
 
