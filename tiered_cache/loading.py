@@ -142,7 +142,7 @@ class Loading:
             if not frame.fresh_until or now < frame.fresh_until:
                 cache.l2_hits += 1
                 # A value that never goes stale (fresh_until 0) is never refreshed early.
-                due = load.early_refresh and frame.delta and frame.fresh_until
+                due = load.keep and load.early_refresh and frame.delta and frame.fresh_until
                 early = xfetch_gap(frame.delta) if due else 0.0
                 if early and now + early >= frame.fresh_until:
                     cache.early_refreshes += 1
