@@ -662,3 +662,33 @@ def test_a_version_read_while_the_bus_reconnects_is_a_guess(
     finally:
         reader.close()
         writer.close()
+
+
+def test_with_l1_off_a_version_read_while_the_bus_reconnects_is_no_guess(
+    redis_server: RedisServer,
+) -> None:
+    """The barrier protects L1 copies: with L1 off there are none, every read goes to
+    Redis, and what is built while the subscription is down is stored as ever."""
+    from redis.backoff import ConstantBackoff
+
+    reader = Cache(redis_url=redis_server.url, l1_max_items=0)
+    try:
+        calls: list[int] = []
+        page = reader.memoize(namespace="pages")(lambda: calls.append(1) or len(calls))
+        reader.connect()
+        reader._bus._backoff = ConstantBackoff(30)  # type: ignore[union-attr]
+        assert redis_server.kill_pubsub_clients() >= 1
+        assert until(lambda: not reader._bus.connected)
+        assert reader._versions.get_or_guess(encode_name("pages"))[1] is False
+        assert [page(), page(), page()] == [1, 1, 1]
+    finally:
+        reader.close()
+
+
+def test_a_closed_caches_versions_are_no_guesses(make_cache: MakeCache) -> None:
+    """A closed cache's listener is stopped for good: its version reads are trusted for
+    l1_disconnected_ttl, as before the listener started, not guesses for ever."""
+    cache = make_cache()
+    cache.connect()
+    cache.close()
+    assert cache._versions.get_or_guess(encode_name("pages"))[1] is False

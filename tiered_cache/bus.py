@@ -237,10 +237,15 @@ class Bus:
     def barrier(self) -> Iterator[Barrier | None]:
         """A mark for a read to publish after itself, then wait for (see the module's
         docstring). None before the listener starts, when this process's L1 holds
-        nothing yet (every fill starts it first), and in the listener itself, which
+        nothing yet (every fill starts it first), after it stopped (a closed cache,
+        whose versions live by ``disconnected_ttl``), and in the listener itself, which
         cannot wait for what it is to hand over. While it is not subscribed, the
         barrier never passes: a version read then may be newer than messages missed."""
-        if self._thread is None or threading.current_thread() is self._thread:
+        if (
+            self._thread is None
+            or self._stop.is_set()
+            or threading.current_thread() is self._thread
+        ):
             yield None
             return
         barrier = Barrier(self)

@@ -184,7 +184,7 @@ class Cache(Keyspace):
             self._layout,
             disconnected_ttl=self._dttl if on else config.l1_ttl,
             bus_fresh_until=(lambda: self._bus.fresh_until) if on else (lambda: 0.0),
-            barrier=self._bus.barrier,
+            barrier=self._barrier,
             wait=config.socket_timeout,
             timer=self._timer,
             current=self._versions_current,
@@ -252,6 +252,11 @@ class Cache(Keyspace):
         """
         self._tier.run("connect", lambda client: client.ping(), fail_open=True)
         self._ensure_bus()
+
+    def _barrier(self) -> contextlib.AbstractContextManager[Barrier | None]:
+        """The bus's barrier for a version read or bump (:meth:`Bus.barrier`); none with
+        L1 off, where no local copy could be older than the version."""
+        return self._bus.barrier() if self._l1_on else _NO_BARRIER
 
     def _ensure_bus(self) -> None:
         """Start the listener in this process on first use of Redis (fork-friendly)."""
@@ -739,7 +744,7 @@ class Cache(Keyspace):
         # would be overwritten by our older version, trusted for as long as the bus
         # stays up: the epoch says that a forget came in between.
         epoch = self._versions.epoch
-        with self._bus.barrier() as barrier:
+        with self._barrier() as barrier:
             version, restarted = self._incr_counter(encoded, barrier)
             if version is None:
                 return 0
@@ -926,3 +931,4 @@ class Cache(Keyspace):
 
 
 _NOTHING_TO_FILL: Final = nullcontext(0)
+_NO_BARRIER: Final = nullcontext(None)

@@ -374,9 +374,11 @@ def _topology(client: Client) -> Iterator[Check]:
 
 
 def _pubsub(client: Client, state: AppState) -> Iterator[Check]:
-    """Publish on a temporary channel and hear it back on a subscription."""
+    """Publish on a temporary channel and hear it back on a subscription: one shaped
+    like each worker's own bus channel (``{prefix}:{version}:#bus:{id}``), so that an
+    ACL that grants the bus's channels passes and one that does not fails."""
     config = state.cache_config
-    channel = f"{config.prefix}:{config.version}:#doctor:{uuid.uuid4().hex}"
+    channel = f"{config.prefix}:{config.version}:#bus:doctor-{uuid.uuid4().hex}"
     token = uuid.uuid4().hex.encode()
     try:
         elapsed = _round_trip(client, channel, token)
