@@ -692,3 +692,26 @@ def test_a_closed_caches_versions_are_no_guesses(make_cache: MakeCache) -> None:
     cache.connect()
     cache.close()
     assert cache._versions.get_or_guess(encode_name("pages"))[1] is False
+
+
+def test_a_version_read_is_kept_though_another_name_was_forgotten_meanwhile(
+    make_cache: MakeCache,
+) -> None:
+    """A bump of another namespace heard while a read waits for its mark does not void
+    the read: the next request would read (and wait) again, for nothing."""
+    cache = make_cache()
+    cache.connect()
+    original = cache._tier.run
+
+    def run(what: str, call: Callable[[Any], Any], **options: Any) -> Any:
+        result = original(what, call, **options)
+        if what == "namespace version":
+            cache._versions.forget(encode_name("other"))  # heard meanwhile
+        return result
+
+    cache._tier.run = run  # type: ignore[method-assign]
+    try:
+        version = cache._versions.get(encode_name("pages"))
+    finally:
+        cache._tier.run = original  # type: ignore[method-assign]
+    assert cache._versions.cached(encode_name("pages")) == version

@@ -743,7 +743,7 @@ class Cache(Keyspace):
         # Another process's bump heard between our INCR's reply and the record below
         # would be overwritten by our older version, trusted for as long as the bus
         # stays up: the epoch says that a forget came in between.
-        epoch = self._versions.epoch
+        epoch = self._versions.epoch(encoded)
         with self._barrier() as barrier:
             version, restarted = self._incr_counter(encoded, barrier)
             if version is None:

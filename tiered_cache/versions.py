@@ -123,7 +123,11 @@ class NamespaceVersions:
         self._timer = timer
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
-        self._epoch = 0
+        # What a fetch or a bump in flight checks before it records: a forget of its
+        # name (by name: with the barrier's wait inside that window, a bump of any other
+        # name heard meanwhile would void it for nothing), or a flush.
+        self._cleared = 0
+        self._forgotten: dict[str, int] = {}
         # The last known versions without their age, for L1 hit paths: an L1 entry found
         # under an outdated version is still bounded by the entry's own age checks.
         # It belongs to the cache, which keeps the same dict across forks for its memoizers.
@@ -160,7 +164,7 @@ class NamespaceVersions:
         version = self.cached(name)
         if version is not None:
             return version, False
-        epoch = self._epoch
+        epoch = self.epoch(name)
         fetched_at = self._timer()
         counter = self._layout.counter(name)
         with self._barrier() as barrier:
@@ -184,21 +188,21 @@ class NamespaceVersions:
         """:meth:`forget`, with the lock held."""
         self._known.pop(name, None)
         self.current.pop(name, None)
-        self._epoch += 1
+        self._forgotten[name] = self._forgotten.get(name, 0) + 1
 
-    @property
-    def epoch(self) -> int:
-        """Moves on every :meth:`forget` and :meth:`clear`: pass it to :meth:`heard`."""
-        return self._epoch
+    def epoch(self, name: str) -> tuple[int, int]:
+        """Moves on every :meth:`forget` of ``name`` and every :meth:`clear`: read it
+        before a fetch or a bump, and pass it to :meth:`heard`."""
+        return self._cleared, self._forgotten.get(name, 0)
 
-    def heard(self, name: str, version: int, epoch: int) -> None:
-        """Record a version this process set itself, unless a forget or a flush came
-        after ``epoch`` (the :attr:`epoch` read before the bump was sent): then another
-        process may have bumped it past ours, and the next read fetches it. Then the
-        name is forgotten as a bump heard on the bus forgets it (the epoch moves for any
-        name's forget, and a fetch in flight, begun before our INCR, must lose too)."""
+    def heard(self, name: str, version: int, epoch: tuple[int, int]) -> None:
+        """Record a version this process set itself, unless a forget of ``name`` or a
+        flush came after ``epoch`` (read before the bump was sent): then another process
+        may have bumped it past ours, and the next read fetches it. Then the name is
+        forgotten as a bump heard on the bus forgets it (and a fetch of it in flight,
+        begun before our INCR, loses too)."""
         with self._lock:
-            if self._epoch != epoch:
+            if self.epoch(name) != epoch:
                 self._drop(name)
                 return
             known = self._known.get(name)
@@ -206,11 +210,12 @@ class NamespaceVersions:
                 self._known[name] = (version, self._timer())
                 self.current[name] = version
 
-    def _record(self, name: str, version: int, fetched_at: float, epoch: int) -> int:
-        """Keep a fetched version unless a flush or a newer version got there first."""
+    def _record(self, name: str, version: int, fetched_at: float, epoch: tuple[int, int]) -> int:
+        """Keep a fetched version unless a forget of it, a flush or a newer version got
+        there first."""
         with self._lock:
             known = self._known.get(name)
-            if self._epoch != epoch:
+            if self.epoch(name) != epoch:
                 return version
             if known is not None and known[0] > version:
                 return known[0]
@@ -223,4 +228,5 @@ class NamespaceVersions:
         with self._lock:
             self._known.clear()
             self.current.clear()
-            self._epoch += 1
+            self._forgotten.clear()  # (what was read before this fails on the flush)
+            self._cleared += 1
