@@ -289,6 +289,7 @@ def test_a_version_the_bus_cannot_vouch_for_in_time_is_a_guess(make_cache: MakeC
         assert reader._versions.get_or_guess(name)[1] is True
         assert reader._versions.cached(name) is None
         assert reader.namespace("pages")._pinned().guessed
+        assert reader.stats()["version_guesses"] == 2
     finally:
         release.set()
     assert until(lambda: reader._versions.get_or_guess(name)[1] is False)

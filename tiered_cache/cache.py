@@ -906,6 +906,7 @@ class Cache(Keyspace):
             "stampede_waits": self.stampede_waits,
             "stale_served": self.stale_served,
             "early_refreshes": self.early_refreshes,
+            "version_guesses": self._versions.guesses,
             "ratelimit_refusals": self.ratelimit_refusals,
         }
 

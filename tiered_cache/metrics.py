@@ -58,6 +58,10 @@ COUNTERS: Final = {
     "stampede_waits": "Callers that waited for another's loader.",
     "stale_served": "Stale values served while one refresh ran.",
     "early_refreshes": "Refreshes started early (XFetch).",
+    "version_guesses": (
+        "Namespace versions Redis could not give or the bus could not vouch for "
+        "(nothing is stored under them)."
+    ),
     "ratelimit_refusals": "Requests refused by a rate limit.",
     "publish_errors": "Failed publications of these figures.",
 }

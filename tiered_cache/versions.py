@@ -128,6 +128,8 @@ class NamespaceVersions:
         # name heard meanwhile would void it for nothing), or a flush.
         self._cleared = 0
         self._forgotten: dict[str, int] = {}
+        self.guesses = 0
+        """Versions handed out as guesses (see :meth:`get_or_guess`), for the figures."""
         # The last known versions without their age, for L1 hit paths: an L1 entry found
         # under an outdated version is still bounded by the entry's own age checks.
         # It belongs to the cache, which keeps the same dict across forks for its memoizers.
@@ -173,9 +175,11 @@ class NamespaceVersions:
             )
             if raw is UNAVAILABLE:
                 self._tier.hold_off()
+                self.guesses += 1
                 known = self._known.get(name)
                 return (known[0] if known else 0), True
             if barrier is not None and not barrier.passed(self._wait):
+                self.guesses += 1
                 return counter_version(raw), True
         return self._record(name, counter_version(raw), fetched_at, epoch), False
 
