@@ -716,3 +716,13 @@ def test_a_version_read_is_kept_though_another_name_was_forgotten_meanwhile(
     finally:
         cache._tier.run = original  # type: ignore[method-assign]
     assert cache._versions.cached(encode_name("pages")) == version
+
+
+def test_forgetting_names_heard_on_the_bus_keeps_no_state_a_name(make_cache: MakeCache) -> None:
+    """Every bus message's namespaces are forgotten, used here or not (per-entity
+    namespaces: one a user): what a fetch in flight checks must not grow with them."""
+    cache = make_cache()
+    before = len(cache._versions._forgotten)
+    for i in range(5_000):
+        cache._versions.forget(f"user:{i}")
+    assert len(cache._versions._forgotten) == before

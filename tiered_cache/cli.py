@@ -374,19 +374,19 @@ def _topology(client: Client) -> Iterator[Check]:
 
 
 def _pubsub(client: Client, state: AppState) -> Iterator[Check]:
-    """Publish on a temporary channel and hear it back on a subscription: one shaped
-    like each worker's own bus channel (``{prefix}:{version}:#bus:{id}``), so that an
-    ACL that grants the bus's channels passes and one that does not fails."""
+    """Subscribe as a worker's bus does, to the bus channel and one of its own
+    (``{prefix}:{version}:#bus:{id}``) in one command, so that an ACL that keeps the bus
+    from subscribing fails here too; publish on the second and hear it back."""
     config = state.cache_config
-    channel = f"{config.prefix}:{config.version}:#bus:doctor-{uuid.uuid4().hex}"
+    bus = f"{config.prefix}:{config.version}:#bus"
+    channels = (bus, f"{bus}:doctor-{uuid.uuid4().hex}")
     token = uuid.uuid4().hex.encode()
     try:
-        elapsed = _round_trip(client, channel, token)
+        elapsed = _round_trip(client, channels, token)
     except (*REDIS_ERRORS, TimeoutError) as exc:
         yield Check("FAIL", "pub/sub", f"no round trip ({type(exc).__name__}: {exc})")
         return
     yield Check("OK", "pub/sub", f"round trip in {elapsed:.2f} ms")
-    bus = f"{config.prefix}:{config.version}:#bus"
     try:
         listeners = _bus_listeners(client, bus)
     except REDIS_ERRORS:
@@ -407,13 +407,17 @@ def _bus_listeners(client: Client, bus: str) -> int:
     return int(dict(replies).get(bus.encode(), 0))
 
 
-def _round_trip(client: Client, channel: str, token: bytes) -> float:
+def _round_trip(client: Client, channels: tuple[str, ...], token: bytes) -> float:
     pubsub = client.pubsub()
     try:
-        pubsub.subscribe(channel)
-        _await(pubsub, lambda m: m["type"] == "subscribe", "no subscription confirmation")
+        pubsub.subscribe(*channels)
+        _await(
+            pubsub,
+            lambda m: m["type"] == "subscribe" and m["data"] == len(channels),
+            "no subscription confirmation",
+        )
         started = time.perf_counter()
-        client.publish(channel, token)
+        client.publish(channels[-1], token)
         _await(pubsub, lambda m: m["type"] == "message" and m["data"] == token, "no message")
         return (time.perf_counter() - started) * 1000
     finally:

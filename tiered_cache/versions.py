@@ -99,6 +99,9 @@ def _then_mark(client: Client, barrier: Barrier | None, queue: Callable[[Any], o
     return results
 
 
+_FORGET_BUCKETS: Final = 1024
+
+
 class NamespaceVersions:
     """The versions of the namespaces this process uses."""
 
@@ -125,9 +128,12 @@ class NamespaceVersions:
         self._known: dict[str, tuple[int, float]] = {}
         # What a fetch or a bump in flight checks before it records: a forget of its
         # name (by name: with the barrier's wait inside that window, a bump of any other
-        # name heard meanwhile would void it for nothing), or a flush.
+        # name heard meanwhile would void it for nothing), or a flush. Forgets are
+        # counted in a fixed number of buckets, by the name's hash: every bus message's
+        # names are forgotten, used here or not, and counts by name would grow without
+        # bound; two names in one bucket only void a read for nothing, now and then.
         self._cleared = 0
-        self._forgotten: dict[str, int] = {}
+        self._forgotten = [0] * _FORGET_BUCKETS
         self.guesses = 0
         """Versions handed out as guesses (see :meth:`get_or_guess`), for the figures."""
         # The last known versions without their age, for L1 hit paths: an L1 entry found
@@ -192,12 +198,12 @@ class NamespaceVersions:
         """:meth:`forget`, with the lock held."""
         self._known.pop(name, None)
         self.current.pop(name, None)
-        self._forgotten[name] = self._forgotten.get(name, 0) + 1
+        self._forgotten[hash(name) % _FORGET_BUCKETS] += 1
 
     def epoch(self, name: str) -> tuple[int, int]:
         """Moves on every :meth:`forget` of ``name`` and every :meth:`clear`: read it
         before a fetch or a bump, and pass it to :meth:`heard`."""
-        return self._cleared, self._forgotten.get(name, 0)
+        return self._cleared, self._forgotten[hash(name) % _FORGET_BUCKETS]
 
     def heard(self, name: str, version: int, epoch: tuple[int, int]) -> None:
         """Record a version this process set itself, unless a forget of ``name`` or a
@@ -232,5 +238,4 @@ class NamespaceVersions:
         with self._lock:
             self._known.clear()
             self.current.clear()
-            self._forgotten.clear()  # (what was read before this fails on the flush)
             self._cleared += 1
