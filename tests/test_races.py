@@ -726,3 +726,19 @@ def test_forgetting_names_heard_on_the_bus_keeps_no_state_a_name(make_cache: Mak
     for i in range(5_000):
         cache._versions.forget(f"user:{i}")
     assert len(cache._versions._forgotten) == before
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["absent", "present"])
+def test_an_add_overtakes_a_load_only_when_it_stores(
+    make_cache: MakeCache, r: redis.Redis, held: bool
+) -> None:
+    """A refused add changed nothing: a load in flight (a stale value's refresh, say)
+    still stores. An add that stored overtakes it, as any write does."""
+    cache = make_cache()
+    gkey = cache._layout.data("", 0, "item")
+    lock = KeyLayout.flight_lock(gkey)
+    if held:
+        r.set(gkey, b"a value: the add is refused")
+    r.set(lock, b"token", px=30_000)
+    assert cache.add("item", "added") is not held
+    assert r.get(lock) == (b"token" if held else b"!token")

@@ -39,7 +39,7 @@ from .bus import Barrier, Bus, Message, NoBus
 from .config import CacheConfig, CacheSettings
 from .copying import copier_for
 from .errors import CacheUnavailable, ConfigurationError, TieredCacheError
-from .flight import overtake, release, store_if_held
+from .flight import add, overtake, release, store_if_held
 from .framing import HEADER_SIZE, Frame
 from .hit_path import L1Reader, make_reader
 from .keys import DEFAULT_NAMESPACE, KeyLayout, encode_key, encode_name
@@ -577,14 +577,18 @@ class Cache(Keyspace):
         data, held, fresh_until = self._values.encode(value, ttl, delta)
         px = math.ceil((ttl + stale_ttl) * 1000) if ttl else None
         scripted = unlock if not self._cluster else None
-        marks = self._marks((gkey,)) if unlock is None and overtaking else ()
+        overtakes = self._marks((gkey,)) if unlock is None and overtaking else ()
+        adding = only_new and bool(overtakes)  # lua/add.lua overtakes only when it stored
+        marks = () if adding else overtakes
 
         def write(pipe: Any) -> None:
             if scripted is not None:
                 store_if_held(pipe, gkey, scripted, data, px)
-                return
-            overtake(pipe, marks)
-            pipe.set(gkey, data, px=px, nx=only_new)
+            elif adding:
+                add(pipe, gkey, data, px)
+            else:
+                overtake(pipe, marks)
+                pipe.set(gkey, data, px=px, nx=only_new)
 
         owed = () if only_new else (gkey,)  # add's "only if absent" is the caller's to keep
         with self._reading() as since, self._dropping_on_error(gkey, owed=owed):

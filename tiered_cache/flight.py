@@ -36,6 +36,7 @@ def _sent(source: str) -> str:
 RELEASE_SCRIPT = _sent(lua_source("release.lua"))
 STORE_IF_HELD_SCRIPT = _sent(lua_source("store_if_held.lua"))
 OVERTAKE_SCRIPT = _sent(lua_source("overtake.lua"))
+ADD_SCRIPT = _sent(lua_source("add.lua"))
 
 
 class Flight:
@@ -153,3 +154,11 @@ def store_if_held(
     """
     lock_key, token = lock
     pipe.eval(STORE_IF_HELD_SCRIPT, 2, gkey, lock_key, token, data, "" if px is None else px)
+
+
+def add(pipe: Any, gkey: str, data: bytes, px: int | None) -> None:
+    """Queue ``add``'s write (``lua/add.lua``): ``data`` stored only if ``gkey`` holds
+    nothing, overtaking a load in flight only then (its reply: 1 when stored). Not on a
+    Cluster pipeline, which refuses scripts."""
+    lock_key = KeyLayout.flight_lock(gkey)
+    pipe.eval(ADD_SCRIPT, 2, gkey, lock_key, data, "" if px is None else px)
