@@ -231,11 +231,11 @@ def test_a_version_fetched_during_an_overtaken_bump_is_not_kept(make_cache: Make
     assert users.get("k", "gone") == "gone"
 
 
-def _hold_listener(cache: Cache) -> tuple[threading.Event, threading.Event]:
-    """Hold ``cache``'s bus listener on the next message it hands over (a listener thread
-    the OS has not run yet): returns (held, release)."""
+def _held_on_a_write(reader: Cache, writer: Cache) -> threading.Event:
+    """``writer`` sets ``item`` to "new", and ``reader``'s bus listener is held on that
+    message (a listener thread the OS has not run yet) until the returned event is set."""
     held, release = threading.Event(), threading.Event()
-    deliver = cache._bus._on_message  # type: ignore[union-attr]
+    deliver = reader._bus._on_message  # type: ignore[union-attr]
 
     def slow(message: Any) -> None:
         if not held.is_set():
@@ -243,8 +243,10 @@ def _hold_listener(cache: Cache) -> tuple[threading.Event, threading.Event]:
             release.wait(10)
         deliver(message)
 
-    cache._bus._on_message = slow  # type: ignore[union-attr]
-    return held, release
+    reader._bus._on_message = slow  # type: ignore[union-attr]
+    writer.set("item", "new")
+    assert held.wait(5)
+    return release
 
 
 def _old_copy_in_l1(reader: Cache, writer: Cache) -> None:
@@ -266,9 +268,7 @@ def test_a_version_fetched_ahead_of_the_bus_waits_for_what_came_before_it(
     has handed over everything published before it."""
     reader, writer = make_cache(socket_timeout=2.0), make_cache()
     _old_copy_in_l1(reader, writer)
-    held, release = _hold_listener(reader)
-    writer.set("item", "new")
-    assert held.wait(5)
+    release = _held_on_a_write(reader, writer)
     writer.invalidate_namespace("pages")
     threading.Timer(0.2, release.set).start()
     version, guessed = reader._versions.get_or_guess(encode_name("pages"))
@@ -281,9 +281,7 @@ def test_a_version_the_bus_cannot_vouch_for_in_time_is_a_guess(make_cache: MakeC
     stored under it) and not kept, so the next read fetches it again."""
     reader, writer = make_cache(socket_timeout=0.2), make_cache()
     reader.connect()
-    held, release = _hold_listener(reader)
-    writer.set("item", "new")
-    assert held.wait(5)
+    release = _held_on_a_write(reader, writer)
     name = encode_name("pages")
     try:
         assert reader._versions.get_or_guess(name)[1] is True
@@ -425,9 +423,7 @@ def test_what_is_built_under_a_version_the_bus_cannot_vouch_for_is_not_stored(
 
     reader_page, other_page = page_of(reader), page_of(other)
     _old_copy_in_l1(reader, writer)
-    held, release = _hold_listener(reader)
-    writer.set("item", "new")
-    assert held.wait(5)
+    release = _held_on_a_write(reader, writer)
     writer.invalidate_namespace("pages")
     try:
         assert reader_page() == "page of old"
@@ -444,9 +440,7 @@ def test_a_listener_that_far_behind_costs_one_wait_not_one_a_read(make_cache: Ma
     the whole timeout, and nothing is kept) until the listener hears a mark again."""
     reader, writer = make_cache(socket_timeout=0.3), make_cache()
     reader.connect()
-    held, release = _hold_listener(reader)
-    writer.set("item", "new")
-    assert held.wait(5)
+    release = _held_on_a_write(reader, writer)
     try:
         started = time.monotonic()
         assert reader._versions.get_or_guess("first")[1] is True
@@ -497,10 +491,8 @@ def test_a_version_read_twice_waits_for_its_second_mark(
         reads.append(results)
         if len(reads) == 1 and results[0] is None:  # the counter does not exist yet
             assert barrier.passed(2)  # the first mark is heard...
-            held, release = _hold_listener(reader)
-            writer.set("item", "new")  # ...then another worker writes and bumps
-            assert held.wait(5)
-            writer.invalidate_namespace("pages")
+            release = _held_on_a_write(reader, writer)  # ...then another worker writes
+            writer.invalidate_namespace("pages")  # and bumps
             threading.Timer(0.2, release.set).start()
         return results
 
@@ -517,9 +509,7 @@ def test_the_worker_that_bumps_a_namespace_waits_for_the_bus_too(make_cache: Mak
     bump. The bump waits for its mark, as a read does."""
     bumper, writer = make_cache(socket_timeout=2.0), make_cache()
     _old_copy_in_l1(bumper, writer)
-    held, release = _hold_listener(bumper)
-    writer.set("item", "new")
-    assert held.wait(5)
+    release = _held_on_a_write(bumper, writer)
     threading.Timer(0.2, release.set).start()
     version = bumper.invalidate_namespace("pages")
     assert bumper._versions.cached(encode_name("pages")) == version
@@ -531,9 +521,7 @@ def test_a_bump_the_bus_cannot_vouch_for_in_time_is_not_kept(make_cache: MakeCac
     read fetches it behind a mark of its own."""
     bumper, writer = make_cache(socket_timeout=0.2), make_cache()
     bumper.connect()
-    held, release = _hold_listener(bumper)
-    writer.set("item", "new")
-    assert held.wait(5)
+    release = _held_on_a_write(bumper, writer)
     try:
         assert bumper.invalidate_namespace("pages") > 0
         assert bumper._versions.cached(encode_name("pages")) is None
