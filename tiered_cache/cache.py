@@ -383,16 +383,18 @@ class Cache(Keyspace):
         queue: Callable[[Any], object],
         *,
         unlock: tuple[str, bytes] | None = None,
+        barrier: Barrier | None = None,
         check: bool = True,
         **news: Any,
     ) -> list[Any] | Unavailable:
         """Run the commands ``queue`` puts on a pipeline, and announce ``news`` on the bus.
 
-        One round trip: the release of a single-flight lock and the PUBLISH ride in the
-        same pipeline, after the writes. Cluster pipelines refuse EVAL and PUBLISH, so
-        there they follow as calls of their own.
+        One round trip: the release of a single-flight lock, a barrier's mark and the
+        PUBLISH ride in the same pipeline, after the writes. Cluster pipelines refuse EVAL
+        and PUBLISH, so there they follow as calls of their own.
 
         :param unlock: a lock key and token to release.
+        :param barrier: a barrier whose mark to publish after the writes.
         :param check: raise on a command's error reply (else it is in the results).
         :param news: the :class:`Message` fields (``keys``, ``namespaces``, ...).
         :returns: the commands' results (in order; the release's and PUBLISH's follow),
@@ -404,6 +406,8 @@ class Cache(Keyspace):
         def after(target: Any) -> None:
             if unlock is not None:
                 release(target, *unlock)
+            if barrier is not None:
+                barrier.publish(target)
             if message is not None:
                 target.publish(self._layout.channel, message)
 
@@ -770,14 +774,12 @@ class Cache(Keyspace):
         def bump(pipe: Any) -> None:
             start_counter(pipe, counter)
             pipe.incr(counter)
-            if barrier is not None and not self._cluster:
-                barrier.publish(pipe)
 
         restarted = False
         try:
-            result = self._write("invalidate_namespace", bump, check=False, namespaces=(encoded,))
-            if barrier is not None and self._cluster and result is not UNAVAILABLE:
-                self._tier.run("invalidate_namespace", barrier.publish)
+            result = self._write(
+                "invalidate_namespace", bump, barrier=barrier, check=False, namespaces=(encoded,)
+            )
             version = UNAVAILABLE if result is UNAVAILABLE else result[1]
             if _foreign_counter(version):  # readers take it for version 0
                 version = self._restart_counter(encoded, counter, version)
